@@ -1,0 +1,115 @@
+"""Captum's input and target conventions, written here because Captum's private helpers
+(``captum._utils.*``) have been renamed between releases."""
+
+from __future__ import annotations
+
+from typing import Any, List, Tuple, Union
+
+import torch
+from torch import Tensor
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
+
+
+def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
+    """Validated, detached, gradient-requiring copies of the inputs, and whether they were a tuple.
+
+    Raises:
+        TypeError: an input is not a floating-point tensor.
+        ValueError: no input is given, inputs disagree on the batch size, or a value is NaN or
+            infinite.
+    """
+    is_tuple = isinstance(inputs, tuple)
+    items = inputs if is_tuple else (inputs,)
+    if not items:
+        raise ValueError("inputs is an empty tuple; give at least one tensor.")
+    for i, item in enumerate(items):
+        if not isinstance(item, Tensor):
+            raise TypeError(f"inputs[{i}] must be a torch.Tensor, got {type(item).__name__}.")
+        if not item.is_floating_point():
+            raise TypeError(
+                f"inputs[{i}] has dtype {item.dtype}; attributions need floating-point inputs "
+                "(convert images with .float() and the model's normalization)."
+            )
+        if item.dim() == 0:
+            raise ValueError(f"inputs[{i}] is a scalar; inputs need a leading batch dimension.")
+        if not torch.isfinite(item).all():
+            raise ValueError(f"inputs[{i}] contains NaN or infinite values.")
+    if len({item.shape[0] for item in items}) > 1:
+        raise ValueError(f"inputs disagree on the batch size: {[tuple(t.shape) for t in items]}.")
+    return tuple(item.detach().requires_grad_(True) for item in items), is_tuple
+
+
+def format_additional_args(additional_forward_args: Any) -> Tuple[Any, ...]:
+    """Captum's rule: ``None`` is no argument, a tuple is several, anything else is one."""
+    if additional_forward_args is None:
+        return ()
+    if isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def format_output(is_tuple: bool, values: Tuple[Tensor, ...]) -> TensorOrTuple:
+    return values if is_tuple else values[0]
+
+
+def _check_index(target: Tuple[int, ...], shape: Tuple[int, ...]) -> None:
+    if len(target) > len(shape) - 1:
+        raise ValueError(f"target {target} has more dimensions than the model output {shape}.")
+    for index, size in zip(target, shape[1:]):
+        if not -size <= index < size:
+            raise ValueError(f"target {target} is out of range for a model output of shape {shape}.")
+
+
+def _as_index(item: Any) -> Tuple[int, ...]:
+    if isinstance(item, Tensor):
+        item = item.tolist()
+    if isinstance(item, (tuple, list)):
+        return tuple(int(i) for i in item)
+    if isinstance(item, int) and not isinstance(item, bool):
+        return (item,)
+    raise TypeError(f"target entries must be ints or tuples of ints, got {type(item).__name__}.")
+
+
+def per_sample_targets(target: TargetType, batch_size: int) -> List[Tuple[int, ...]]:
+    """Expands every target form Captum accepts into one index tuple per sample.
+
+    ``None`` means the output has one value per sample; an int, a tuple or a one-element
+    tensor applies to every sample; a list or a tensor of ``batch_size`` entries gives one
+    target per sample.
+    """
+    if target is None:
+        return [()] * batch_size
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            return [(int(target.item()),)] * batch_size
+        target = target.tolist()
+    if isinstance(target, list):
+        if len(target) != batch_size:
+            raise ValueError(f"target has {len(target)} entries for a batch of {batch_size}.")
+        return [_as_index(t) for t in target]
+    return [_as_index(target)] * batch_size
+
+
+def select_targets(output: Tensor, targets: List[Tuple[int, ...]]) -> Tensor:
+    """The target score of each sample, shape ``(batch,)``.
+
+    Raises:
+        ValueError: a target does not index the output, or the output is not one value per
+            sample when ``target`` is ``None``.
+    """
+    shape = tuple(output.shape)
+    if not shape or shape[0] != len(targets):
+        raise ValueError(f"The model output of shape {shape} has no batch dimension of {len(targets)}.")
+    scores = []
+    for row, index in zip(output, targets):
+        _check_index(index, shape)
+        value = row[index] if index else row
+        if value.numel() != 1:
+            raise ValueError(
+                f"target {index or None} selects {value.numel()} values from an output of shape "
+                f"{shape}; give a target that selects one value per sample."
+            )
+        scores.append(value.reshape(()))
+    return torch.stack(scores)

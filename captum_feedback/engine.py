@@ -1,0 +1,264 @@
+"""The gating engine shared by every feedback method.
+
+A :class:`GatingSession` runs forward passes of a model in which every call of a gate-site
+operation (:mod:`captum_feedback.sites`) is intercepted by a ``torch.overrides.TorchFunctionMode``
+-- never by patching torch -- so modules, reused modules, in-place and functional calls are all
+seen, in execution order. Each call becomes a :class:`Site`. A :class:`GatePolicy` decides the
+binary feedback gate of each site in the forward pass and how the contribution weight (CW,
+Eq. 6: ``alpha = dS / d(gated output)``) is treated in the backward pass. Methods differ only
+in their policy.
+
+Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes every site
+(ReLU on/off states, max-pool choices) and later passes evaluate the frozen, piecewise-linear
+network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
+
+Everything a session installs (the mode, naming hooks, layer taps) is removed on every exit
+path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from captum_feedback.sites import SITE_OPS, SiteOp
+
+
+@dataclass
+class Site:
+    """One gate site: one call of a ReLU-like or max-pooling operation in a forward pass."""
+
+    index: int
+    name: str
+    op: SiteOp
+    shape: Tuple[int, ...]
+    frozen: Any = None
+    """Linearization state recorded by the first forward pass (``None`` when not linearized)."""
+
+    @property
+    def kind(self) -> str:
+        return self.op.kind
+
+
+class GatePolicy:
+    """How a method sets gates. Subclasses override the two hooks."""
+
+    def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
+        """Forward: the boolean gate ``z`` for the site's activation ``x``; ``None`` leaves it open."""
+        return None
+
+    def backward(self, site: Site, cw: Tensor) -> Tensor:
+        """Backward: receives the site's CW ``dS/d(z * x)``; returns the CW to propagate instead.
+
+        Autograd then multiplies it by the site's gate and carries it down the network.
+        """
+        return cw
+
+
+def _gated(output: Tensor, gate: Optional[Tensor], on_cw: Callable[[Tensor], Tensor]) -> Tensor:
+    """``y = z * x``, with a tensor hook that hands the CW ``dS/dy`` to ``on_cw``.
+
+    A tensor hook (rather than a custom autograd function) leaves ``y`` an ordinary tensor, so
+    models may still modify it in place; the hook then still sees the CW of the value it had.
+    """
+    gated = output if gate is None else output * gate
+    if gated.requires_grad:
+        gated.register_hook(on_cw)
+    return gated
+
+
+def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
+    if not isinstance(model, nn.Module):
+        return []
+    modules = [(m, "training", m.training) for m in model.modules()]
+    params = [(p, "requires_grad", p.requires_grad) for p in model.parameters()]
+    grads = [(p, "grad", p.grad) for p in model.parameters()]
+    return modules + params + grads
+
+
+@contextlib.contextmanager
+def preserved_state(model: Any) -> Iterator[None]:
+    """Restores training flags, ``requires_grad`` and ``.grad`` of every module and parameter."""
+    snapshot = _state_snapshot(model)
+    try:
+        yield
+    finally:
+        for obj, attr, value in snapshot:
+            if getattr(obj, attr) is not value:
+                setattr(obj, attr, value)
+
+
+class _SiteMode(TorchFunctionMode):
+    def __init__(self, on_site: Callable[[SiteOp, tuple, dict], Any]) -> None:
+        super().__init__()
+        self.on_site = on_site
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        op = SITE_OPS.get(func)
+        if op is None:
+            return func(*args, **kwargs)
+        return self.on_site(op, args, kwargs)
+
+
+class GatingSession:
+    """Forward passes of one model on one batch, with gates at every site.
+
+    Args:
+        forward_func: The model (an ``nn.Module`` gets site names from its module paths) or
+            any callable.
+        linearize: Freeze sites after the first forward pass (Sec. 3.3).
+        batch_size: Leading size every site's activation must have (gates are per sample).
+    """
+
+    def __init__(self, forward_func: Callable, linearize: bool, batch_size: int) -> None:
+        self.forward_func = forward_func
+        self.linearize = linearize
+        self.batch_size = batch_size
+        self.sites: List[Site] = []
+        self.passes = 0
+        self._module_names: Dict[nn.Module, str] = {}
+        self._stack: List[nn.Module] = []
+        self._calls = 0
+        self._policy: GatePolicy = GatePolicy()
+
+    # ------------------------------------------------------------------ site naming
+    def _naming_hooks(self) -> List[Any]:
+        if not isinstance(self.forward_func, nn.Module):
+            return []
+        self._module_names = {m: n for n, m in self.forward_func.named_modules()}
+
+        def push(module: nn.Module, _inputs: Any) -> None:
+            self._stack.append(module)
+
+        def pop(module: nn.Module, _inputs: Any, _output: Any) -> None:
+            if self._stack and self._stack[-1] is module:
+                self._stack.pop()
+
+        handles = []
+        for module in self._module_names:
+            handles.append(module.register_forward_pre_hook(push))
+            handles.append(module.register_forward_hook(pop, always_call=True))
+        return handles
+
+    def _site_name(self, op: SiteOp, seen: Counter) -> str:
+        module = self._stack[-1] if self._stack else None
+        base = self._module_names.get(module, "") if module is not None else ""
+        is_leaf = module is not None and next(module.children(), None) is None
+        name = base if (is_leaf and base) else ".".join(p for p in (base, op.label) if p)
+        seen[name] += 1
+        return name if seen[name] == 1 else f"{name}#{seen[name]}"
+
+    # ------------------------------------------------------------------ the intercepted call
+    def _on_site(self, op: SiteOp, args: tuple, kwargs: dict) -> Any:
+        params = op.bind(args, kwargs)
+        x_in = params["input"]
+        index = self._calls
+        self._calls += 1
+        if self.passes == 0:
+            site = self._new_site(index, op, params)
+        else:
+            site = self._site_at(index, op)
+        if site.frozen is not None:
+            output, state = op.frozen(x_in, site.frozen, params), site.frozen
+        else:
+            output, state = op.evaluate(params)
+        gate = self._policy.gate(site, output.detach())
+        gated = _gated(output, gate, lambda cw: self._policy.backward(site, cw))
+        return (gated, state) if op.returns_indices(params) else gated
+
+    def _new_site(self, index: int, op: SiteOp, params: dict) -> Site:
+        with torch.no_grad():
+            output, state = op.evaluate(params)
+        site = Site(index, self._site_name(op, self._names_seen), op, tuple(output.shape))
+        # The frozen form reproduces the first pass exactly and keeps only masks for backward.
+        site.frozen = state if self.linearize else None
+        self._check_batch(site)
+        self.sites.append(site)
+        return site
+
+    def _site_at(self, index: int, op: SiteOp) -> Site:
+        if index >= len(self.sites) or self.sites[index].op is not op:
+            raise RuntimeError(
+                "The model's gate sites changed between forward passes (site "
+                f"{index}: {op.label}); feedback needs the same control flow on every pass."
+            )
+        return self.sites[index]
+
+    def _check_batch(self, site: Site) -> None:
+        if not site.shape or site.shape[0] != self.batch_size:
+            raise ValueError(
+                f"Gate site '{site.name}' has shape {site.shape}, whose first dimension is not "
+                f"the batch size {self.batch_size}; feedback gates are chosen per sample."
+            )
+
+    # ------------------------------------------------------------------ public
+    def module_name(self, module: nn.Module) -> str:
+        """The module's path in the model, or its class name when it is not a submodule."""
+        return self._module_names.get(module, type(module).__name__)
+
+    def forward(
+        self,
+        inputs: Tuple[Tensor, ...],
+        additional_forward_args: Tuple[Any, ...],
+        policy: GatePolicy,
+        taps: Sequence[nn.Module] = (),
+    ) -> Tuple[Tensor, Dict[nn.Module, Tensor]]:
+        """One forward pass with the policy's gates; returns the output and the tapped outputs.
+
+        The policy's ``backward`` also receives the CW of each tapped module's output, with a
+        ``Site`` whose ``kind`` is ``"layer"``.
+        """
+        self._policy, self._calls, self._stack = policy, 0, []
+        self._names_seen: Counter = Counter()
+        tapped: Dict[nn.Module, Tensor] = {}
+        handles = [self._tap(module, tapped) for module in taps]
+        try:
+            with _SiteMode(self._on_site):
+                output = self.forward_func(*inputs, *additional_forward_args)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.passes > 0 and self._calls != len(self.sites):
+            raise RuntimeError(
+                f"The model made {self._calls} gate-site calls on this pass but "
+                f"{len(self.sites)} on the first; feedback needs the same control flow."
+            )
+        self.passes += 1
+        return output, tapped
+
+    def _tap(self, module: nn.Module, tapped: Dict[nn.Module, Tensor]) -> Any:
+        name = self.module_name(module)
+        site = Site(-1, name, _LAYER_OP, ())
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
+            if module in tapped:
+                raise RuntimeError(f"Layer '{name}' is called more than once in one forward pass.")
+            if not isinstance(output, Tensor):
+                raise TypeError(f"Layer '{name}' must return a single tensor, got {type(output)}.")
+            site.shape = tuple(output.shape)
+            tapped[module] = _gated(output, None, lambda cw: self._policy.backward(site, cw))
+            return tapped[module]
+
+        return module.register_forward_hook(hook)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["GatingSession"]:
+        """Installs the naming hooks and guards the model's state for the session's lifetime."""
+        with preserved_state(self.forward_func):
+            handles = self._naming_hooks()
+            try:
+                yield self
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+
+_LAYER_OP = SiteOp("layer", "layer", ("input",), (), lambda p: (p["input"], None), lambda x, s, p: x)
+

@@ -1,0 +1,70 @@
+"""The gate selection rule shared by FSP and FR, and its thresholds.
+
+Both algorithms keep a unit when its contribution to the target score (Eq. 6,
+``alpha * z * x``) is large enough: ``z = 1[alpha * sign(x) > tau]``, with ``tau`` chosen per
+sample and per site by a threshold rule.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Tuple, Union
+
+import torch
+from torch import Tensor
+
+Threshold = Union[str, float, Callable[[Tensor], Tensor]]
+"""``"zero"`` (Algorithms 1 and 2), ``"mean"`` (the layer-mean rule at the end of Sec. 3.5:
+the mean of all CWs of the site), ``"positive_mean"`` (the mean of the positive CWs, the form
+used by the authors' Caffe demo), a constant, or a callable mapping the CWs ``(B, ...)`` of a
+site to per-sample thresholds of shape ``(B,)``."""
+
+_RULES = ("zero", "mean", "positive_mean")
+
+
+def check_threshold(threshold: Threshold) -> None:
+    """Raises ``ValueError`` for a threshold that is none of the documented forms."""
+    if isinstance(threshold, str) and threshold not in _RULES:
+        raise ValueError(f"Unknown threshold rule {threshold!r}; use one of {_RULES}, a number or a callable.")
+    if not isinstance(threshold, (str, float, int)) and not callable(threshold):
+        raise TypeError(f"threshold must be a rule name, a number or a callable, got {type(threshold)}.")
+
+
+def per_sample_threshold(cw: Tensor, threshold: Threshold) -> Tensor:
+    """The threshold ``tau`` of each sample for one site's CWs, shaped to broadcast over them."""
+    flat = cw.detach().flatten(1)
+    if threshold == "zero":
+        tau = flat.new_zeros(flat.shape[0])
+    elif threshold == "mean":
+        tau = flat.mean(1)
+    elif threshold == "positive_mean":
+        positive = flat.clamp(min=0)
+        tau = positive.sum(1) / (flat > 0).sum(1).clamp(min=1)
+    elif callable(threshold):
+        tau = torch.as_tensor(threshold(cw.detach()), dtype=cw.dtype, device=cw.device).reshape(-1)
+        tau = tau.expand(flat.shape[0])
+    else:
+        tau = flat.new_full((flat.shape[0],), float(threshold))
+    return tau.reshape((-1,) + (1,) * (cw.dim() - 1))
+
+
+def cw_signs(cw: Tensor, threshold: Threshold) -> Tuple[Tensor, Tensor]:
+    """``alpha > tau`` and ``alpha < -tau``: all the selection rule needs to know of the CWs."""
+    tau = per_sample_threshold(cw, threshold)
+    return cw > tau, cw < -tau
+
+
+def keep_mask(above: Tensor, below: Tensor, x: Tensor) -> Tensor:
+    """The selection rule: ``z = 1[alpha * sign(x) > tau]``.
+
+    Args:
+        above: ``alpha > tau`` (see :func:`cw_signs`).
+        below: ``alpha < -tau``.
+        x: The site's activation (the paper's ``x``: the input of the feedback layer).
+
+    For ``x >= 0`` -- every ReLU output, and every site in the first pass -- this is the
+    paper's ``z = delta(alpha - tau)`` (Algorithms 1 and 2). In the linearized network a frozen
+    unit's input can turn negative once gates below it close; taking the sign into account keeps
+    each greedy step of Algorithm 2 an ascent step there too (``alpha * z * x`` is then
+    maximized over ``z`` exactly). Units with ``x == 0`` contribute nothing and stay closed.
+    """
+    return torch.where(x > 0, above, (x < 0) & below)

@@ -1,0 +1,183 @@
+"""Gate sites: the ReLU-like and max-pooling operations that carry feedback gates.
+
+Sec. 3.1 of the paper reads ReLU and max-pooling as gates ``y = z o x``. Every call of one of
+the operations below during a forward pass is one gate site. Each operation knows three things:
+how to evaluate itself out of place, how to *freeze* itself after the first forward pass (the
+linearization of Sec. 3.3: ReLU on/off states and max-pool choices are fixed), and how to
+evaluate the frozen, piecewise-linear version on new inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Args = Tuple[Any, ...]
+Kwargs = Dict[str, Any]
+
+
+def _bind(args: Args, kwargs: Kwargs, names: Sequence[str], defaults: Kwargs) -> Kwargs:
+    """Map a call's positional and keyword arguments onto parameter names."""
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    if "self" in bound:  # Tensor methods such as ``x.relu()``
+        bound["input"] = bound.pop("self")
+    return bound
+
+
+@dataclass(frozen=True)
+class SiteOp:
+    """One gate-site operation family.
+
+    ``label`` names the operation in site names, ``kind`` is ``"activation"`` or ``"pool"``.
+    """
+
+    label: str
+    kind: str
+    names: Tuple[str, ...]
+    defaults: Tuple[Tuple[str, Any], ...]
+    evaluate: Callable[[Kwargs], Tuple[Tensor, Any]]
+    """Runs the real operation out of place: returns (output, frozen state)."""
+    frozen: Callable[[Tensor, Any, Kwargs], Tensor]
+    """Evaluates the linearized operation on a new input, given the frozen state."""
+    returns_indices: Callable[[Kwargs], bool] = lambda params: False
+
+    def bind(self, args: Args, kwargs: Kwargs) -> Kwargs:
+        return _bind(args, kwargs, self.names, dict(self.defaults))
+
+
+# ----------------------------------------------------------------------------- activations
+def _relu_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
+    x = p["input"]
+    return torch.relu(x), x > 0
+
+
+def _relu_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
+    return x * on
+
+
+def _hardtanh_eval(p: Kwargs) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    x, low, high = p["input"], p["min_val"], p["max_val"]
+    return F.hardtanh(x, low, high), ((x > low) & (x < high), x >= high)
+
+
+def _hardtanh_frozen(x: Tensor, state: Tuple[Tensor, Tensor], p: Kwargs) -> Tensor:
+    # Saturated units become constants: a frozen ReLU6 no longer clamps at 6.
+    linear, high = state
+    return torch.where(linear, x, torch.where(high, p["max_val"], p["min_val"]).to(x.dtype))
+
+
+def _negative_slope(x: Tensor, p: Kwargs) -> Any:
+    weight = p.get("weight")
+    if weight is None:
+        return p["negative_slope"]
+    if weight.numel() == 1 or x.dim() < 2:
+        return weight.reshape(-1)[0] if weight.numel() == 1 else weight
+    return weight.reshape((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _leaky_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
+    x = p["input"]
+    on = x > 0
+    return torch.where(on, x, x * _negative_slope(x, p)), on
+
+
+def _leaky_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
+    return torch.where(on, x, x * _negative_slope(x, p))
+
+
+def _activation(label: str, names: Tuple[str, ...], defaults: Kwargs, evaluate, frozen) -> SiteOp:
+    return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen)
+
+
+_RELU = _activation("relu", ("input", "inplace"), {}, _relu_eval, _relu_frozen)
+_HARDTANH = _activation(
+    "hardtanh", ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0},
+    _hardtanh_eval, _hardtanh_frozen,
+)
+_RELU6 = _activation(
+    "relu6", ("input", "inplace"), {"min_val": 0.0, "max_val": 6.0}, _hardtanh_eval,
+    _hardtanh_frozen,
+)
+_LEAKY = _activation(
+    "leaky_relu", ("input", "negative_slope", "inplace"), {"negative_slope": 0.01},
+    _leaky_eval, _leaky_frozen,
+)
+_PRELU = _activation("prelu", ("input", "weight"), {}, _leaky_eval, _leaky_frozen)
+
+
+# ----------------------------------------------------------------------------- max pooling
+_POOL_WITH_INDICES = {
+    ("max", 1): F.max_pool1d_with_indices,
+    ("max", 2): F.max_pool2d_with_indices,
+    ("max", 3): F.max_pool3d_with_indices,
+    ("adaptive", 1): F.adaptive_max_pool1d_with_indices,
+    ("adaptive", 2): F.adaptive_max_pool2d_with_indices,
+    ("adaptive", 3): F.adaptive_max_pool3d_with_indices,
+}
+
+
+def _pool_frozen_factory(dims: int) -> Callable[[Tensor, Tensor, Kwargs], Tensor]:
+    def frozen(x: Tensor, indices: Tensor, p: Kwargs) -> Tensor:
+        # The frozen max-pool picks the same input element as in the first forward pass.
+        flat_x = x.flatten(start_dim=-dims)
+        flat_i = indices.flatten(start_dim=-dims)
+        return flat_x.gather(-1, flat_i).view(indices.shape)
+
+    return frozen
+
+
+def _pool(variant: str, dims: int, always_tuple: Optional[bool]) -> SiteOp:
+    with_indices = _POOL_WITH_INDICES[(variant, dims)]
+    if variant == "max":
+        names: Tuple[str, ...] = (
+            "input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"
+        )
+        defaults: Kwargs = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}
+        label = f"max_pool{dims}d"
+    else:
+        names, defaults, label = ("input", "output_size", "return_indices"), {}, f"adaptive_max_pool{dims}d"
+
+    def evaluate(p: Kwargs) -> Tuple[Tensor, Tensor]:
+        call = {k: v for k, v in p.items() if k in names and k != "return_indices"}
+        if call.get("stride") == []:  # torch.max_pool2d's "same as kernel" spelling
+            call["stride"] = None
+        return with_indices(**call)
+
+    def returns_indices(p: Kwargs) -> bool:
+        return bool(p.get("return_indices", False)) if always_tuple is None else always_tuple
+
+    return SiteOp(
+        label, "pool", names, tuple(defaults.items()), evaluate, _pool_frozen_factory(dims),
+        returns_indices,
+    )
+
+
+def _site_table() -> Dict[Callable, SiteOp]:
+    table: Dict[Callable, SiteOp] = {}
+    for fn in (F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_):
+        table[fn] = _RELU
+    for fn in (F.hardtanh, F.hardtanh_):
+        table[fn] = _HARDTANH
+    table[F.relu6] = _RELU6
+    for fn in (F.leaky_relu, F.leaky_relu_):
+        table[fn] = _LEAKY
+    for fn in (F.prelu, torch.prelu):
+        table[fn] = _PRELU
+    for dims in (1, 2, 3):
+        table[getattr(F, f"max_pool{dims}d")] = _pool("max", dims, None)
+        table[getattr(F, f"max_pool{dims}d_with_indices")] = _pool("max", dims, True)
+        table[getattr(torch, f"max_pool{dims}d")] = _pool("max", dims, False)
+        table[getattr(F, f"adaptive_max_pool{dims}d")] = _pool("adaptive", dims, None)
+        table[getattr(F, f"adaptive_max_pool{dims}d_with_indices")] = _pool("adaptive", dims, True)
+    table[torch.adaptive_max_pool1d] = _pool("adaptive", 1, True)
+    return table
+
+
+SITE_OPS: Dict[Callable, SiteOp] = _site_table()
+"""Every function that is a gate site, mapped to its operation family."""

@@ -1,0 +1,48 @@
+"""What Feedback Selective Pruning chose: :class:`FeedbackState`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+from torch import Tensor
+
+
+@dataclass
+class FeedbackState:
+    """The result of :meth:`FeedbackSelectivePruning.select`.
+
+    Attributes:
+        attributions: Input gradients of the target score under the final gates, one tensor
+            per input (the "visualization map" of Sec. 3.4.1 before normalization).
+        gates: Boolean gate ``z`` of every site after the last update, keyed by site name in
+            execution order, each shaped like the site's activation ``(B, ...)``.
+        cws: Contribution weights ``alpha = dS/d(z x)`` (Eq. 6) of every site under the final
+            gates, same keys and shapes. Empty when not requested.
+        site_kinds: ``"activation"`` (ReLU-like) or ``"pool"`` (max-pooling) per site.
+        outputs: The model's full output at every pass, ``(iterations + 1, B, n_outputs)``:
+            index 0 is the plain forward pass, index ``i`` the pass with the gates of update
+            ``i`` -- the curves of the paper's Fig. 6. Samples that converged early repeat
+            their last row.
+        target_scores: The target score at every pass, ``(iterations + 1, B)``.
+        updates: Per sample, how many gate updates changed at least one gate.
+        converged: Per sample, whether the gates reached a fixed point within ``iterations``.
+        layer_outputs: Output of each tapped layer under the final gates, keyed by module name.
+        layer_cws: CW ``dS/dh`` of each tapped layer's output ``h`` under the final gates.
+    """
+
+    attributions: Tuple[Tensor, ...]
+    gates: Dict[str, Tensor]
+    cws: Dict[str, Tensor]
+    site_kinds: Dict[str, str]
+    outputs: Tensor
+    target_scores: Tensor
+    updates: Tensor
+    converged: Tensor
+    layer_outputs: Dict[str, Tensor] = field(default_factory=dict)
+    layer_cws: Dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> Tuple[int, ...]:
+        """Spatial size of the first input (everything after batch and channel dimensions)."""
+        return tuple(self.attributions[0].shape[2:])
