@@ -31,7 +31,8 @@ class _PruningPolicy(GatePolicy):
         self.cws: Dict[int, Tensor] = {}
         self.layer_cws: Dict[str, Tensor] = {}
         self.active = torch.ones(batch_size, dtype=torch.bool)
-        self.changed = torch.zeros(batch_size, dtype=torch.bool)
+        self.changed: Optional[Tensor] = None
+        """Per sample, whether this pass changed a gate (on the activations' device)."""
 
     def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
         signs = self.signs.get(site.index)
@@ -41,11 +42,20 @@ class _PruningPolicy(GatePolicy):
         previous = self.gates.get(site.index)
         if previous is None:
             previous = torch.ones_like(gate)
-        active = self.active.to(gate.device).view((-1,) + (1,) * (gate.dim() - 1))
-        gate = torch.where(active, gate, previous)  # converged samples keep their gates
-        self.changed |= (gate != previous).flatten(1).any(1).cpu()
+        if not self.active.all():  # converged samples keep their gates
+            active = self.active.to(gate.device).view((-1,) + (1,) * (gate.dim() - 1))
+            gate = torch.where(active, gate, previous)
+        changed = (gate != previous).flatten(1).any(1)
+        self.changed = changed if self.changed is None else self.changed | changed
         self.gates[site.index] = gate
         return gate
+
+    def end_pass(self) -> Tensor:
+        """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
+        if self.changed is not None:
+            self.active &= self.changed.cpu()
+        self.changed = None
+        return self.active
 
     def backward(self, site: Site, cw: Tensor) -> Tensor:
         if site.kind == "layer":
@@ -169,15 +179,14 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         scores: List[Tensor] = []
         updates = torch.zeros(batch.size, dtype=torch.long)
         for update in range(iterations + 1):
-            policy.changed.zero_()
             output, tapped = self._forward(session, batch, policy, layers)
             target_scores = select_targets(output, batch.targets)
             outputs.append(output.detach().reshape(batch.size, -1))
             scores.append(target_scores.detach())
             if update > 0:
-                policy.active &= policy.changed
-                updates += policy.active.long()
-                if not policy.active.any():
+                active = policy.end_pass()
+                updates += active.long()
+                if not active.any():
                     break  # every sample at a fixed point: the last gradients are final
             grads = input_gradients(target_scores, batch.inputs)
             layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}

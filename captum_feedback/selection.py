@@ -16,7 +16,10 @@ Threshold = Union[str, float, Callable[[Tensor], Tensor]]
 """``"zero"`` (Algorithms 1 and 2), ``"mean"`` (the layer-mean rule at the end of Sec. 3.5:
 the mean of all CWs of the site), ``"positive_mean"`` (the mean of the positive CWs, the form
 used by the authors' Caffe demo), a constant, or a callable mapping the CWs ``(B, ...)`` of a
-site to per-sample thresholds of shape ``(B,)``."""
+site to per-sample thresholds of shape ``(B,)``.
+
+A threshold below zero is raised to zero: it would keep units whose contribution lowers the
+target score (a layer's mean CW is often negative), which no reading of Eq. 7 wants."""
 
 _RULES = ("zero", "mean", "positive_mean")
 
@@ -44,11 +47,13 @@ def per_sample_threshold(cw: Tensor, threshold: Threshold) -> Tensor:
         tau = tau.expand(flat.shape[0])
     else:
         tau = flat.new_full((flat.shape[0],), float(threshold))
-    return tau.reshape((-1,) + (1,) * (cw.dim() - 1))
+    return tau.clamp(min=0).reshape((-1,) + (1,) * (cw.dim() - 1))
 
 
 def cw_signs(cw: Tensor, threshold: Threshold) -> Tuple[Tensor, Tensor]:
     """``alpha > tau`` and ``alpha < -tau``: all the selection rule needs to know of the CWs."""
+    if threshold == "zero":
+        return cw > 0, cw < 0
     tau = per_sample_threshold(cw, threshold)
     return cw > tau, cw < -tau
 

@@ -63,13 +63,15 @@ def _relu_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
 
 def _hardtanh_eval(p: Kwargs) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     x, low, high = p["input"], p["min_val"], p["max_val"]
-    return F.hardtanh(x, low, high), ((x > low) & (x < high), x >= high)
+    y = F.hardtanh(x, low, high)
+    return y, ((x > low) & (x < high), y.detach())
 
 
 def _hardtanh_frozen(x: Tensor, state: Tuple[Tensor, Tensor], p: Kwargs) -> Tensor:
-    # Saturated units become constants: a frozen ReLU6 no longer clamps at 6.
-    linear, high = state
-    return torch.where(linear, x, torch.where(high, p["max_val"], p["min_val"]).to(x.dtype))
+    # Saturated units keep their clamped value as a constant; the others stay linear, so a
+    # frozen ReLU6 no longer clamps at 6.
+    linear, first_output = state
+    return torch.where(linear, x, first_output)
 
 
 def _negative_slope(x: Tensor, p: Kwargs) -> Any:

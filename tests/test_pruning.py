@@ -1,0 +1,216 @@
+"""Feedback Selective Pruning (Algorithm 2) as a Captum attribution."""
+
+import pytest
+import torch
+import torchvision
+from captum.attr import Saliency
+from nets import FunctionalVGGish, ResNetish, VGGish, seeded
+from torch import nn
+
+from captum_feedback import FSP, FeedbackSelectivePruning, FeedbackState
+from captum_feedback.selection import keep_mask
+
+
+def hand_net() -> nn.Sequential:
+    """x -> identity -> ReLU -> S = x1 - x2 + 2 x3, worked out by hand below."""
+    net = nn.Sequential(nn.Linear(3, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(3))
+        net[2].weight.copy_(torch.tensor([[1.0, -1.0, 2.0]]))
+    return net.eval()
+
+
+def test_hand_worked_gates_and_attribution():
+    # h = (1, 2, -1), ReLU -> (1, 2, 0), CWs alpha = (1, -1, 2): FSP keeps only unit 1
+    # (unit 2 speaks against S, unit 3 is inactive), so S rises from -1 to 1 and the
+    # attribution is the first row of W1 alone, where the plain gradient is (1, -1, 0).
+    x = torch.tensor([[1.0, 2.0, -1.0]])
+    state = FSP(hand_net()).select(x, iterations=3)
+    assert state.gates["1"].tolist() == [[True, False, False]]
+    torch.testing.assert_close(state.cws["1"], torch.tensor([[1.0, -1.0, 2.0]]))
+    assert state.target_scores[:, 0].tolist() == [-1.0, 1.0, 1.0, 1.0]
+    torch.testing.assert_close(state.attributions[0], torch.tensor([[1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(Saliency(hand_net()).attribute(x, abs=False), torch.tensor([[1.0, -1.0, 0.0]]))
+    assert state.updates.tolist() == [1] and state.converged.tolist() == [True]
+
+
+def reference_sweep(linears, x, target, iterations):
+    """Algorithm 2 literally: layer by layer from the bottom, the CW of each layer recomputed
+    by its own backward pass after the layers below it were updated."""
+    with torch.no_grad():
+        masks, h = [], x
+        for lin in linears[:-1]:
+            pre = lin(h)
+            masks.append(pre > 0)
+            h = pre * masks[-1]
+    gates = [torch.ones_like(m) for m in masks]
+
+    def forward_from(layer, h):
+        for k in range(layer, len(masks)):
+            h = linears[k](h) * masks[k] * gates[k] if k > layer else h
+        return linears[-1](h)[:, target].sum()
+
+    for _ in range(iterations):
+        h = x
+        for layer in range(len(masks)):
+            y = linears[layer](h) * masks[layer]  # frozen ReLU, new gates below
+            leaf = (y * gates[layer]).detach().requires_grad_()
+            cw = torch.autograd.grad(forward_from(layer, leaf), leaf)[0]
+            gates[layer] = keep_mask(cw > 0, cw < 0, y)
+            h = y * gates[layer]
+    return gates
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_backward_per_update_equals_the_bottom_up_sweep(seed):
+    torch.manual_seed(seed)
+    linears = [nn.Linear(6, 12), nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 4)]
+    model = nn.Sequential(linears[0], nn.ReLU(), linears[1], nn.ReLU(), linears[2], nn.ReLU(), linears[3]).eval()
+    x = torch.randn(1, 6)
+    for iterations in (1, 2, 4):
+        expected = reference_sweep(linears, x, target=2, iterations=iterations)
+        state = FSP(model).select(x, target=2, iterations=iterations)
+        for name, gates in zip(("1", "3", "5"), expected):
+            assert torch.equal(state.gates[name], gates), (iterations, name)
+
+
+def monotone(scores: torch.Tensor) -> bool:
+    steps = scores[1:] - scores[:-1]
+    return bool((steps >= -1e-4 * scores.abs().max().clamp(min=1)).all())
+
+
+@pytest.mark.parametrize("make", [VGGish, ResNetish], ids=["vgg-style", "resnet-style"])
+@pytest.mark.parametrize("seed", range(5))
+def test_target_score_never_decreases_over_linearized_updates(make, seed):
+    """Sec. 4.1: in the linearized network every update is a greedy ascent step."""
+    model = seeded(make(), seed)
+    x = torch.randn(3, 3, 16, 16)
+    state = FSP(model).select(x, target=[0, 2, 4], iterations=8)
+    for sample in range(3):
+        assert monotone(state.target_scores[:, sample]), state.target_scores[:, sample]
+    assert (state.target_scores[-1] > state.target_scores[0]).all()
+
+
+def test_target_score_never_decreases_on_torchvision_resnet18():
+    model = torchvision.models.resnet18(weights=None).eval()
+    state = FSP(model).select(torch.randn(2, 3, 32, 32), target=[3, 7], iterations=5)
+    for sample in range(2):
+        assert monotone(state.target_scores[:, sample])
+
+
+def test_select_records_the_full_output_of_every_pass_for_fig6():
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    state = FSP(model).select(x, target=1, iterations=4)
+    assert isinstance(state, FeedbackState)
+    assert state.outputs.shape == (5, 2, 5)
+    torch.testing.assert_close(state.outputs[0], model(x))
+    torch.testing.assert_close(state.target_scores, state.outputs[:, :, 1])
+    assert set(state.gates) == set(state.cws) == set(state.site_kinds)
+    assert all(g.dtype == torch.bool for g in state.gates.values())
+
+
+def test_updates_stop_per_sample_at_a_fixed_point():
+    state = FSP(hand_net()).select(torch.tensor([[1.0, 2.0, -1.0], [3.0, -1.0, 1.0]]), iterations=6)
+    assert state.converged.all()
+    assert (state.updates <= 2).all()
+    torch.testing.assert_close(state.outputs[-1], state.outputs[-2])
+
+
+@pytest.mark.parametrize("make", [VGGish, ResNetish])
+def test_a_batch_with_a_list_of_targets_equals_one_call_per_sample(make):
+    model = seeded(make())
+    x = torch.randn(3, 3, 16, 16)
+    targets = [4, 0, 2]
+    batched = FSP(model).attribute(x, target=targets)
+    single = torch.cat([FSP(model).attribute(x[i:i + 1], target=t) for i, t in enumerate(targets)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+
+
+def test_functional_relu_model_equals_the_module_model():
+    modules = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(
+        FSP(FunctionalVGGish(modules)).attribute(x, target=3), FSP(modules).attribute(x, target=3)
+    )
+
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [(2, [2, 2]), ((2,), [2, 2]), (torch.tensor(2), [2, 2]), (torch.tensor([1, 3]), [1, 3]), ([1, 3], [1, 3]),
+     ([(1,), (3,)], [1, 3])],
+)
+def test_every_captum_target_form(target, expected):
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    reference = torch.cat([FSP(model).attribute(x[i:i + 1], target=t) for i, t in enumerate(expected)])
+    torch.testing.assert_close(FSP(model).attribute(x, target=target), reference, atol=1e-5, rtol=1e-4)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x1, x2, scale, shift=0.0):
+        return self.head(torch.relu(self.a(x1) + scale * self.b(x2))) + shift
+
+
+def test_tuple_inputs_and_additional_forward_args_work_like_captum():
+    model = seeded(TwoInputs())
+    x1, x2 = torch.randn(2, 4), torch.randn(2, 4)
+    attribution = FSP(model).attribute((x1, x2), target=1, additional_forward_args=(2.0, 1.0))
+    assert isinstance(attribution, tuple) and [a.shape for a in attribution] == [x1.shape, x2.shape]
+    scaled = FSP(model).attribute((x1, x2), target=1, additional_forward_args=0.0)
+    torch.testing.assert_close(scaled[1], torch.zeros_like(x2))
+
+
+def test_fsp_is_class_specific_where_the_gradient_is_shared():
+    """Two targets on one image get different maps, and differ more than plain gradients."""
+    model = seeded(VGGish())
+    x = torch.randn(1, 3, 16, 16)
+    fsp = FeedbackSelectivePruning(model)
+    a, b = fsp.attribute(x, target=0).flatten(), fsp.attribute(x, target=1).flatten()
+    assert torch.cosine_similarity(a, b, dim=0) < 0.99
+
+
+@pytest.mark.parametrize("threshold", ["mean", "positive_mean", 0.01, lambda cw: cw.flatten(1).std(1)])
+def test_threshold_rules_prune_at_least_as_much_as_zero(threshold):
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    zero = FSP(model).select(x, target=1, iterations=1)
+    other = FSP(model).select(x, target=1, iterations=1, threshold=threshold)
+    kept = lambda s: sum(int(g.sum()) for g in s.gates.values())  # noqa: E731
+    assert kept(other) <= kept(zero)
+
+
+def test_the_non_linearized_variant_re_evaluates_activations():
+    model = seeded(ResNetish())
+    x = torch.randn(2, 3, 16, 16)
+    state = FSP(model).select(x, target=1, iterations=3, linearize=False)
+    assert torch.isfinite(state.attributions[0]).all()
+    assert not torch.equal(state.attributions[0], FSP(model).attribute(x, target=1, iterations=3))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_torchvision_models_run(name):
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(2, 3, 32, 32)
+    attribution = FSP(model).attribute(x, target=[1, 2], iterations=2)
+    assert attribution.shape == x.shape and torch.isfinite(attribution).all()
+
+
+def test_captum_basic_models_run():
+    from captum.testing.helpers import basic_models as bm
+
+    cases = [
+        (bm.BasicModel_ConvNet_One_Conv(), torch.randn(2, 1, 4, 4), 0),
+        (bm.BasicModel_ConvNet(), torch.randn(2, 1, 10, 10), 1),
+        (bm.BasicModel_MultiLayer(), torch.randn(2, 3), 0),
+        (bm.ReLULinearModel(), (torch.randn(2, 3), torch.randn(2, 3)), None),
+    ]
+    for model, inputs, target in cases:
+        attribution = FSP(model.eval()).attribute(inputs, target=target, iterations=2)
+        flat = attribution if isinstance(attribution, tuple) else (attribution,)
+        assert all(torch.isfinite(a).all() for a in flat), type(model).__name__

@@ -1,0 +1,96 @@
+"""The engine finds every gate site by itself and reproduces the model exactly."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from nets import FunctionalVGGish, ResNetish, VGGish, seeded
+from torch import nn
+
+from captum_feedback import FSP
+from captum_feedback.engine import GatePolicy, GatingSession
+
+
+def site_names(model, x):
+    session = GatingSession(model, linearize=True, batch_size=x.shape[0])
+    with session.installed():
+        session.forward((x,), (), GatePolicy())
+    return [s.name for s in session.sites], session
+
+
+def test_module_sites_are_named_by_module_path():
+    names, _ = site_names(seeded(VGGish()), torch.randn(1, 3, 16, 16))
+    assert names == ["features.1", "features.3", "features.4", "features.6", "features.7", "classifier.2"]
+
+
+def test_a_module_called_twice_is_two_sites():
+    names, _ = site_names(seeded(ResNetish()), torch.randn(1, 3, 16, 16))
+    assert names == ["relu", "pool", "relu#2", "relu#3"]
+
+
+def test_functional_calls_are_sites_named_after_the_calling_module():
+    names, session = site_names(FunctionalVGGish(seeded(VGGish())), torch.randn(1, 3, 16, 16))
+    assert len(names) == 6
+    assert names[0] == "relu" and names[1] == "relu#2" and names[2] == "max_pool2d"
+    assert [s.kind for s in session.sites] == ["activation", "activation", "pool", "activation", "pool", "activation"]
+
+
+class Zoo(nn.Module):
+    def forward(self, x):
+        x = F.leaky_relu(x, 0.2)
+        x = F.relu6(x * 3)
+        x = nn.Hardtanh(-0.5, 0.5)(x - 1)
+        x = torch.prelu(x, torch.tensor([0.1]))
+        x = F.adaptive_max_pool2d(x, 2)
+        x = torch.max_pool1d(x.flatten(2), 2)
+        y, _ = F.max_pool1d(x, 1, return_indices=True)
+        return y.flatten(1)
+
+
+def test_every_relu_variant_and_pool_is_a_site():
+    names, session = site_names(Zoo(), torch.randn(2, 3, 8, 8))
+    assert [s.op.label for s in session.sites] == [
+        "leaky_relu", "relu6", "hardtanh", "prelu", "adaptive_max_pool2d", "max_pool1d", "max_pool1d"
+    ]
+
+
+@pytest.mark.parametrize("model", [seeded(VGGish()), seeded(ResNetish()), Zoo(), FunctionalVGGish(seeded(VGGish()))])
+def test_linearized_passes_reproduce_the_model(model):
+    """With all gates open, the frozen network is the model at the point of linearization."""
+    x = torch.randn(2, 3, 16, 16)
+    expected = model(x)
+    session = GatingSession(model, linearize=True, batch_size=2)
+    with session.installed():
+        first, _ = session.forward((x,), (), GatePolicy())
+        second, _ = session.forward((x,), (), GatePolicy())
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+
+
+def test_frozen_network_is_affine_in_the_input():
+    """After freezing, ReLU states and max-pool choices no longer follow the input."""
+    model = seeded(VGGish())
+    x = torch.randn(1, 3, 16, 16)
+    session = GatingSession(model, linearize=True, batch_size=1)
+    with session.installed():
+        at_x, _ = session.forward((x,), (), GatePolicy())
+        at_2x, _ = session.forward((2 * x,), (), GatePolicy())
+        at_minus_x, _ = session.forward((-x,), (), GatePolicy())
+        at_zero, _ = session.forward((0 * x,), (), GatePolicy())
+    torch.testing.assert_close(at_2x - at_zero, 2 * (at_x - at_zero), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(at_minus_x - at_zero, -(at_x - at_zero), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(model(-x), at_minus_x)  # the real network is not
+
+
+def test_in_place_relu_models_give_the_same_attribution_as_out_of_place():
+    torch.manual_seed(0)
+    plain = seeded(VGGish(inplace=False))
+    inplace = VGGish(inplace=True).eval()
+    inplace.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(FSP(inplace).attribute(x, target=1), FSP(plain).attribute(x, target=1))
+
+
+def test_gate_outputs_may_be_modified_in_place_by_the_model():
+    """ResNetish adds the skip in place onto a tensor derived from a gated output."""
+    attribution = FSP(seeded(ResNetish())).attribute(torch.randn(2, 3, 16, 16), target=0)
+    assert torch.isfinite(attribution).all() and attribution.abs().sum() > 0
