@@ -1,0 +1,140 @@
+"""Bad input gets a clear error, and the model is always left exactly as it was found."""
+
+import pytest
+import torch
+from nets import ResNetish, VGGish, seeded
+from torch import nn
+
+from captum_feedback import FR, FSP, LayerFeedback
+
+
+def hooks_of(model):
+    return [
+        (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for name, m in model.named_modules()
+    ]
+
+
+def snapshot(model):
+    return {
+        "hooks": hooks_of(model),
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+        "grad_values": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    }
+
+
+def assert_untouched(model, before):
+    after = snapshot(model)
+    assert after["hooks"] == before["hooks"]
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert all(a is b for a, b in zip(after["grads"], before["grads"]))
+    for a, b in zip(after["grad_values"], before["grad_values"]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.fixture
+def model():
+    net = seeded(ResNetish())
+    net.conv1.weight.requires_grad_(False)
+    net.head.weight.grad = torch.ones_like(net.head.weight)
+    return net
+
+
+def run_all(net, x, **kwargs):
+    FSP(net).attribute(x, **kwargs)
+    FR(net).attribute(x, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, error, message",
+    [
+        (torch.ones(1, 3, 8, 8, dtype=torch.long), {"target": 0}, TypeError, "floating-point"),
+        (torch.full((1, 3, 8, 8), float("nan")), {"target": 0}, ValueError, "NaN"),
+        (torch.full((1, 3, 8, 8), float("inf")), {"target": 0}, ValueError, "infinite"),
+        (torch.ones(1, 3, 8, 8), {"target": 5}, ValueError, "out of range"),
+        (torch.ones(1, 3, 8, 8), {"target": -6}, ValueError, "out of range"),
+        (torch.ones(2, 3, 8, 8), {"target": [1, 2, 3]}, ValueError, "3 entries for a batch of 2"),
+        (torch.ones(1, 3, 8, 8), {"target": None}, ValueError, "selects 5 values"),
+        (torch.ones(1, 3, 8, 8), {"target": "cat"}, TypeError, "target"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_the_model_is_untouched(model, x, kwargs, error, message):
+    before = snapshot(model)
+    with pytest.raises(error, match=message):
+        FSP(model).attribute(x, **kwargs)
+    assert_untouched(model, before)
+    with pytest.raises(error, match=message):
+        FR(model).attribute(x, **kwargs)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("iterations", [0, -1, 1.5, True])
+def test_iterations_below_one_are_refused(model, iterations):
+    with pytest.raises(ValueError, match="iterations"):
+        FSP(model).attribute(torch.ones(1, 3, 8, 8), target=0, iterations=iterations)
+
+
+def test_unknown_threshold_rule_is_refused(model):
+    with pytest.raises(ValueError, match="threshold"):
+        FSP(model).attribute(torch.ones(1, 3, 8, 8), target=0, threshold="median")
+
+
+def test_a_model_without_gate_sites_is_refused():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.Sigmoid()).eval()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="no gate site"):
+        FSP(model).attribute(torch.ones(1, 3, 2, 2), target=0)
+    assert_untouched(model, before)
+
+
+class Exploding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        self.relu(x)
+        raise RuntimeError("boom")
+
+
+def test_hooks_and_modes_are_removed_when_the_forward_raises():
+    model = Exploding()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        FSP(model).attribute(torch.ones(1, 3), target=0)
+    assert_untouched(model, before)
+
+
+def test_training_flag_requires_grad_and_grads_survive_a_successful_run(model):
+    model.train()
+    before = snapshot(model)
+    run_all(model, torch.randn(2, 3, 8, 8), target=1)
+    LayerFeedback(model, model.conv2).attribute(torch.randn(2, 3, 8, 8), target=1)
+    assert_untouched(model, before)
+
+
+def test_two_attribution_objects_on_one_model_never_interfere():
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    alone = FSP(model).attribute(x, target=1)
+    first, second = FSP(model), FSP(model)
+    second.attribute(x, target=3)
+    FR(model).attribute(x, target=2)
+    torch.testing.assert_close(first.attribute(x, target=1), alone)
+
+
+def test_data_dependent_control_flow_is_a_clear_error():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            y = torch.relu(x)
+            out = -2 * y[:, :1]
+            if y[:, 0].sum() > 0:  # FSP closes unit 0 (its CW is negative): the branch vanishes
+                out = out + torch.relu(y - 1).sum(1, keepdim=True)
+            return out
+
+    with pytest.raises(RuntimeError, match="control flow"):
+        FSP(Branchy()).attribute(torch.tensor([[0.5, 2.0]]), iterations=3)
