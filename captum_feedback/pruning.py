@@ -84,9 +84,12 @@ class FeedbackSelectivePruning(FeedbackAttribution):
     the next (Sec. 4.1). Frozen units are not clamped any more, so scores can grow well beyond
     the model's normal logits. ``linearize=False`` re-evaluates the activations on every pass
     as the authors' Caffe demo does; it carries no such guarantee. The default was chosen by
-    measurement (``benchmarks/linearization.py``): on the embedded EfficientNet-Lite0 the
-    linearized updates raised the target score on every image while the re-evaluated ones
-    did not, and both converge within a few updates.
+    measurement (``python benchmarks/linearization.py``, EfficientNet-Lite0, top-2 classes of
+    five bundled photos, 5 updates): linearized, the score rose on 10 of 10 runs (re-evaluated:
+    0 of 10 never dropped), and the deletion area of the Summation Energy Map was 0.46 against
+    0.59 (lower is better); the input-gradient maps scored alike (0.15 and 0.13; the plain
+    gradient 0.17). The re-evaluated maps also look like speckle where the linearized ones
+    follow object contours.
 
     Nonlinearities other than the gate sites (sigmoid, GELU, softmax, ...) are evaluated as
     they are, so the guarantee covers piecewise-linear networks.

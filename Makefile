@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Each installs what it needs first; torch and torchvision are pinned to the builds
+# that lie on this workplace's disk (override TORCH for other machines).
+PYTHON ?= python3
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+OUT ?= figures
+
+.PHONY: install demo test lint
+
+install:
+	$(PYTHON) -m pip install -q $(TORCH)
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+demo: install
+	$(PYTHON) -m captum_feedback.demo --out $(OUT)
+
+lint: install
+	$(PYTHON) -m ruff check captum_feedback tests examples benchmarks
+
+test: lint
+	$(PYTHON) -m pytest
