@@ -63,7 +63,8 @@ def _peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
-        ((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage), key=lambda p: p[0]
+        ((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage),
+        key=lambda p: p[0],
     )
     current = peak = 0
     for _, delta in events:
@@ -97,8 +98,10 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, iterations: int
             results = {}
             for label, method in methods(name, model, iterations, ig_batch=max(batch, 16)).items():
                 call = lambda: method(x, target)  # noqa: E731
-                call()  # warm-up
-                reps = ig_repeats if label.startswith("Integrated") else repeats
+                is_ig = label.startswith("Integrated")
+                if not is_ig:  # IG runs 50 passes: the model is warm by then
+                    call()
+                reps = ig_repeats if is_ig else repeats
                 seconds = _median_seconds(call, reps, device)
                 results[label] = (seconds / batch, _peak_memory(call, device) / 2**20)
                 print(f"  {name} b={batch} {label}: {seconds / batch:.4f} s/img", flush=True)
@@ -112,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ig-repeats", type=int, default=1, help="repeats for Integrated Gradients")
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

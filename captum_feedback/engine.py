@@ -161,10 +161,7 @@ class GatingSession:
         x_in = params["input"]
         index = self._calls
         self._calls += 1
-        if self.passes == 0:
-            site = self._new_site(index, op, params)
-        else:
-            site = self._site_at(index, op)
+        site = self._new_site(index, op, params) if self.passes == 0 else self._site_at(index, op)
         if site.frozen is not None:
             output, state = op.frozen(x_in, site.frozen, params), site.frozen
         else:
@@ -249,7 +246,7 @@ class GatingSession:
         return module.register_forward_hook(hook)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["GatingSession"]:
+    def installed(self) -> Iterator[GatingSession]:
         """Installs the naming hooks and guards the model's state for the session's lifetime."""
         with preserved_state(self.forward_func):
             handles = self._naming_hooks()

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
 from captum_feedback.attribution import Batch, FeedbackAttribution, check_iterations, input_gradients
 from captum_feedback.engine import GatePolicy, GatingSession, Site
-from captum_feedback.selection import Threshold, check_threshold, cw_signs, keep_mask
+from captum_feedback.selection import Threshold, check_threshold, cw_selector, keep_mask
 from captum_feedback.state import FeedbackState
+
+_GATHER_BITS = 0x0102040810204080
+"""Multiplying eight 0/1 bytes, read as one little-endian int64, by this constant gathers
+them into the top byte (byte ``i`` becomes bit ``i``) without carries."""
+
+
+def pack_bits(gate: Tensor) -> Tensor:
+    """A boolean gate ``(B, ...)`` as ``(B, ceil(n / 8))`` bytes, eight units a byte."""
+    flat = gate.flatten(1)
+    if flat.shape[1] % 8:
+        flat = F.pad(flat, (0, -flat.shape[1] % 8))
+    words = flat.contiguous().view(torch.uint8).view(torch.int64)
+    return ((words * _GATHER_BITS) >> 56).to(torch.uint8)
+
+
+def unpack_bits(packed: Tensor, shape: Tuple[int, ...]) -> Tensor:
+    """The inverse of :func:`pack_bits`."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = ((packed.unsqueeze(-1) >> shifts) & 1).bool()
+    return bits.view(packed.shape[0], -1)[:, : math.prod(shape[1:])].view(shape)
 
 
 class _PruningPolicy(GatePolicy):
@@ -21,13 +43,16 @@ class _PruningPolicy(GatePolicy):
     pass and the activation ``x`` computed with the *already updated* gates below, is exactly
     Algorithm 2's bottom-up sweep: a site's CW depends only on the gates above it, which the
     sweep has not touched yet. One forward and one backward pass per update suffice.
+
+    Memory: between passes a site holds one byte per unit (the CW selector, dropped as soon
+    as the forward pass has used it) and its gates packed eight to a byte.
     """
 
     def __init__(self, threshold: Threshold, batch_size: int, keep_cws: bool) -> None:
         self.threshold = threshold
         self.keep_cws = keep_cws
-        self.signs: Dict[int, Tuple[Tensor, Tensor]] = {}
-        self.gates: Dict[int, Tensor] = {}
+        self.selectors: Dict[int, Tensor] = {}
+        self.packed_gates: Dict[int, Tensor] = {}
         self.cws: Dict[int, Tensor] = {}
         self.layer_cws: Dict[str, Tensor] = {}
         self.active = torch.ones(batch_size, dtype=torch.bool)
@@ -35,20 +60,28 @@ class _PruningPolicy(GatePolicy):
         """Per sample, whether this pass changed a gate (on the activations' device)."""
 
     def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
-        signs = self.signs.get(site.index)
-        if signs is None:  # first pass, or a site the target does not reach: gates open
-            return self.gates.get(site.index)
-        gate = keep_mask(*signs, x)
-        previous = self.gates.get(site.index)
+        selector = self.selectors.pop(site.index, None)
+        previous = self.packed_gates.get(site.index)
+        if selector is None:  # first pass, or a site the target does not reach: gates open
+            return None if previous is None else unpack_bits(previous, site.shape)
+        gate = keep_mask(selector, x)
         if previous is None:
-            previous = torch.ones_like(gate)
+            previous = pack_bits(torch.ones_like(gate))
         if not self.active.all():  # converged samples keep their gates
             active = self.active.to(gate.device).view((-1,) + (1,) * (gate.dim() - 1))
-            gate = torch.where(active, gate, previous)
-        changed = (gate != previous).flatten(1).any(1)
+            gate = torch.where(active, gate, unpack_bits(previous, site.shape))
+        packed = pack_bits(gate)
+        changed = (packed != previous).any(1)
         self.changed = changed if self.changed is None else self.changed | changed
-        self.gates[site.index] = gate
+        self.packed_gates[site.index] = packed
         return gate
+
+    def gates(self, site: Site, device: torch.device) -> Tensor:
+        """The site's current gates, all open if it never had any."""
+        packed = self.packed_gates.get(site.index)
+        return torch.ones(site.shape, dtype=torch.bool, device=device) if packed is None else unpack_bits(
+            packed, site.shape
+        )
 
     def end_pass(self) -> Tensor:
         """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
@@ -61,7 +94,7 @@ class _PruningPolicy(GatePolicy):
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        self.signs[site.index] = cw_signs(cw, self.threshold)
+        self.selectors[site.index] = cw_selector(cw, self.threshold)
         if self.keep_cws:
             self.cws[site.index] = cw.detach()
         return cw
@@ -206,10 +239,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
     ) -> FeedbackState:
         names = {site.index: site.name for site in session.sites}
         device = grads[0].device
-        gates = {
-            site.name: policy.gates.get(site.index, torch.ones(site.shape, dtype=torch.bool, device=device))
-            for site in session.sites
-        }
+        gates = {site.name: policy.gates(site, device) for site in session.sites}
         return FeedbackState(
             attributions=grads,
             gates=gates,

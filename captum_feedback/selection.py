@@ -7,7 +7,7 @@ sample and per site by a threshold rule.
 
 from __future__ import annotations
 
-from typing import Callable, Tuple, Union
+from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -50,20 +50,23 @@ def per_sample_threshold(cw: Tensor, threshold: Threshold) -> Tensor:
     return tau.clamp(min=0).reshape((-1,) + (1,) * (cw.dim() - 1))
 
 
-def cw_signs(cw: Tensor, threshold: Threshold) -> Tuple[Tensor, Tensor]:
-    """``alpha > tau`` and ``alpha < -tau``: all the selection rule needs to know of the CWs."""
+def cw_selector(cw: Tensor, threshold: Threshold) -> Tensor:
+    """All the selection rule needs to know of a site's CWs, in one byte per unit.
+
+    ``+1`` where ``alpha > tau``, ``-1`` where ``alpha < -tau``, ``0`` otherwise (``tau >= 0``,
+    so the cases are exclusive).
+    """
     if threshold == "zero":
-        return cw > 0, cw < 0
+        return torch.sign(cw).to(torch.int8)
     tau = per_sample_threshold(cw, threshold)
-    return cw > tau, cw < -tau
+    return (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
 
 
-def keep_mask(above: Tensor, below: Tensor, x: Tensor) -> Tensor:
+def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
     """The selection rule: ``z = 1[alpha * sign(x) > tau]``.
 
     Args:
-        above: ``alpha > tau`` (see :func:`cw_signs`).
-        below: ``alpha < -tau``.
+        selector: The site's :func:`cw_selector`.
         x: The site's activation (the paper's ``x``: the input of the feedback layer).
 
     For ``x >= 0`` -- every ReLU output, and every site in the first pass -- this is the
@@ -72,4 +75,4 @@ def keep_mask(above: Tensor, below: Tensor, x: Tensor) -> Tensor:
     each greedy step of Algorithm 2 an ascent step there too (``alpha * z * x`` is then
     maximized over ``z`` exactly). Units with ``x == 0`` contribute nothing and stay closed.
     """
-    return torch.where(x > 0, above, (x < 0) & below)
+    return (x * selector) > 0

@@ -8,7 +8,6 @@ from nets import FunctionalVGGish, ResNetish, VGGish, seeded
 from torch import nn
 
 from captum_feedback import FSP, FeedbackSelectivePruning, FeedbackState
-from captum_feedback.selection import keep_mask
 
 
 def hand_net() -> nn.Sequential:
@@ -56,7 +55,7 @@ def reference_sweep(linears, x, target, iterations):
             y = linears[layer](h) * masks[layer]  # frozen ReLU, new gates below
             leaf = (y * gates[layer]).detach().requires_grad_()
             cw = torch.autograd.grad(forward_from(layer, leaf), leaf)[0]
-            gates[layer] = keep_mask(cw > 0, cw < 0, y)
+            gates[layer] = (cw * y) > 0  # the unit's contribution alpha * x is positive
             h = y * gates[layer]
     return gates
 
@@ -214,3 +213,16 @@ def test_captum_basic_models_run():
         attribution = FSP(model.eval()).attribute(inputs, target=target, iterations=2)
         flat = attribution if isinstance(attribution, tuple) else (attribution,)
         assert all(torch.isfinite(a).all() for a in flat), type(model).__name__
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (1, 8), (3, 5, 7), (2, 16, 4, 4), (1, 1)])
+def test_gates_pack_eight_to_a_byte_and_unpack_exactly(shape):
+    from captum_feedback.pruning import pack_bits, unpack_bits
+
+    gates = torch.rand(shape) > 0.5
+    packed = pack_bits(gates)
+    assert packed.dtype == torch.uint8 and packed.shape == (shape[0], -(-torch.Size(shape[1:]).numel() // 8))
+    assert torch.equal(unpack_bits(packed, shape), gates)
+    flipped = gates.clone().view(shape[0], -1)
+    flipped[0, -1] = ~flipped[0, -1]
+    assert not torch.equal(pack_bits(flipped.view(shape))[0], packed[0])

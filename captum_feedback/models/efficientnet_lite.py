@@ -163,6 +163,12 @@ def imagenet_classes() -> List[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def feedback_layer(model: EfficientNetLite) -> nn.Module:
+    """The middle layer for FSP-FR maps: the last depthwise ReLU6 at 14x14 (for 224x224
+    inputs), EfficientNet-Lite0's counterpart of VGG16's ``conv5_2`` used in the paper."""
+    return model._blocks[10].depthwise_relu
+
+
 def class_index(name: str, classes: Optional[List[str]] = None) -> int:
     """Index of an ImageNet class by name (case-insensitive)."""
     names = [c.lower() for c in (classes or imagenet_classes())]
