@@ -36,14 +36,12 @@ class Site:
 
     index: int
     name: str
-    op: SiteOp
+    kind: str
+    """``"activation"`` or ``"pool"``; ``"layer"`` for a tapped module's output."""
     shape: Tuple[int, ...]
+    op: Optional[SiteOp] = None
     frozen: Any = None
     """Linearization state recorded by the first forward pass (``None`` when not linearized)."""
-
-    @property
-    def kind(self) -> str:
-        return self.op.kind
 
 
 class GatePolicy:
@@ -126,6 +124,7 @@ class GatingSession:
         self._module_names: Dict[nn.Module, str] = {}
         self._stack: List[nn.Module] = []
         self._calls = 0
+        self._names_seen: Counter = Counter()
         self._policy: GatePolicy = GatePolicy()
 
     # ------------------------------------------------------------------ site naming
@@ -173,7 +172,7 @@ class GatingSession:
     def _new_site(self, index: int, op: SiteOp, params: dict) -> Site:
         with torch.no_grad():
             output, state = op.evaluate(params)
-        site = Site(index, self._site_name(op, self._names_seen), op, tuple(output.shape))
+        site = Site(index, self._site_name(op, self._names_seen), op.kind, tuple(output.shape), op)
         # The frozen form reproduces the first pass exactly and keeps only masks for backward.
         site.frozen = state if self.linearize else None
         self._check_batch(site)
@@ -212,8 +211,7 @@ class GatingSession:
         The policy's ``backward`` also receives the CW of each tapped module's output, with a
         ``Site`` whose ``kind`` is ``"layer"``.
         """
-        self._policy, self._calls, self._stack = policy, 0, []
-        self._names_seen: Counter = Counter()
+        self._policy, self._calls, self._stack, self._names_seen = policy, 0, [], Counter()
         tapped: Dict[nn.Module, Tensor] = {}
         handles = [self._tap(module, tapped) for module in taps]
         try:
@@ -232,7 +230,7 @@ class GatingSession:
 
     def _tap(self, module: nn.Module, tapped: Dict[nn.Module, Tensor]) -> Any:
         name = self.module_name(module)
-        site = Site(-1, name, _LAYER_OP, ())
+        site = Site(-1, name, "layer", ())
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
             if module in tapped:
@@ -247,8 +245,9 @@ class GatingSession:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[GatingSession]:
-        """Installs the naming hooks and guards the model's state for the session's lifetime."""
-        with preserved_state(self.forward_func):
+        """Installs the naming hooks, enables autograd (also inside a caller's ``no_grad``) and
+        guards the model's state for the session's lifetime."""
+        with preserved_state(self.forward_func), torch.enable_grad():
             handles = self._naming_hooks()
             try:
                 yield self
@@ -256,6 +255,4 @@ class GatingSession:
                 for handle in handles:
                     handle.remove()
 
-
-_LAYER_OP = SiteOp("layer", "layer", ("input",), (), lambda p: (p["input"], None), lambda x, s, p: x)
 

@@ -226,3 +226,11 @@ def test_gates_pack_eight_to_a_byte_and_unpack_exactly(shape):
     flipped = gates.clone().view(shape[0], -1)
     flipped[0, -1] = ~flipped[0, -1]
     assert not torch.equal(pack_bits(flipped.view(shape))[0], packed[0])
+
+
+def test_works_inside_a_no_grad_block_like_captum():
+    model = seeded(VGGish())
+    x = torch.randn(1, 3, 16, 16)
+    expected = FSP(model).attribute(x, target=1)
+    with torch.no_grad():
+        torch.testing.assert_close(FSP(model).attribute(x, target=1), expected)
