@@ -2,7 +2,9 @@
 
 Every method runs in the same process on the same random images, on torchvision ``vgg16``
 and ``resnet50`` (weights=None, 224x224), at batch sizes 1 and 16. Times are medians over
-``--repeats`` runs after one warm-up; ratios are against ``Saliency`` measured in the same run.
+``--repeats`` rounds after one warm-up, each round running every method once (Integrated
+Gradients, 50 passes a call, runs ``--ig-repeats`` rounds); ratios are against ``Saliency``
+measured in the same run.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the memory held before the
 call; on the CPU, the peak of memory allocated by the call as seen by a
@@ -73,17 +75,26 @@ def _peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return peak
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _interleaved_medians(calls: Dict[str, Callable[[], object]], repeats: Dict[str, int],
+                         device: torch.device) -> Dict[str, float]:
+    """Median seconds of each call; every round runs each method once, so drift in the
+    machine's speed affects all methods alike."""
+    times: Dict[str, List[float]] = {label: [] for label in calls}
+    for round_ in range(max(repeats.values())):
+        for label, call in calls.items():
+            if round_ < repeats[label]:
+                times[label].append(_seconds(call, device))
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def run(models: List[str], batch_sizes: List[int], repeats: int, iterations: int, device: torch.device,
@@ -95,19 +106,23 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, iterations: int
             torch.manual_seed(0)
             x = torch.randn(batch, 3, 224, 224, device=device)
             target = torch.randint(0, 1000, (batch,), device=device)
-            results = {}
-            for label, method in methods(name, model, iterations, ig_batch=max(batch, 16)).items():
-                call = lambda: method(x, target)  # noqa: E731
-                is_ig = label.startswith("Integrated")
-                if not is_ig:  # IG runs 50 passes: the model is warm by then
+            calls = {
+                label: (lambda method=method: method(x, target))
+                for label, method in methods(name, model, iterations, ig_batch=max(batch, 16)).items()
+            }
+            for label, call in calls.items():
+                if not label.startswith("Integrated"):  # IG runs 50 passes: warm enough
                     call()
-                reps = ig_repeats if is_ig else repeats
-                seconds = _median_seconds(call, reps, device)
-                results[label] = (seconds / batch, _peak_memory(call, device) / 2**20)
-                print(f"  {name} b={batch} {label}: {seconds / batch:.4f} s/img", flush=True)
-            base_t, base_m = results["Saliency"]
-            for label, (t, m) in results.items():
-                rows.append((name, batch, label, t, t / base_t, m, m / base_m if base_m else float("nan")))
+            reps = {label: ig_repeats if label.startswith("Integrated") else repeats for label in calls}
+            seconds = _interleaved_medians(calls, reps, device)
+            memory = {label: _peak_memory(call, device) / 2**20 for label, call in calls.items()}
+            for label in calls:
+                print(f"  {name} b={batch} {label}: {seconds[label] / batch:.4f} s/img, {memory[label]:.0f} MiB",
+                      flush=True)
+            base_t, base_m = seconds["Saliency"], memory["Saliency"]
+            for label in calls:
+                t, m = seconds[label], memory[label]
+                rows.append((name, batch, label, t / batch, t / base_t, m, m / base_m))
     return rows
 
 

@@ -43,12 +43,21 @@ class Site:
     frozen: Any = None
     """Linearization state recorded by the first forward pass (``None`` when not linearized)."""
 
+    @property
+    def support(self) -> Optional[Tensor]:
+        """For a frozen ReLU, the units that can be non-zero (its on-states); else ``None``."""
+        return self.frozen if self.op is not None and self.op.masks_input else None
+
 
 class GatePolicy:
     """How a method sets gates. Subclasses override the two hooks."""
 
     def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
-        """Forward: the boolean gate ``z`` for the site's activation ``x``; ``None`` leaves it open."""
+        """Forward: the boolean gate ``z`` for the site's activation ``x``; ``None`` leaves it open.
+
+        Where ``site.support`` is set (a frozen ReLU), ``x`` is the ReLU's input, whose units
+        outside the support are zero after the site, and the gate must lie within the support.
+        """
         return None
 
     def backward(self, site: Site, cw: Tensor) -> Tensor:
@@ -161,11 +170,17 @@ class GatingSession:
         index = self._calls
         self._calls += 1
         site = self._new_site(index, op, params) if self.passes == 0 else self._site_at(index, op)
-        if site.frozen is not None:
-            output, state = op.frozen(x_in, site.frozen, params), site.frozen
+        if site.support is not None:
+            # A frozen ReLU is x on its support: the gate, a subset of the support, replaces
+            # the mask, so the ungated activation is never built (one multiply each way).
+            gate = self._policy.gate(site, x_in.detach())
+            output, state, gate = x_in, site.frozen, site.support if gate is None else gate
         else:
-            output, state = op.evaluate(params)
-        gate = self._policy.gate(site, output.detach())
+            if site.frozen is not None:
+                output, state = op.frozen(x_in, site.frozen, params), site.frozen
+            else:
+                output, state = op.evaluate(params)
+            gate = self._policy.gate(site, output.detach())
         gated = _gated(output, gate, lambda cw: self._policy.backward(site, cw))
         return (gated, state) if op.returns_indices(params) else gated
 

@@ -65,6 +65,8 @@ class _PruningPolicy(GatePolicy):
         if selector is None:  # first pass, or a site the target does not reach: gates open
             return None if previous is None else unpack_bits(previous, site.shape)
         gate = keep_mask(selector, x)
+        if site.support is not None:
+            gate &= site.support
         if previous is None:
             previous = pack_bits(torch.ones_like(gate))
         if not self.active.all():  # converged samples keep their gates

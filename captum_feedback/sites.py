@@ -46,6 +46,8 @@ class SiteOp:
     frozen: Callable[[Tensor, Any, Kwargs], Tensor]
     """Evaluates the linearized operation on a new input, given the frozen state."""
     returns_indices: Callable[[Kwargs], bool] = lambda params: False
+    masks_input: bool = False
+    """The frozen operation is ``x * state``: its state is the support of the activation."""
 
     def bind(self, args: Args, kwargs: Kwargs) -> Kwargs:
         return _bind(args, kwargs, self.names, dict(self.defaults))
@@ -97,7 +99,7 @@ def _activation(label: str, names: Tuple[str, ...], defaults: Kwargs, evaluate, 
     return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen)
 
 
-_RELU = _activation("relu", ("input", "inplace"), {}, _relu_eval, _relu_frozen)
+_RELU = SiteOp("relu", "activation", ("input", "inplace"), (), _relu_eval, _relu_frozen, masks_input=True)
 _HARDTANH = _activation(
     "hardtanh", ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0},
     _hardtanh_eval, _hardtanh_frozen,
