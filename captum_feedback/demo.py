@@ -56,7 +56,9 @@ def plot_methods(x: torch.Tensor, maps: Dict[str, torch.Tensor], title: str, pat
     axes[0].imshow(to_display(x)[0].permute(1, 2, 0).numpy())
     axes[0].set_title("input", fontsize=9)
     for axis, name in zip(axes[1:], panels):
-        axis.imshow(maps[name][0, 0].numpy(), cmap="inferno")
+        emap = maps[name][0, 0]
+        # Like Captum's visualization, clip the brightest 1% so a few hot pixels do not hide the map.
+        axis.imshow(emap.numpy(), cmap="inferno", vmin=0, vmax=float(emap.quantile(0.99)) or None)
         axis.set_title(name, fontsize=9)
     for axis in axes:
         axis.axis("off")

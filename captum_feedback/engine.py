@@ -172,9 +172,13 @@ class GatingSession:
         site = self._new_site(index, op, params) if self.passes == 0 else self._site_at(index, op)
         if site.support is not None:
             # A frozen ReLU is x on its support: the gate, a subset of the support, replaces
-            # the mask, so the ungated activation is never built (one multiply each way).
+            # the mask, so the ungated activation is never built (one multiply each way). In
+            # the first pass the support is x > 0 itself, and torch.relu is the cheaper kernel.
             gate = self._policy.gate(site, x_in.detach())
-            output, state, gate = x_in, site.frozen, site.support if gate is None else gate
+            if gate is None and self.passes == 0:
+                output, state, gate = torch.relu(x_in), site.frozen, None
+            else:
+                output, state, gate = x_in, site.frozen, site.support if gate is None else gate
         else:
             if site.frozen is not None:
                 output, state = op.frozen(x_in, site.frozen, params), site.frozen

@@ -55,6 +55,8 @@ class _PruningPolicy(GatePolicy):
         self.packed_gates: Dict[int, Tensor] = {}
         self.cws: Dict[int, Tensor] = {}
         self.layer_cws: Dict[str, Tensor] = {}
+        self.final_pass = False
+        """Set before the last pass: its CWs choose no further gates."""
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.changed: Optional[Tensor] = None
         """Per sample, whether this pass changed a gate (on the activations' device)."""
@@ -96,7 +98,8 @@ class _PruningPolicy(GatePolicy):
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        self.selectors[site.index] = cw_selector(cw, self.threshold)
+        if not self.final_pass:
+            self.selectors[site.index] = cw_selector(cw, self.threshold)
         if self.keep_cws:
             self.cws[site.index] = cw.detach()
         return cw
@@ -217,6 +220,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         scores: List[Tensor] = []
         updates = torch.zeros(batch.size, dtype=torch.long)
         for update in range(iterations + 1):
+            policy.final_pass = update == iterations
             output, tapped = self._forward(session, batch, policy, layers)
             target_scores = select_targets(output, batch.targets)
             outputs.append(output.detach().reshape(batch.size, -1))

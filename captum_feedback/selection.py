@@ -75,4 +75,4 @@ def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
     each greedy step of Algorithm 2 an ascent step there too (``alpha * z * x`` is then
     maximized over ``z`` exactly). Units with ``x == 0`` contribute nothing and stay closed.
     """
-    return (x * selector) > 0
+    return (x * selector.to(x.dtype)) > 0  # same-dtype arithmetic is the fast kernel
