@@ -15,7 +15,7 @@ demo: install
 	$(PYTHON) -m captum_feedback.demo --out $(OUT)
 
 lint: install
-	$(PYTHON) -m ruff check captum_feedback tests examples benchmarks
+	$(PYTHON) -m ruff check captum_feedback tests examples benchmarks scripts
 
 test: lint
 	$(PYTHON) -m pytest

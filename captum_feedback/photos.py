@@ -24,7 +24,7 @@ def to_tensor(image: np.ndarray) -> Tensor:
     """An ``(H, W, 3)`` uint8 array as a ``(3, H, W)`` uint8 tensor."""
     if image.ndim != 3 or image.shape[2] < 3:
         raise ValueError(f"Expected an RGB image (H, W, 3), got shape {image.shape}.")
-    return torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)
+    return torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)
 
 
 def bundled_photos() -> Dict[str, Tensor]:

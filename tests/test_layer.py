@@ -27,6 +27,11 @@ def test_a_set_of_neurons_is_one_target_their_sum():
     by_callable = lf.attribute(x, neuron_selector=lambda h: h[:, 0:4, 2, :].sum((1, 2)))
     torch.testing.assert_close(by_slices, by_callable)
     assert by_slices.abs().sum() > 0
+    dense = LayerFeedback(model, model.classifier[2])
+    torch.testing.assert_close(
+        dense.attribute(x, neuron_selector=slice(3, 9)),
+        dense.attribute(x, neuron_selector=lambda h: h[:, 3:9].sum(1)),
+    )
 
 
 def test_neurons_fsp_kept_at_a_relu_layer_are_its_open_gates_with_positive_cw():

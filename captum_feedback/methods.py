@@ -1,0 +1,123 @@
+"""Energy maps of the Feedback methods and of Captum's, side by side, for one model.
+
+:class:`MethodMaps` turns every method into the same kind of map, ``(B, 1, H, W)``,
+non-negative and L2-normalized per image (Sec. 3.4.1), so that figures and scores compare like
+with like: input attributions become :func:`captum_feedback.energy_map`, Grad-CAM's layer map is
+rectified and upsampled, and the Feedback maps all come from one FSP run per batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from captum.attr import (
+    LRP,
+    Deconvolution,
+    DeepLift,
+    GuidedBackprop,
+    GuidedGradCam,
+    InputXGradient,
+    IntegratedGradients,
+    LayerGradCam,
+    Saliency,
+)
+from torch import Tensor, nn
+
+from captum_feedback._compat import TargetType
+from captum_feedback.energy import energy_map, feedback_energy_maps, l2_normalize
+from captum_feedback.layer import LayerFeedback
+from captum_feedback.recovering import FeedbackRecovering
+
+FEEDBACK_METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR")
+CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "GuidedBackprop", "Deconvolution", "GuidedGradCam",
+                  "LayerGradCam", "InputXGradient", "DeepLift", "LRP")
+BASELINES = ("Center",)
+ALL_METHODS = FEEDBACK_METHODS + CAPTUM_METHODS + BASELINES
+
+
+def center_map(inputs: Tensor, sigma: float = 0.25) -> Tensor:
+    """The center baseline: a Gaussian at the image center with standard deviation ``sigma``
+    times the image side, the same for every image."""
+    height, width = inputs.shape[-2:]
+    ys = (torch.arange(height, device=inputs.device) + 0.5) / height - 0.5
+    xs = (torch.arange(width, device=inputs.device) + 0.5) / width - 0.5
+    gauss = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
+    return l2_normalize(gauss.expand(inputs.shape[0], 1, height, width).clone())
+
+
+def _layer_map(layer_attribution: Tensor, size: Sequence[int]) -> Tensor:
+    cam = F.interpolate(layer_attribution.detach().clamp_min(0), size=tuple(size), mode="bilinear",
+                        align_corners=False)
+    return l2_normalize(cam.sum(1, keepdim=True))
+
+
+class MethodMaps:
+    r"""Energy maps of many attribution methods for one model.
+
+    Args:
+        model: The classifier, in ``eval()`` mode.
+        layer: Middle layer for the FSP-FR map (the paper's ``conv5_2``).
+        gradcam_layer: The layer Grad-CAM and Guided Grad-CAM read (the last convolutional
+            block, as usual).
+        ig_steps: Integrated Gradients' ``n_steps`` (zero baseline).
+        internal_batch_size: Integrated Gradients' ``internal_batch_size``.
+        fsp_kwargs: ``iterations``, ``threshold``, ``linearize`` for FSP.
+
+    Example::
+
+        maps = MethodMaps(model, model.middle_layer, model.features[24])
+        out = maps(images, target=[3, 7], methods=("FSP Summation", "IntegratedGradients"))
+        out["FSP Summation"].shape   # (2, 1, H, W)
+    """
+
+    def __init__(self, model: nn.Module, layer: nn.Module, gradcam_layer: nn.Module, ig_steps: int = 50,
+                 internal_batch_size: Optional[int] = None, **fsp_kwargs: Any) -> None:
+        self.model, self.layer, self.gradcam_layer = model, layer, gradcam_layer
+        self.ig_steps, self.internal_batch_size, self.fsp_kwargs = ig_steps, internal_batch_size, fsp_kwargs
+
+    def __call__(self, inputs: Tensor, target: TargetType, methods: Sequence[str] = ALL_METHODS
+                 ) -> Dict[str, Tensor]:
+        """``{method: (B, 1, H, W) map}`` for each method named (see ``ALL_METHODS``)."""
+        unknown = [m for m in methods if m not in ALL_METHODS]
+        if unknown:
+            raise ValueError(f"Unknown method(s) {unknown}; choose from {list(ALL_METHODS)}.")
+        maps: Dict[str, Tensor] = {}
+        if any(m in methods for m in FEEDBACK_METHODS[:4]):
+            fb = feedback_energy_maps(LayerFeedback(self.model, self.layer), inputs, target, **self.fsp_kwargs)
+            maps.update({"FSP": fb.fsp, "FSP Summation": fb.summation, "FSP-FR": fb.fsp_fr,
+                         "Summation-FSP-FR": fb.summation_fsp_fr})
+        for method in methods:
+            if method not in maps:
+                maps[method] = self.single(method, inputs, target)
+        return {m: maps[m] for m in methods}
+
+    def single(self, method: str, inputs: Tensor, target: TargetType) -> Tensor:
+        """The map of one method that is not computed from the shared FSP run."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="captum")
+            return self._attribution_maps()[method](inputs, target)
+
+    def _attribution_maps(self) -> Dict[str, Callable[[Tensor, TargetType], Tensor]]:
+        model = self.model
+
+        def input_attribution(method: Any, **kwargs: Any) -> Callable[[Tensor, TargetType], Tensor]:
+            return lambda x, t: energy_map(method.attribute(x, target=t, **kwargs))
+
+        gradcam = LayerGradCam(model, self.gradcam_layer)
+        return {
+            "FR": input_attribution(FeedbackRecovering(model)),
+            "Saliency": input_attribution(Saliency(model), abs=True),
+            "IntegratedGradients": input_attribution(IntegratedGradients(model), n_steps=self.ig_steps,
+                                                     internal_batch_size=self.internal_batch_size),
+            "GuidedBackprop": input_attribution(GuidedBackprop(model)),
+            "Deconvolution": input_attribution(Deconvolution(model)),
+            "GuidedGradCam": input_attribution(GuidedGradCam(model, self.gradcam_layer)),
+            "LayerGradCam": lambda x, t: _layer_map(gradcam.attribute(x, target=t), x.shape[-2:]),
+            "InputXGradient": input_attribution(InputXGradient(model)),
+            "DeepLift": input_attribution(DeepLift(model)),
+            "LRP": input_attribution(LRP(model)),
+            "Center": lambda x, t: center_map(x),
+        }
