@@ -4,15 +4,21 @@
 PYTHON ?= python3
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= figures
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test lint
+.PHONY: install data demo test lint
 
-install:
+# Fashion-MNIST (the cluttered-scene benchmark's items) comes from Debian's dataset-fashion-mnist.
+data:
+	@test -d $(FASHION_MNIST) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+install: data
 	$(PYTHON) -m pip install -q $(TORCH)
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 demo: install
-	$(PYTHON) -m captum_feedback.demo --out $(OUT)
+	captum-feedback demo --out $(OUT)
 
 lint: install
 	$(PYTHON) -m ruff check captum_feedback tests examples benchmarks scripts

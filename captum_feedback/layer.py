@@ -77,13 +77,18 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
         """Boolean mask of the layer's neurons FSP kept: positive contribution ``dS/dh * h``."""
         return self._layer_contribution(state) > 0
 
-    def contribution(self, inputs: TensorOrTuple, target: TargetType = None, **fsp_kwargs: Any) -> Tensor:
+    def contribution(self, inputs: TensorOrTuple, target: TargetType = None,
+                     state: Optional[FeedbackState] = None, **fsp_kwargs: Any) -> Tensor:
         """Per-neuron contribution ``dS/dh * h`` of the layer to the target after FSP.
+
+        Args:
+            inputs, target, **fsp_kwargs: As for :meth:`select`.
+            state: A :class:`FeedbackState` from :meth:`select` on these inputs, to reuse.
 
         Returns:
             A tensor shaped like the layer's output, batch first.
         """
-        return self._layer_contribution(self.select(inputs, target, **fsp_kwargs))
+        return self._layer_contribution(state if state is not None else self.select(inputs, target, **fsp_kwargs))
 
     def attribute(
         self,

@@ -5,9 +5,10 @@ import matplotlib.image as mpimg
 from captum_feedback import demo
 
 
-def test_demo_writes_method_and_iteration_figures(tmp_path):
+def test_demo_writes_every_figure_and_none_is_blank(tmp_path):
     written = demo.run(tmp_path, ["coffee"], iterations=2)
-    assert [p.name for p in written] == ["methods_coffee.png", "iterations_coffee.png"]
+    assert [p.name for p in written] == ["methods_coffee.png", "iterations_coffee.png", "two_objects.png",
+                                         "voc_localization.png"]
     for path in written:
         pixels = mpimg.imread(path)
         assert pixels.shape[0] > 200 and pixels.std() > 0.05  # not blank

@@ -1,0 +1,72 @@
+"""The captum-feedback command: real outputs on the embedded model, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from captum_feedback.cli import main
+from captum_feedback.photos import bundled_photos
+
+
+@pytest.fixture(scope="module")
+def cat_jpg(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photos") / "cat.jpg"
+    Image.fromarray(bundled_photos()["chelsea"].permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def test_explain_writes_overlay_mask_and_box_for_the_top_class(cat_jpg, tmp_path, capsys):
+    assert main(["explain", str(cat_jpg), "--method", "fsp", "--iterations", "1", "--out", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["cat_tiger-cat_fsp.png", "cat_tiger-cat_fsp_box.json", "cat_tiger-cat_fsp_mask.png"]
+    box = json.loads((tmp_path / "cat_tiger-cat_fsp_box.json").read_text())
+    x1, y1, x2, y2 = box["box_xyxy_on_model_input"]
+    assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224 and box["class"] == "tiger cat"
+
+
+def test_targets_by_name_and_top_k(cat_jpg, tmp_path):
+    argv = ["explain", str(cat_jpg), "--target", "top2", "--target", "Egyptian cat", "--method", "saliency",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    overlays = sorted(p.name for p in tmp_path.glob("*_saliency.png"))
+    assert overlays == ["cat_egyptian-cat_saliency.png", "cat_tiger-cat_saliency.png"]  # top2 holds Egyptian cat
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["explain", "{missing}"], "No image at"),
+        (["explain", "{corrupt}"], "not a readable image"),
+        (["explain", "{cat}", "--target", "unicorn"], "unknown class 'unicorn'"),
+        (["explain", "{cat}", "--model", "resnet18", "--weights", "{corrupt}"], "cannot load weights"),
+        (["explain", "{cat}", "--model", "resnet18"], "--model needs --weights"),
+        (["explain", "{cat}", "--model", "nonet", "--weights", "{corrupt}"], "unknown torchvision model"),
+    ],
+)
+def test_errors_are_one_line_on_stderr_with_exit_status_2(argv, message, cat_jpg, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_text("not a jpeg")
+    paths = {"missing": str(tmp_path / "nope.jpg"), "corrupt": str(corrupt), "cat": str(cat_jpg)}
+    argv = [a.format(**paths) for a in argv] + ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_torchvision_model_with_a_weights_file(cat_jpg, tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    argv = ["explain", str(cat_jpg), "--model", "resnet18", "--weights", str(weights), "--target", "3",
+            "--method", "fsp", "--iterations", "1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+def test_the_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "captum_feedback.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "explain" in result.stdout and "demo" in result.stdout
