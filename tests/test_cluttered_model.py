@@ -30,7 +30,7 @@ def test_trained_on_image_labels_it_recognizes_test_scenes(model, scenes):
     batch = scenes.batch(range(len(scenes)))
     with torch.no_grad():
         scores = model(batch.images)
-    assert mean_average_precision(scores, batch.labels) > 0.75  # random scores give about 0.2
+    assert mean_average_precision(scores, batch.labels) > 0.8  # 0.859 on 1,000 scenes; chance is about 0.2
 
 
 def test_fsp_raises_every_target_score(model, scenes):
