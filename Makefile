@@ -18,7 +18,7 @@ install: data
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 demo: install
-	captum-feedback demo --out $(OUT)
+	$(PYTHON) -m captum_feedback.cli demo --out $(OUT)
 
 lint: install
 	$(PYTHON) -m ruff check captum_feedback tests examples benchmarks scripts
