@@ -88,7 +88,7 @@ def two_objects_figure(out: Path, iterations: int, written: List[Path], scenes: 
         images, targets, ("FSP Summation", "FR"))
     figure, axes = plt.subplots(len(chosen), 5, figsize=(15, 3.2 * len(chosen)), squeeze=False)
     for row, index in enumerate(chosen):
-        axes[row, 0].imshow(batch.images[row, 0], cmap="gray")
+        axes[row, 0].imshow(batch.images[row, 0].numpy(), cmap="gray")
         axes[row, 0].set_title(f"test scene {index}", fontsize=9)
         for col, (method, k) in enumerate([(m, k) for m in ("FSP Summation", "FR") for k in (0, 1)], start=1):
             name = data.classes[targets[2 * row + k]]

@@ -53,7 +53,8 @@ def main() -> None:
                              title=f"{scenes.classes[targets[k]]}: found (green), truth (red)",
                              plt_fig_axis=(figure, axis))
     for i, axis in enumerate(axes[1]):
-        axis.imshow(torch.cat([labels[i], truth[i]], dim=1), cmap="tab20", vmin=0, vmax=11, interpolation="nearest")
+        axis.imshow(torch.cat([labels[i], truth[i]], dim=1).numpy(), cmap="tab20", vmin=0, vmax=11,
+                    interpolation="nearest")
         axis.set_title("segmentation | ground truth", fontsize=9)
         axis.axis("off")
     figure.tight_layout()
