@@ -143,7 +143,7 @@ def segment(images: Tensor, maps: Sequence[Tensor], classes: Sequence[Tensor], r
 
 
 def feedback_segmentation(model: nn.Module, layer: nn.Module, inputs: Tensor, classes: Sequence[Tensor],
-                          images: Tensor = None, n_segments: int = 200, **fsp_kwargs: Any) -> Tensor:
+                          images: Optional[Tensor] = None, n_segments: int = 200, **fsp_kwargs: Any) -> Tensor:
     """Procedure 2 end to end: for each image and each of its classes, the Summation-FSP-FR
     energy map (FSP, then FR from the neurons FSP kept at ``layer``), then :func:`segment`.
 
