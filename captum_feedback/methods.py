@@ -77,6 +77,7 @@ class MethodMaps:
                  internal_batch_size: Optional[int] = None, **fsp_kwargs: Any) -> None:
         self.model, self.layer, self.gradcam_layer = model, layer, gradcam_layer
         self.ig_steps, self.internal_batch_size, self.fsp_kwargs = ig_steps, internal_batch_size, fsp_kwargs
+        self._single_maps = self._attribution_maps()
 
     def __call__(self, inputs: Tensor, target: TargetType, methods: Sequence[str] = ALL_METHODS
                  ) -> Dict[str, Tensor]:
@@ -98,7 +99,7 @@ class MethodMaps:
         """The map of one method that is not computed from the shared FSP run."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="captum")
-            return self._attribution_maps()[method](inputs, target)
+            return self._single_maps[method](inputs, target)
 
     def _attribution_maps(self) -> Dict[str, Callable[[Tensor, TargetType], Tensor]]:
         model = self.model

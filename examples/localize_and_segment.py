@@ -37,10 +37,7 @@ def main() -> None:
     located = two_stage_localization(model, model.middle_layer, batch.images[owners], targets)
     hits = box_accuracy(located.boxes, [b[None] for b in torch.cat(batch.boxes)], (96, 96))
     labels = feedback_segmentation(model, model.middle_layer, batch.images, batch.classes)
-    truth = torch.zeros_like(labels)
-    for i, (masks, classes) in enumerate(zip(batch.masks, batch.classes)):
-        for mask, cls in zip(masks, classes):
-            truth[i][mask] = cls + 1
+    truth = batch.label_maps
     miou, _ = mean_iou(confusion_matrix(labels, truth, n_classes=11))
     print(f"{len(targets)} items in {len(scenes)} scenes: box accuracy (IoU >= 0.5) {hits.float().mean():.3f}, "
           f"segmentation mIoU {miou:.3f}")

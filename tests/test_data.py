@@ -78,6 +78,8 @@ def test_scene_ground_truth_is_exact(scenes):
             rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
             assert box.tolist() == [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]  # tight, pixel edges
             assert (scene.image[0][mask] > scenes.mask_threshold).all()  # item pixels are the item's
+        expected = sum((mask.long() * (cls + 1) for mask, cls in zip(scene.masks, scene.classes)))
+        assert torch.equal(scene.label_map, expected)  # 0 background, class c labelled c + 1
     assert counts == {1, 2, 3}
 
 
@@ -86,6 +88,7 @@ def test_batches_stack_images_and_keep_ground_truth_per_scene(scenes):
     assert batch.images.shape == (3, 1, 96, 96) and batch.labels.shape == (3, 10)
     assert [len(c) for c in batch.classes] == [len(m) for m in batch.masks] == [len(b) for b in batch.boxes]
     assert torch.equal(collate([scenes[1]]).images[0], batch.images[1])
+    assert batch.label_maps.shape == (3, 96, 96) and torch.equal(batch.label_maps[2], scenes[2].label_map)
 
 
 def test_scene_arguments_are_checked():

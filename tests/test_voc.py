@@ -47,6 +47,9 @@ def test_reads_torchvisions_layout_with_boxes_and_masks(voc_root):
     assert first.classes.tolist() == [VOC_CLASSES.index("dog")]
     assert first.mask(VOC_CLASSES.index("dog")).sum() == 9 * 15
     assert (first.segmentation == 255).sum() == 15
+    image, segmentation, boxes = first.at_size(15)  # a model's square input: 40x30 -> 15x15
+    assert image.shape == (3, 15, 15) and image.min() >= 0 and image.max() <= 1
+    assert segmentation.shape == (15, 15) and boxes.tolist() == [[1.5, 1.0, 7.5, 6.0]]
     second = photos[1]  # no segmentation: the mask is the box
     assert second.segmentation is None and second.mask(VOC_CLASSES.index("tvmonitor")).sum() == 16 * 10
 

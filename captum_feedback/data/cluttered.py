@@ -42,17 +42,28 @@ class Scene:
     masks: Tensor
     boxes: Tensor
 
+    @property
+    def label_map(self) -> Tensor:
+        """``(H, W)`` long segmentation ground truth: 0 is background, class ``c`` is ``c + 1``
+        (Pascal VOC's convention, as :func:`captum_feedback.segmentation.segment` returns)."""
+        labels = torch.zeros(self.masks.shape[-2:], dtype=torch.long)
+        for mask, cls in zip(self.masks, self.classes):
+            labels[mask] = int(cls) + 1
+        return labels
+
 
 @dataclass(frozen=True)
 class SceneBatch:
     """Scenes stacked for a model: ``images (B, 1, H, W)``, ``labels (B, n_classes)``, and the
-    per-scene ``classes``, ``masks`` and ``boxes`` as lists (scenes hold different numbers of items)."""
+    per-scene ``classes``, ``masks`` and ``boxes`` as lists (scenes hold different numbers of items),
+    and the stacked ``label_maps (B, H, W)`` (see :attr:`Scene.label_map`)."""
 
     images: Tensor
     labels: Tensor
     classes: List[Tensor]
     masks: List[Tensor]
     boxes: List[Tensor]
+    label_maps: Tensor
 
 
 class ClutteredScenes(torch.utils.data.Dataset):
@@ -159,4 +170,5 @@ def collate(scenes: Sequence[Scene]) -> SceneBatch:
         classes=[s.classes for s in scenes],
         masks=[s.masks for s in scenes],
         boxes=[s.boxes for s in scenes],
+        label_maps=torch.stack([s.label_map for s in scenes]),
     )

@@ -80,6 +80,21 @@ class VOCSample:
             present |= {int(v) - 1 for v in self.segmentation.unique() if 0 < v < IGNORE}
         return torch.tensor(sorted(present), dtype=torch.long)
 
+    def at_size(self, size: int) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """The photo squeezed to ``size`` x ``size`` for a model: the image ``(3, size, size)``
+        in [0, 1] (bilinear, antialiased), the segmentation (nearest) and the boxes, scaled."""
+        import torch.nn.functional as F
+
+        height, width = self.image.shape[-2:]
+        image = F.interpolate(self.image[None].float() / 255, size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)[0]
+        segmentation = None
+        if self.segmentation is not None:
+            segmentation = F.interpolate(self.segmentation[None, None].float(), size=(size, size),
+                                         mode="nearest")[0, 0].long()
+        boxes = (self.boxes * torch.tensor([size / width, size / height] * 2)).clamp(0, size)
+        return image, segmentation, boxes
+
     def mask(self, cls: int) -> Tensor:
         """``(H, W)`` bool mask of a class: its segmentation, else the union of its boxes."""
         if self.segmentation is not None:
