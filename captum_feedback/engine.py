@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from captum_feedback.selection import as_mask
 from captum_feedback.sites import SITE_OPS, SiteOp
 
 
@@ -68,16 +69,38 @@ class GatePolicy:
         return cw
 
 
-def _gated(output: Tensor, gate: Optional[Tensor], on_cw: Callable[[Tensor], Tensor]) -> Tensor:
-    """``y = z * x``, with a tensor hook that hands the CW ``dS/dy`` to ``on_cw``.
+class _Gate(torch.autograd.Function):
+    """``y = z * x`` for a boolean gate ``z``; its backward hands the CW ``dS/dy`` to ``on_cw``
+    and propagates ``z *`` the CW that ``on_cw`` returns.
 
-    A tensor hook (rather than a custom autograd function) leaves ``y`` an ordinary tensor, so
-    models may still modify it in place; the hook then still sees the CW of the value it had.
+    It saves ``z`` (one byte a unit) and multiplies in ``x``'s dtype, in place in the
+    converted mask: on the CPU a float-by-bool multiply is an unvectorized kernel, and each
+    fresh activation-sized buffer costs about as much as the arithmetic.
     """
-    gated = output if gate is None else output * gate
-    if gated.requires_grad:
-        gated.register_hook(on_cw)
-    return gated
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, gate: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(gate)
+        ctx.on_cw = on_cw
+        return as_mask(gate, x).mul_(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:  # noqa: D102
+        (gate,) = ctx.saved_tensors
+        cw = ctx.on_cw(grad)
+        return as_mask(gate, cw).mul_(cw), None, None
+
+
+def _gated(output: Tensor, gate: Optional[Tensor], on_cw: Callable[[Tensor], Tensor]) -> Tensor:
+    """``y = z * x``, handing the CW ``dS/dy`` to ``on_cw`` in the backward pass.
+
+    Models may still modify ``y`` in place: ``on_cw`` then sees the CW of the value it had.
+    """
+    if gate is not None:
+        return _Gate.apply(output, gate, on_cw)
+    if output.requires_grad:
+        output.register_hook(on_cw)
+    return output
 
 
 def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
@@ -130,7 +153,9 @@ class GatingSession:
         self.batch_size = batch_size
         self.sites: List[Site] = []
         self.passes = 0
-        self._module_names: Dict[nn.Module, str] = {}
+        self._module_names: Dict[nn.Module, str] = (
+            {m: n for n, m in forward_func.named_modules()} if isinstance(forward_func, nn.Module) else {}
+        )
         self._stack: List[nn.Module] = []
         self._calls = 0
         self._names_seen: Counter = Counter()
@@ -138,9 +163,7 @@ class GatingSession:
 
     # ------------------------------------------------------------------ site naming
     def _naming_hooks(self) -> List[Any]:
-        if not isinstance(self.forward_func, nn.Module):
-            return []
-        self._module_names = {m: n for n, m in self.forward_func.named_modules()}
+        """Hooks that track the module being run, to name the sites; the first pass needs them."""
 
         def push(module: nn.Module, _inputs: Any) -> None:
             self._stack.append(module)
@@ -166,32 +189,41 @@ class GatingSession:
     # ------------------------------------------------------------------ the intercepted call
     def _on_site(self, op: SiteOp, args: tuple, kwargs: dict) -> Any:
         params = op.bind(args, kwargs)
-        x_in = params["input"]
         index = self._calls
         self._calls += 1
-        site = self._new_site(index, op, params) if self.passes == 0 else self._site_at(index, op)
-        if site.support is not None:
-            # A frozen ReLU is x on its support: the gate, a subset of the support, replaces
-            # the mask, so the ungated activation is never built (one multiply each way). In
-            # the first pass the support is x > 0 itself, and torch.relu is the cheaper kernel.
-            gate = self._policy.gate(site, x_in.detach())
-            if gate is None and self.passes == 0:
-                output, state, gate = torch.relu(x_in), site.frozen, None
-            else:
-                output, state, gate = x_in, site.frozen, site.support if gate is None else gate
+        if self.passes == 0:
+            output, state = op.evaluate(params)
+            site = self._new_site(index, op, tuple(output.shape), state)
         else:
-            if site.frozen is not None:
-                output, state = op.frozen(x_in, site.frozen, params), site.frozen
-            else:
-                output, state = op.evaluate(params)
-            gate = self._policy.gate(site, output.detach())
-        gated = _gated(output, gate, lambda cw: self._policy.backward(site, cw))
+            site = self._site_at(index, op)
+            output, state = self._later_pass(site, params)
+        gated = self._apply_gate(site, params["input"], output)
         return (gated, state) if op.returns_indices(params) else gated
 
-    def _new_site(self, index: int, op: SiteOp, params: dict) -> Site:
-        with torch.no_grad():
-            output, state = op.evaluate(params)
-        site = Site(index, self._site_name(op, self._names_seen), op.kind, tuple(output.shape), op)
+    def _later_pass(self, site: Site, params: dict) -> Tuple[Tensor, Any]:
+        """The site's operation after the first pass: frozen when linearized (Sec. 3.3)."""
+        if site.frozen is None:
+            return site.op.evaluate(params)
+        if site.support is not None:  # a frozen ReLU: gated below, by its support at least
+            return params["input"], site.frozen
+        return site.op.frozen(params["input"], site.frozen, params), site.frozen
+
+    def _apply_gate(self, site: Site, x_in: Tensor, output: Tensor) -> Tensor:
+        if site.support is None:
+            gate = self._policy.gate(site, output.detach())
+        else:
+            # A frozen ReLU is x on its support: the gate, a subset of the support, replaces
+            # the mask, so the ungated activation is never built. In the first pass the
+            # output is the real ReLU's, and a gate (if any) applies to its input.
+            gate = self._policy.gate(site, x_in.detach())
+            if gate is None and self.passes > 0:
+                gate = site.support
+            if gate is not None:
+                output = x_in
+        return _gated(output, gate, lambda cw: self._policy.backward(site, cw))
+
+    def _new_site(self, index: int, op: SiteOp, shape: Tuple[int, ...], state: Any) -> Site:
+        site = Site(index, self._site_name(op, self._names_seen), op.kind, shape, op)
         # The frozen form reproduces the first pass exactly and keeps only masks for backward.
         site.frozen = state if self.linearize else None
         self._check_batch(site)
@@ -233,6 +265,8 @@ class GatingSession:
         self._policy, self._calls, self._stack, self._names_seen = policy, 0, [], Counter()
         tapped: Dict[nn.Module, Tensor] = {}
         handles = [self._tap(module, tapped) for module in taps]
+        if self.passes == 0:
+            handles += self._naming_hooks()
         try:
             with _SiteMode(self._on_site):
                 output = self.forward_func(*inputs, *additional_forward_args)
@@ -264,14 +298,7 @@ class GatingSession:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[GatingSession]:
-        """Installs the naming hooks, enables autograd (also inside a caller's ``no_grad``) and
-        guards the model's state for the session's lifetime."""
+        """Enables autograd (also inside a caller's ``no_grad``) and guards the model's state
+        for the session's lifetime."""
         with preserved_state(self.forward_func), torch.enable_grad():
-            handles = self._naming_hooks()
-            try:
-                yield self
-            finally:
-                for handle in handles:
-                    handle.remove()
-
-
+            yield self

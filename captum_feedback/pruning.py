@@ -25,8 +25,8 @@ def pack_bits(gate: Tensor) -> Tensor:
     flat = gate.flatten(1)
     if flat.shape[1] % 8:
         flat = F.pad(flat, (0, -flat.shape[1] % 8))
-    words = flat.contiguous().view(torch.uint8).view(torch.int64)
-    return ((words * _GATHER_BITS) >> 56).to(torch.uint8)
+    gathered = flat.contiguous().view(torch.uint8).view(torch.int64) * _GATHER_BITS
+    return gathered.view(torch.uint8)[:, 7::8].clone()  # the top byte of each little-endian word
 
 
 def unpack_bits(packed: Tensor, shape: Tuple[int, ...]) -> Tensor:
@@ -58,6 +58,7 @@ class _PruningPolicy(GatePolicy):
         self.final_pass = False
         """Set before the last pass: its CWs choose no further gates."""
         self.active = torch.ones(batch_size, dtype=torch.bool)
+        self.converged_any = False
         self.changed: Optional[Tensor] = None
         """Per sample, whether this pass changed a gate (on the activations' device)."""
 
@@ -67,11 +68,11 @@ class _PruningPolicy(GatePolicy):
         if selector is None:  # first pass, or a site the target does not reach: gates open
             return None if previous is None else unpack_bits(previous, site.shape)
         gate = keep_mask(selector, x)
-        if site.support is not None:
+        if site.support is not None:  # a frozen ReLU's gates stay within its support
             gate &= site.support
         if previous is None:
             previous = pack_bits(torch.ones_like(gate))
-        if not self.active.all():  # converged samples keep their gates
+        if self.converged_any:  # converged samples keep their gates
             active = self.active.to(gate.device).view((-1,) + (1,) * (gate.dim() - 1))
             gate = torch.where(active, gate, unpack_bits(previous, site.shape))
         packed = pack_bits(gate)
@@ -92,6 +93,7 @@ class _PruningPolicy(GatePolicy):
         if self.changed is not None:
             self.active &= self.changed.cpu()
         self.changed = None
+        self.converged_any = not bool(self.active.all())
         return self.active
 
     def backward(self, site: Site, cw: Tensor) -> Tensor:

@@ -75,4 +75,15 @@ def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
     each greedy step of Algorithm 2 an ascent step there too (``alpha * z * x`` is then
     maximized over ``z`` exactly). Units with ``x == 0`` contribute nothing and stay closed.
     """
-    return (x * selector.to(x.dtype)) > 0  # same-dtype arithmetic is the fast kernel
+    # In place in floats, then one conversion: on the CPU a comparison that writes booleans
+    # costs several times the arithmetic.
+    return selector.to(x.dtype).mul_(x).gt_(0).to(torch.bool)
+
+
+def as_mask(gate: Tensor, like: Tensor) -> Tensor:
+    """A boolean gate as 0/1 values in ``like``'s dtype, to multiply by.
+
+    Converting through ``uint8`` is the fast kernel on the CPU, where a float-by-bool multiply
+    (and even a direct bool-to-float conversion) is several times slower.
+    """
+    return gate.view(torch.uint8).to(like.dtype)

@@ -55,8 +55,8 @@ class SiteOp:
 
 # ----------------------------------------------------------------------------- activations
 def _relu_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
-    x = p["input"]
-    return torch.relu(x), x > 0
+    y = torch.relu(p["input"])
+    return y, y.to(torch.bool)  # x > 0, from y: a comparison writing booleans is slower
 
 
 def _relu_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
