@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -50,11 +50,25 @@ class Site:
         return self.frozen if self.op is not None and self.op.masks_input else None
 
 
+class Gate(NamedTuple):
+    """A site's feedback gate ``z`` in both forms the engine needs."""
+
+    keep: Tensor
+    """``z`` as booleans: what the backward pass keeps (one byte a unit)."""
+    mask: Tensor
+    """``z`` as 0/1 values in the activation's dtype; the engine overwrites it with ``z * x``."""
+
+    @classmethod
+    def of(cls, keep: Tensor, like: Tensor) -> Gate:
+        """The gate ``keep``, with its mask in ``like``'s dtype."""
+        return cls(keep, as_mask(keep, like))
+
+
 class GatePolicy:
     """How a method sets gates. Subclasses override the two hooks."""
 
-    def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
-        """Forward: the boolean gate ``z`` for the site's activation ``x``; ``None`` leaves it open.
+    def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
+        """Forward: the gate ``z`` for the site's activation ``x``; ``None`` leaves it open.
 
         Where ``site.support`` is set (a frozen ReLU), ``x`` is the ReLU's input, whose units
         outside the support are zero after the site, and the gate must lie within the support.
@@ -70,28 +84,28 @@ class GatePolicy:
 
 
 class _Gate(torch.autograd.Function):
-    """``y = z * x`` for a boolean gate ``z``; its backward hands the CW ``dS/dy`` to ``on_cw``
-    and propagates ``z *`` the CW that ``on_cw`` returns.
+    """``y = z * x``; its backward hands the CW ``dS/dy`` to ``on_cw`` and propagates ``z *``
+    the CW that ``on_cw`` returns.
 
-    It saves ``z`` (one byte a unit) and multiplies in ``x``'s dtype, in place in the
-    converted mask: on the CPU a float-by-bool multiply is an unvectorized kernel, and each
-    fresh activation-sized buffer costs about as much as the arithmetic.
+    It saves ``z`` as booleans (one byte a unit) and multiplies in ``x``'s dtype, forward in
+    place in the gate's mask: on the CPU a float-by-bool multiply is an unvectorized kernel,
+    and each fresh activation-sized buffer costs about as much as the arithmetic.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, gate: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(gate)
+    def forward(ctx: Any, x: Tensor, gate: Gate, on_cw: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(gate.keep)
         ctx.on_cw = on_cw
-        return as_mask(gate, x).mul_(x)
+        return gate.mask.mul_(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:  # noqa: D102
-        (gate,) = ctx.saved_tensors
+        (keep,) = ctx.saved_tensors
         cw = ctx.on_cw(grad)
-        return as_mask(gate, cw).mul_(cw), None, None
+        return as_mask(keep, cw).mul_(cw), None, None
 
 
-def _gated(output: Tensor, gate: Optional[Tensor], on_cw: Callable[[Tensor], Tensor]) -> Tensor:
+def _gated(output: Tensor, gate: Optional[Gate], on_cw: Callable[[Tensor], Tensor]) -> Tensor:
     """``y = z * x``, handing the CW ``dS/dy`` to ``on_cw`` in the backward pass.
 
     Models may still modify ``y`` in place: ``on_cw`` then sees the CW of the value it had.
@@ -217,7 +231,7 @@ class GatingSession:
             # output is the real ReLU's, and a gate (if any) applies to its input.
             gate = self._policy.gate(site, x_in.detach())
             if gate is None and self.passes > 0:
-                gate = site.support
+                gate = Gate.of(site.support, x_in)
             if gate is not None:
                 output = x_in
         return _gated(output, gate, lambda cw: self._policy.backward(site, cw))

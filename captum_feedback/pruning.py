@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
 from captum_feedback.attribution import Batch, FeedbackAttribution, check_iterations, input_gradients
-from captum_feedback.engine import GatePolicy, GatingSession, Site
+from captum_feedback.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.selection import Threshold, check_threshold, cw_selector, keep_mask
 from captum_feedback.state import FeedbackState
 
@@ -62,21 +62,19 @@ class _PruningPolicy(GatePolicy):
         self.changed: Optional[Tensor] = None
         """Per sample, whether this pass changed a gate (on the activations' device)."""
 
-    def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
+    def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
         selector = self.selectors.pop(site.index, None)
         previous = self.packed_gates.get(site.index)
         if selector is None:  # first pass, or a site the target does not reach: gates open
-            return None if previous is None else unpack_bits(previous, site.shape)
-        gate = keep_mask(selector, x)
-        if site.support is not None:  # a frozen ReLU's gates stay within its support
-            gate &= site.support
-        if previous is None:
-            previous = pack_bits(torch.ones_like(gate))
+            return None if previous is None else Gate.of(unpack_bits(previous, site.shape), x)
+        mask = keep_mask(selector, x)
+        gate = Gate(mask.to(torch.bool), mask)
         if self.converged_any:  # converged samples keep their gates
-            active = self.active.to(gate.device).view((-1,) + (1,) * (gate.dim() - 1))
-            gate = torch.where(active, gate, unpack_bits(previous, site.shape))
-        packed = pack_bits(gate)
-        changed = (packed != previous).any(1)
+            active = self.active.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
+            gate = Gate.of(torch.where(active, gate.keep, self.gates(site, x.device)), x)
+        packed = pack_bits(gate.keep)
+        # Gates start open: the first selection changes a sample where it closes any unit.
+        changed = ~gate.keep.flatten(1).all(1) if previous is None else (packed != previous).any(1)
         self.changed = changed if self.changed is None else self.changed | changed
         self.packed_gates[site.index] = packed
         return gate
@@ -101,7 +99,10 @@ class _PruningPolicy(GatePolicy):
             self.layer_cws[site.name] = cw.detach()
             return cw
         if not self.final_pass:
-            self.selectors[site.index] = cw_selector(cw, self.threshold)
+            selector = cw_selector(cw, self.threshold)
+            if site.support is not None:  # a frozen ReLU's gates stay within its support
+                selector.mul_(site.support.view(torch.int8))
+            self.selectors[site.index] = selector
         if self.keep_cws:
             self.cws[site.index] = cw.detach()
         return cw

@@ -9,7 +9,7 @@ from torch import Tensor
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
 from captum_feedback.attribution import Batch, FeedbackAttribution, input_gradients
 from captum_feedback.engine import GatePolicy, Site
-from captum_feedback.selection import Threshold, as_mask, check_threshold, cw_selector, keep_mask
+from captum_feedback.selection import Threshold, check_threshold, cw_selector, keep_mask
 
 
 class RecoveringPolicy(GatePolicy):
@@ -26,7 +26,7 @@ class RecoveringPolicy(GatePolicy):
     def backward(self, site: Site, cw: Tensor) -> Tensor:
         if site.kind == "layer":
             return cw
-        return cw * as_mask(keep_mask(cw_selector(cw, self.threshold), self.activations[site.index]), cw)
+        return cw * keep_mask(cw_selector(cw, self.threshold), self.activations[site.index])
 
 
 class FeedbackRecovering(FeedbackAttribution):

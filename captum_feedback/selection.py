@@ -63,7 +63,7 @@ def cw_selector(cw: Tensor, threshold: Threshold) -> Tensor:
 
 
 def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
-    """The selection rule: ``z = 1[alpha * sign(x) > tau]``.
+    """The selection rule: ``z = 1[alpha * sign(x) > tau]``, as 0/1 values in ``x``'s dtype.
 
     Args:
         selector: The site's :func:`cw_selector`.
@@ -75,9 +75,9 @@ def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
     each greedy step of Algorithm 2 an ascent step there too (``alpha * z * x`` is then
     maximized over ``z`` exactly). Units with ``x == 0`` contribute nothing and stay closed.
     """
-    # In place in floats, then one conversion: on the CPU a comparison that writes booleans
-    # costs several times the arithmetic.
-    return selector.to(x.dtype).mul_(x).gt_(0).to(torch.bool)
+    # In place in floats: on the CPU a comparison that writes booleans costs several times
+    # the arithmetic.
+    return selector.to(x.dtype).mul_(x).gt_(0)
 
 
 def as_mask(gate: Tensor, like: Tensor) -> Tensor:
