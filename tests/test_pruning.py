@@ -109,6 +109,19 @@ def test_select_records_the_full_output_of_every_pass_for_fig6():
     assert all(g.dtype == torch.bool for g in state.gates.values())
 
 
+def test_a_unit_off_in_the_first_pass_stays_closed_where_opening_it_would_raise_the_score():
+    # h = (1, -1), ReLU -> (1, 0), S = y1 - y2. Unit 2 has alpha = -1 and x = -1, so
+    # alpha * x > 0; but the linearized ReLU keeps its first-pass on-states (Sec. 3.3), and a
+    # gate only ever closes units within them.
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(2))
+        net[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
+    state = FSP(net.eval()).select(torch.tensor([[1.0, -1.0]]), iterations=3)
+    assert state.gates["1"].tolist() == [[True, False]]
+    assert state.target_scores[:, 0].tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
 def test_updates_stop_per_sample_at_a_fixed_point():
     state = FSP(hand_net()).select(torch.tensor([[1.0, 2.0, -1.0], [3.0, -1.0, 1.0]]), iterations=6)
     assert state.converged.all()
