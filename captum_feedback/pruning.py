@@ -22,11 +22,11 @@ them into the top byte (byte ``i`` becomes bit ``i``) without carries."""
 
 def pack_bits(gate: Tensor) -> Tensor:
     """A boolean gate ``(B, ...)`` as ``(B, ceil(n / 8))`` bytes, eight units a byte."""
-    flat = gate.flatten(1)
+    flat = gate.reshape(gate.shape[0], -1)
     if flat.shape[1] % 8:
         flat = F.pad(flat, (0, -flat.shape[1] % 8))
-    gathered = flat.contiguous().view(torch.uint8).view(torch.int64) * _GATHER_BITS
-    return gathered.view(torch.uint8)[:, 7::8].clone()  # the top byte of each little-endian word
+    gathered = flat.view(torch.int64) * _GATHER_BITS  # eight gates a little-endian word
+    return gathered.bitwise_right_shift_(56).to(torch.uint8)
 
 
 def unpack_bits(packed: Tensor, shape: Tuple[int, ...]) -> Tensor:
@@ -59,8 +59,8 @@ class _PruningPolicy(GatePolicy):
         """Set before the last pass: its CWs choose no further gates."""
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.converged_any = False
-        self.changed: Optional[Tensor] = None
-        """Per sample, whether this pass changed a gate (on the activations' device)."""
+        self.updated: List[Tuple[Tensor, Tensor]] = []
+        """This pass's (previous, new) packed gates of every site it updated."""
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
         selector = self.selectors.pop(site.index, None)
@@ -72,11 +72,10 @@ class _PruningPolicy(GatePolicy):
         if self.converged_any:  # converged samples keep their gates
             active = self.active.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
             gate = Gate.of(torch.where(active, gate.keep, self.gates(site, x.device)), x)
-        packed = pack_bits(gate.keep)
-        # Gates start open: the first selection changes a sample where it closes any unit.
-        changed = ~gate.keep.flatten(1).all(1) if previous is None else (packed != previous).any(1)
-        self.changed = changed if self.changed is None else self.changed | changed
-        self.packed_gates[site.index] = packed
+        if previous is None:  # gates start open
+            previous = pack_bits(torch.ones_like(gate.keep))
+        self.packed_gates[site.index] = pack_bits(gate.keep)
+        self.updated.append((previous, self.packed_gates[site.index]))
         return gate
 
     def gates(self, site: Site, device: torch.device) -> Tensor:
@@ -88,9 +87,10 @@ class _PruningPolicy(GatePolicy):
 
     def end_pass(self) -> Tensor:
         """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
-        if self.changed is not None:
-            self.active &= self.changed.cpu()
-        self.changed = None
+        if self.updated:  # one comparison for all sites
+            previous, new = (torch.cat(packed, 1) for packed in zip(*self.updated))
+            self.active &= (previous != new).any(1).cpu()
+        self.updated = []
         self.converged_any = not bool(self.active.all())
         return self.active
 
