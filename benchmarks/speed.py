@@ -4,7 +4,8 @@ Every method runs in the same process on the same random images, on torchvision 
 and ``resnet50`` (weights=None, 224x224), at batch sizes 1 and 16. Times are medians over
 ``--repeats`` rounds after one warm-up, each round running every method once (Integrated
 Gradients, 50 passes a call, runs ``--ig-repeats`` rounds); ratios are against ``Saliency``
-measured in the same run.
+measured in the same run: the ratio of the medians, and the median over rounds of the ratio
+within a round ("paired"), which drift in a shared machine's speed disturbs less.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the memory held before the
 call; on the CPU, the peak of memory allocated by the call as seen by a
@@ -85,16 +86,21 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _interleaved_medians(calls: Dict[str, Callable[[], object]], repeats: Dict[str, int],
-                         device: torch.device) -> Dict[str, float]:
-    """Median seconds of each call; every round runs each method once, so drift in the
-    machine's speed affects all methods alike."""
+def _interleaved_times(calls: Dict[str, Callable[[], object]], repeats: Dict[str, int],
+                       device: torch.device) -> Dict[str, List[float]]:
+    """Seconds of each call per round; every round runs each method once, so drift in the
+    machine's speed affects all methods of a round alike."""
     times: Dict[str, List[float]] = {label: [] for label in calls}
     for round_ in range(max(repeats.values())):
         for label, call in calls.items():
             if round_ < repeats[label]:
                 times[label].append(_seconds(call, device))
-    return {label: statistics.median(t) for label, t in times.items()}
+    return times
+
+
+def _paired_ratio(times: List[float], base: List[float]) -> float:
+    """Median over rounds of the ratio to the base method's time in the same round."""
+    return statistics.median(t / b for t, b in zip(times, base))
 
 
 def run(models: List[str], batch_sizes: List[int], repeats: int, iterations: int, device: torch.device,
@@ -114,15 +120,17 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, iterations: int
                 if not label.startswith("Integrated"):  # IG runs 50 passes: warm enough
                     call()
             reps = {label: ig_repeats if label.startswith("Integrated") else repeats for label in calls}
-            seconds = _interleaved_medians(calls, reps, device)
+            times = _interleaved_times(calls, reps, device)
+            seconds = {label: statistics.median(t) for label, t in times.items()}
             memory = {label: _peak_memory(call, device) / 2**20 for label, call in calls.items()}
             for label in calls:
                 print(f"  {name} b={batch} {label}: {seconds[label] / batch:.4f} s/img, {memory[label]:.0f} MiB",
                       flush=True)
-            base_t, base_m = seconds["Saliency"], memory["Saliency"]
+            base_m = memory["Saliency"]
             for label in calls:
                 t, m = seconds[label], memory[label]
-                rows.append((name, batch, label, t / batch, t / base_t, m, m / base_m))
+                paired = _paired_ratio(times[label], times["Saliency"])
+                rows.append((name, batch, label, t / batch, t / seconds["Saliency"], paired, m, m / base_m))
     return rows
 
 
@@ -140,10 +148,10 @@ def main() -> None:
     rows = run(args.models, args.batch_sizes, args.repeats, args.iterations, device, args.ig_repeats)
     budget = 1.15 * (args.iterations + 1)
     print(f"\nTarget: FSP time ratio <= {budget:.2f} (1.15 x (k + 1)), FSP memory ratio <= 1.5\n")
-    print("| model | batch | method | s / image | x Saliency | peak MiB | x Saliency |")
-    print("|---|---:|---|---:|---:|---:|---:|")
-    for name, batch, label, t, tr, m, mr in rows:
-        print(f"| {name} | {batch} | {label} | {t:.4f} | {tr:.2f} | {m:.0f} | {mr:.2f} |")
+    print("| model | batch | method | s / image | x Saliency | x Saliency (paired) | peak MiB | x Saliency |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for name, batch, label, t, tr, paired, m, mr in rows:
+        print(f"| {name} | {batch} | {label} | {t:.4f} | {tr:.2f} | {paired:.2f} | {m:.0f} | {mr:.2f} |")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ class _PruningPolicy(GatePolicy):
         """Set before the last pass: its CWs choose no further gates."""
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.converged_any = False
-        self.updated: List[Tuple[Tensor, Tensor]] = []
-        """This pass's (previous, new) packed gates of every site it updated."""
+        self.changed: Optional[Tensor] = None
+        """Per sample, whether this pass changed a gate (on the activations' device)."""
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
         selector = self.selectors.pop(site.index, None)
@@ -72,10 +72,11 @@ class _PruningPolicy(GatePolicy):
         if self.converged_any:  # converged samples keep their gates
             active = self.active.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
             gate = Gate.of(torch.where(active, gate.keep, self.gates(site, x.device)), x)
-        if previous is None:  # gates start open
-            previous = pack_bits(torch.ones_like(gate.keep))
-        self.packed_gates[site.index] = pack_bits(gate.keep)
-        self.updated.append((previous, self.packed_gates[site.index]))
+        packed = pack_bits(gate.keep)
+        # Gates start open: the first selection changes a sample where it closes any unit.
+        changed = ~gate.keep.flatten(1).all(1) if previous is None else (packed != previous).any(1)
+        self.changed = changed if self.changed is None else self.changed | changed
+        self.packed_gates[site.index] = packed
         return gate
 
     def gates(self, site: Site, device: torch.device) -> Tensor:
@@ -87,10 +88,9 @@ class _PruningPolicy(GatePolicy):
 
     def end_pass(self) -> Tensor:
         """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
-        if self.updated:  # one comparison for all sites
-            previous, new = (torch.cat(packed, 1) for packed in zip(*self.updated))
-            self.active &= (previous != new).any(1).cpu()
-        self.updated = []
+        if self.changed is not None:
+            self.active &= self.changed.cpu()
+        self.changed = None
         self.converged_any = not bool(self.active.all())
         return self.active
 
