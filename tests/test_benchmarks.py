@@ -1,10 +1,11 @@
-"""The quality benchmark runs end to end on a few scenes and reports every method."""
+"""The benchmarks: quality runs end to end on a few scenes; speed pairs rounds against Saliency."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import quality  # noqa: E402
+import speed  # noqa: E402
 
 
 def test_quality_benchmark_scores_every_method_and_randomizes_layer_by_layer(tmp_path, monkeypatch):
@@ -19,3 +20,13 @@ def test_quality_benchmark_scores_every_method_and_randomizes_layer_by_layer(tmp
     sanity = [line for line in report.splitlines() if line.startswith("| FSP Summation | ")][-1]
     correlations = [float(v) for v in sanity.strip("| ").split("|")[1:]]
     assert len(correlations) == 6 and len(set(correlations)) > 1  # each stage randomizes more
+
+
+def test_speed_benchmark_times_every_method_each_round_and_pairs_rounds_with_saliency():
+    order = []
+    calls = {label: (lambda label=label: order.append(label)) for label in ("Saliency", "FSP", "IG")}
+    times = speed._interleaved_times(calls, {"Saliency": 3, "FSP": 3, "IG": 1}, speed.torch.device("cpu"))
+    assert order == ["Saliency", "FSP", "IG", "Saliency", "FSP", "Saliency", "FSP"]
+    assert [len(times[label]) for label in calls] == [3, 3, 1]
+    # A slow middle round moves the ratio of medians but not the paired ratio.
+    assert speed._paired_ratio([2.0, 20.0, 2.2], [1.0, 10.0, 1.0]) == 2.0
