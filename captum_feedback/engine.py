@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from captum_feedback.selection import as_mask
 from captum_feedback.sites import SITE_OPS, SiteOp
 
 
@@ -48,6 +47,15 @@ class Site:
     def support(self) -> Optional[Tensor]:
         """For a frozen ReLU, the units that can be non-zero (its on-states); else ``None``."""
         return self.frozen if self.op is not None and self.op.masks_input else None
+
+
+def as_mask(gate: Tensor, like: Tensor) -> Tensor:
+    """A boolean gate as 0/1 values in ``like``'s dtype, to multiply by.
+
+    Converting through ``uint8`` is the fast kernel on the CPU, where a float-by-bool multiply
+    (and even a direct bool-to-float conversion) is several times slower.
+    """
+    return gate.view(torch.uint8).to(like.dtype)
 
 
 class Gate(NamedTuple):

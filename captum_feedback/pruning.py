@@ -59,6 +59,7 @@ class _PruningPolicy(GatePolicy):
         """Set before the last pass: its CWs choose no further gates."""
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.converged_any = False
+        """``not active.all()``, kept as a flag so that sites need not ask the tensor each pass."""
         self.changed: Optional[Tensor] = None
         """Per sample, whether this pass changed a gate (on the activations' device)."""
 

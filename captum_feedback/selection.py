@@ -79,11 +79,3 @@ def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
     # the arithmetic.
     return selector.to(x.dtype).mul_(x).gt_(0)
 
-
-def as_mask(gate: Tensor, like: Tensor) -> Tensor:
-    """A boolean gate as 0/1 values in ``like``'s dtype, to multiply by.
-
-    Converting through ``uint8`` is the fast kernel on the CPU, where a float-by-bool multiply
-    (and even a direct bool-to-float conversion) is several times slower.
-    """
-    return gate.view(torch.uint8).to(like.dtype)
