@@ -95,31 +95,37 @@ class _Gate(torch.autograd.Function):
     """``y = z * x``; its backward hands the CW ``dS/dy`` to ``on_cw`` and propagates ``z *``
     the CW that ``on_cw`` returns.
 
-    It saves ``z`` as booleans (one byte a unit) and multiplies in ``x``'s dtype, forward in
+    It also takes the session's *anchor*, a scalar leaf, as an input, so that a backward pass
+    asked only for the anchor's gradient runs through every gated site and no further
+    (:meth:`GatingSession.propagate_cws`).
+
+    It keeps ``z`` as booleans (one byte a unit) and multiplies in ``x``'s dtype, forward in
     place in the gate's mask: on the CPU a float-by-bool multiply is an unvectorized kernel,
-    and each fresh activation-sized buffer costs about as much as the arithmetic.
+    and each fresh activation-sized buffer costs about as much as the arithmetic. The backward
+    pass reads ``z`` before it calls ``on_cw``, so a policy may reuse ``z``'s bytes from then on.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, gate: Gate, on_cw: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(gate.keep)
+    def forward(  # noqa: D102
+        ctx: Any, x: Tensor, anchor: Tensor, gate: Gate, on_cw: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        # Kept on ctx, not saved: a policy may hold gates as views of one buffer whose other
+        # views it writes later in the pass, which autograd's version check would reject.
+        ctx.keep = gate.keep
         ctx.on_cw = on_cw
         return gate.mask.mul_(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:  # noqa: D102
-        (keep,) = ctx.saved_tensors
-        cw = ctx.on_cw(grad)
-        return as_mask(keep, cw).mul_(cw), None, None
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None, None]:  # noqa: D102
+        mask = as_mask(ctx.keep, grad)
+        return mask.mul_(ctx.on_cw(grad)), None, None, None
 
 
-def _gated(output: Tensor, gate: Optional[Gate], on_cw: Callable[[Tensor], Tensor]) -> Tensor:
-    """``y = z * x``, handing the CW ``dS/dy`` to ``on_cw`` in the backward pass.
+def _hooked(output: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:
+    """``output`` itself, handing its CW to ``on_cw`` in the backward pass.
 
-    Models may still modify ``y`` in place: ``on_cw`` then sees the CW of the value it had.
+    Models may still modify it in place: ``on_cw`` then sees the CW of the value it had.
     """
-    if gate is not None:
-        return _Gate.apply(output, gate, on_cw)
     if output.requires_grad:
         output.register_hook(on_cw)
     return output
@@ -182,6 +188,10 @@ class GatingSession:
         self._calls = 0
         self._names_seen: Counter = Counter()
         self._policy: GatePolicy = GatePolicy()
+        self._anchor = torch.zeros((), requires_grad=True)
+        self._inputs: Tuple[Tensor, ...] = ()
+        self._all_gated = True
+        """Whether every site of the last pass was gated, so :meth:`propagate_cws` may stop early."""
 
     # ------------------------------------------------------------------ site naming
     def _naming_hooks(self) -> List[Any]:
@@ -242,7 +252,13 @@ class GatingSession:
                 gate = Gate.of(site.support, x_in)
             if gate is not None:
                 output = x_in
-        return _gated(output, gate, lambda cw: self._policy.backward(site, cw))
+        def on_cw(cw: Tensor) -> Tensor:
+            return self._policy.backward(site, cw)
+
+        if gate is None:
+            self._all_gated = False
+            return _hooked(output, on_cw)
+        return _Gate.apply(output, self._anchor, gate, on_cw)
 
     def _new_site(self, index: int, op: SiteOp, shape: Tuple[int, ...], state: Any) -> Site:
         site = Site(index, self._site_name(op, self._names_seen), op.kind, shape, op)
@@ -285,6 +301,7 @@ class GatingSession:
         ``Site`` whose ``kind`` is ``"layer"``.
         """
         self._policy, self._calls, self._stack, self._names_seen = policy, 0, [], Counter()
+        self._inputs, self._all_gated = inputs, True
         tapped: Dict[nn.Module, Tensor] = {}
         handles = [self._tap(module, tapped) for module in taps]
         if self.passes == 0:
@@ -313,10 +330,23 @@ class GatingSession:
             if not isinstance(output, Tensor):
                 raise TypeError(f"Layer '{name}' must return a single tensor, got {type(output)}.")
             site.shape = tuple(output.shape)
-            tapped[module] = _gated(output, None, lambda cw: self._policy.backward(site, cw))
+            tapped[module] = _hooked(output, lambda cw: self._policy.backward(site, cw))
             return tapped[module]
 
         return module.register_forward_hook(hook)
+
+    def propagate_cws(self, scores: Tensor) -> None:
+        """A backward pass from the summed per-sample scores of the last forward pass that hands
+        every site its CW.
+
+        When every site of that pass was gated, it stops below the lowest site: what lies below
+        (the first convolution's input gradient, for one) only matters for the input's
+        gradient. Ungated sites are only found on the way to the inputs, so then it goes there.
+        """
+        if not scores.requires_grad:
+            raise ValueError("The target score does not depend on the inputs; nothing to attribute.")
+        ends = (self._anchor,) if self._all_gated else (self._anchor, *self._inputs)
+        torch.autograd.grad(scores.sum(), ends, allow_unused=True)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[GatingSession]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
@@ -18,22 +17,66 @@ from captum_feedback.state import FeedbackState
 _GATHER_BITS = 0x0102040810204080
 """Multiplying eight 0/1 bytes, read as one little-endian int64, by this constant gathers
 them into the top byte (byte ``i`` becomes bit ``i``) without carries."""
+_SCRATCH_WORDS = 1 << 17
+"""Words of int64 scratch space for packing gates: 1 MiB."""
 
 
 def pack_bits(gate: Tensor) -> Tensor:
-    """A boolean gate ``(B, ...)`` as ``(B, ceil(n / 8))`` bytes, eight units a byte."""
-    flat = gate.reshape(gate.shape[0], -1)
-    if flat.shape[1] % 8:
-        flat = F.pad(flat, (0, -flat.shape[1] % 8))
-    gathered = flat.view(torch.int64) * _GATHER_BITS  # eight gates a little-endian word
-    return gathered.bitwise_right_shift_(56).to(torch.uint8)
+    """A boolean gate ``(B, n)``, ``n`` a multiple of 8, as ``(B, n / 8)`` bytes: unit ``8j + i``
+    is bit ``i`` of byte ``j``."""
+    return (gate.view(torch.int64) * _GATHER_BITS).bitwise_right_shift_(56).to(torch.uint8)
 
 
-def unpack_bits(packed: Tensor, shape: Tuple[int, ...]) -> Tensor:
-    """The inverse of :func:`pack_bits`."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = ((packed.unsqueeze(-1) >> shifts) & 1).bool()
-    return bits.view(packed.shape[0], -1)[:, : math.prod(shape[1:])].view(shape)
+class _SiteBytes:
+    """One byte per unit of every site, in one ``(B, units)`` buffer; a site's bytes are a view.
+
+    A site's bytes hold its gates once the forward pass has reached it, and its CW selector
+    (:func:`~captum_feedback.selection.cw_selector`) once the backward pass has left it. The
+    selector is made after the gates' last use and used before the new gates are set, so
+    between passes FSP holds one byte a unit. One buffer also lets a pass pack all gates
+    eight to a byte and compare them with the previous pass's in a handful of kernels, where
+    a tensor per site would need a handful per site.
+    """
+
+    def __init__(self, sites: Sequence[Site], batch_size: int, device: torch.device) -> None:
+        self._slices: Dict[int, slice] = {}
+        units = 0
+        for site in sites:  # each site starts on a byte of the packed gates
+            size = math.prod(site.shape[1:])
+            self._slices[site.index] = slice(units, units + size)
+            units += size + -size % 8
+        # Padding units are open gates that never change.
+        self.buffer = torch.ones((batch_size, units), dtype=torch.int8, device=device)
+        self.packed = pack_bits(self.buffer.view(torch.bool))
+        """The gates as of the last :meth:`changed`, eight units a byte."""
+
+    def slot(self, site: Site) -> Tensor:
+        """The site's bytes, ``site.shape``, as a writable view."""
+        return self.buffer[:, self._slices[site.index]].view(site.shape)
+
+    def packed_gates(self, site: Site) -> Tensor:
+        """The site's gates as of the last :meth:`changed`, as 0/1 bytes of ``site.shape``."""
+        units = self._slices[site.index]
+        packed = self.packed[:, units.start // 8 : -(-units.stop // 8)]
+        shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+        bits = (packed.unsqueeze(-1) >> shifts) & 1
+        return bits.view(len(packed), -1)[:, : units.stop - units.start].view(site.shape)
+
+    def changed(self) -> Tensor:
+        """Per sample, whether any gate changed since the last call (or since all were open).
+
+        It packs and compares a slice of the gates at a time, so that its scratch space stays
+        at 1 MiB: it runs at the end of a forward pass, when memory use is at its peak.
+        """
+        gates = self.buffer.view(torch.bool)
+        changed = torch.zeros(len(gates), dtype=torch.bool, device=gates.device)
+        step = 8 * max(1, _SCRATCH_WORDS // len(gates))
+        for start in range(0, gates.shape[1], step):
+            packed = pack_bits(gates[:, start : start + step])
+            previous = self.packed[:, start // 8 : (start + step) // 8]
+            changed |= (packed != previous).any(1)
+            previous.copy_(packed)
+        return changed
 
 
 class _PruningPolicy(GatePolicy):
@@ -43,16 +86,18 @@ class _PruningPolicy(GatePolicy):
     pass and the activation ``x`` computed with the *already updated* gates below, is exactly
     Algorithm 2's bottom-up sweep: a site's CW depends only on the gates above it, which the
     sweep has not touched yet. One forward and one backward pass per update suffice.
-
-    Memory: between passes a site holds one byte per unit (the CW selector, dropped as soon
-    as the forward pass has used it) and its gates packed eight to a byte.
     """
 
-    def __init__(self, threshold: Threshold, batch_size: int, keep_cws: bool) -> None:
+    def __init__(self, threshold: Threshold, sites: Sequence[Site], batch_size: int, keep_cws: bool) -> None:
         self.threshold = threshold
         self.keep_cws = keep_cws
-        self.selectors: Dict[int, Tensor] = {}
-        self.packed_gates: Dict[int, Tensor] = {}
+        self.sites = sites
+        """The session's sites, all known once the first pass is done."""
+        self.bytes: Optional[_SiteBytes] = None
+        self.selected: set = set()
+        """Sites whose bytes hold a CW selector (the others hold gates)."""
+        self.gated: set = set()
+        """Sites that were ever gated (the others are open)."""
         self.cws: Dict[int, Tensor] = {}
         self.layer_cws: Dict[str, Tensor] = {}
         self.final_pass = False
@@ -60,38 +105,30 @@ class _PruningPolicy(GatePolicy):
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.converged_any = False
         """``not active.all()``, kept as a flag so that sites need not ask the tensor each pass."""
-        self.changed: Optional[Tensor] = None
-        """Per sample, whether this pass changed a gate (on the activations' device)."""
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
-        selector = self.selectors.pop(site.index, None)
-        previous = self.packed_gates.get(site.index)
-        if selector is None:  # first pass, or a site the target does not reach: gates open
-            return None if previous is None else Gate.of(unpack_bits(previous, site.shape), x)
-        mask = keep_mask(selector, x)
-        gate = Gate(mask.to(torch.bool), mask)
+        if site.index not in self.selected:  # first pass, or no CW reached the site: gates stay
+            return Gate.of(self.bytes.slot(site).view(torch.bool), x) if site.index in self.gated else None
+        self.selected.remove(site.index)
+        slot = self.bytes.slot(site)
+        mask = keep_mask(slot, x)
         if self.converged_any:  # converged samples keep their gates
             active = self.active.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
-            gate = Gate.of(torch.where(active, gate.keep, self.gates(site, x.device)), x)
-        packed = pack_bits(gate.keep)
-        # Gates start open: the first selection changes a sample where it closes any unit.
-        changed = ~gate.keep.flatten(1).all(1) if previous is None else (packed != previous).any(1)
-        self.changed = changed if self.changed is None else self.changed | changed
-        self.packed_gates[site.index] = packed
-        return gate
+            mask = torch.where(active, mask, self.bytes.packed_gates(site).to(x.dtype))
+        slot.copy_(mask)
+        self.gated.add(site.index)
+        return Gate(slot.view(torch.bool), mask)
 
-    def gates(self, site: Site, device: torch.device) -> Tensor:
+    def gates(self, site: Site) -> Tensor:
         """The site's current gates, all open if it never had any."""
-        packed = self.packed_gates.get(site.index)
-        return torch.ones(site.shape, dtype=torch.bool, device=device) if packed is None else unpack_bits(
-            packed, site.shape
-        )
+        if site.index not in self.gated:
+            return torch.ones(site.shape, dtype=torch.bool)
+        return self.bytes.slot(site).view(torch.bool).clone()
 
     def end_pass(self) -> Tensor:
         """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
-        if self.changed is not None:
-            self.active &= self.changed.cpu()
-        self.changed = None
+        if self.bytes is not None:
+            self.active &= self.bytes.changed().cpu()
         self.converged_any = not bool(self.active.all())
         return self.active
 
@@ -99,14 +136,28 @@ class _PruningPolicy(GatePolicy):
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        if not self.final_pass:
-            selector = cw_selector(cw, self.threshold)
+        if not self.final_pass:  # the site's gates have been used: its bytes take the selector
+            if self.bytes is None:
+                self.bytes = _SiteBytes(self.sites, len(self.active), cw.device)
+            slot = self.bytes.slot(site)
+            slot.copy_(cw_selector(cw, self.threshold))
             if site.support is not None:  # a frozen ReLU's gates stay within its support
-                selector.mul_(site.support.view(torch.int8))
-            self.selectors[site.index] = selector
+                slot.mul_(site.support.view(torch.int8))
+            self.selected.add(site.index)
         if self.keep_cws:
             self.cws[site.index] = cw.detach()
         return cw
+
+
+class _Passes(NamedTuple):
+    """What the passes of one FSP run produced, beside the policy's gates and CWs."""
+
+    grads: Tuple[Tensor, ...]
+    """The input gradients under the final gates."""
+    outputs: Tensor
+    scores: Tensor
+    updates: Tensor
+    layer_outputs: Dict[str, Tensor]
 
 
 class FeedbackSelectivePruning(FeedbackAttribution):
@@ -179,10 +230,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             >>> fsp = FeedbackSelectivePruning(model.eval())
             >>> attribution = fsp.attribute(images, target=labels)
         """
-        state = self.select(
-            inputs, target, additional_forward_args, iterations, threshold, linearize, keep_cws=False
+        _, _, passes = self._run(
+            inputs, target, additional_forward_args, iterations, threshold, linearize, False, ()
         )
-        return format_output(isinstance(inputs, tuple), state.attributions)
+        return format_output(isinstance(inputs, tuple), passes.grads)
 
     def select(
         self,
@@ -208,18 +259,27 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         Returns:
             A :class:`FeedbackState`.
         """
+        return self._state(*self._run(
+            inputs, target, additional_forward_args, iterations, threshold, linearize, keep_cws, layers
+        ))
+
+    def _run(
+        self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any,
+        iterations: int, threshold: Threshold, linearize: bool, keep_cws: bool,
+        layers: Sequence[nn.Module],
+    ) -> Tuple[GatingSession, _PruningPolicy, _Passes]:
         check_iterations(iterations)
         check_threshold(threshold)
         batch = self._batch(inputs, target, additional_forward_args)
         session = self._session(batch, linearize)
-        policy = _PruningPolicy(threshold, batch.size, keep_cws)
+        policy = _PruningPolicy(threshold, session.sites, batch.size, keep_cws)
         with session.installed():
-            return self._iterate(session, batch, policy, iterations, layers)
+            return session, policy, self._iterate(session, batch, policy, iterations, layers)
 
     def _iterate(
         self, session: GatingSession, batch: Batch, policy: _PruningPolicy, iterations: int,
         layers: Sequence[nn.Module],
-    ) -> FeedbackState:
+    ) -> _Passes:
         outputs: List[Tensor] = []
         scores: List[Tensor] = []
         updates = torch.zeros(batch.size, dtype=torch.long)
@@ -232,34 +292,33 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             if update > 0:
                 active = policy.end_pass()
                 updates += active.long()
-                if not active.any():
-                    break  # every sample at a fixed point: the last gradients are final
-            grads = input_gradients(target_scores, batch.inputs)
-            layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
+                # Every sample at a fixed point: these gates are final.
+                policy.final_pass = policy.final_pass or not active.any()
+            if policy.final_pass:
+                grads = input_gradients(target_scores, batch.inputs)
+                layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
+                break
+            session.propagate_cws(target_scores)
+            # The graph below the lowest site, which that backward pass did not free, goes now
+            # rather than during the next forward pass.
+            del output, tapped, target_scores
         missing = iterations + 1 - len(outputs)
-        return self._state(
-            session, policy, _padded(outputs, missing), _padded(scores, missing), grads, updates,
-            layer_outputs,
-        )
+        return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
 
     @staticmethod
-    def _state(
-        session: GatingSession, policy: _PruningPolicy, outputs: Tensor, scores: Tensor,
-        grads: Tuple[Tensor, ...], updates: Tensor, layer_outputs: Dict[str, Tensor],
-    ) -> FeedbackState:
+    def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes) -> FeedbackState:
         names = {site.index: site.name for site in session.sites}
-        device = grads[0].device
-        gates = {site.name: policy.gates(site, device) for site in session.sites}
+        device = passes.grads[0].device
         return FeedbackState(
-            attributions=grads,
-            gates=gates,
+            attributions=passes.grads,
+            gates={site.name: policy.gates(site).to(device) for site in session.sites},
             cws={names[i]: cw for i, cw in policy.cws.items()},
             site_kinds={site.name: site.kind for site in session.sites},
-            outputs=outputs,
-            target_scores=scores,
-            updates=updates,
+            outputs=passes.outputs,
+            target_scores=passes.scores,
+            updates=passes.updates,
             converged=~policy.active,
-            layer_outputs=layer_outputs,
+            layer_outputs=passes.layer_outputs,
             layer_cws=dict(policy.layer_cws),
         )
 

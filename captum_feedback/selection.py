@@ -51,13 +51,13 @@ def per_sample_threshold(cw: Tensor, threshold: Threshold) -> Tensor:
 
 
 def cw_selector(cw: Tensor, threshold: Threshold) -> Tensor:
-    """All the selection rule needs to know of a site's CWs, in one byte per unit.
+    """All the selection rule needs to know of a site's CWs: one of three values a unit.
 
     ``+1`` where ``alpha > tau``, ``-1`` where ``alpha < -tau``, ``0`` otherwise (``tau >= 0``,
-    so the cases are exclusive).
+    so the cases are exclusive), in any dtype that holds them; FSP keeps them as bytes.
     """
     if threshold == "zero":
-        return torch.sign(cw).to(torch.int8)
+        return torch.sign(cw)
     tau = per_sample_threshold(cw, threshold)
     return (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
 

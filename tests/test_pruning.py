@@ -130,6 +130,21 @@ def test_updates_stop_per_sample_at_a_fixed_point():
 
 
 @pytest.mark.parametrize("make", [VGGish, ResNetish])
+def test_samples_that_stop_early_keep_their_gates_while_the_batch_goes_on(make):
+    model = seeded(make())
+    torch.manual_seed(1)
+    x, targets = torch.randn(4, 3, 16, 16), [4, 0, 2, 1]
+    batched = FSP(model).select(x, target=targets, iterations=30)
+    assert len(set(batched.updates.tolist())) > 1  # the samples stop at different updates
+    for i, target in enumerate(targets):
+        single = FSP(model).select(x[i : i + 1], target=target, iterations=30)
+        assert single.updates.item() == batched.updates[i].item()
+        for name, gates in single.gates.items():
+            assert torch.equal(gates[0], batched.gates[name][i]), name
+        torch.testing.assert_close(single.attributions[0][0], batched.attributions[0][i], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [VGGish, ResNetish])
 def test_a_batch_with_a_list_of_targets_equals_one_call_per_sample(make):
     model = seeded(make())
     x = torch.randn(3, 3, 16, 16)
@@ -228,17 +243,34 @@ def test_captum_basic_models_run():
         assert all(torch.isfinite(a).all() for a in flat), type(model).__name__
 
 
-@pytest.mark.parametrize("shape", [(2, 3), (1, 8), (3, 5, 7), (2, 16, 4, 4), (1, 1)])
-def test_gates_pack_eight_to_a_byte_and_unpack_exactly(shape):
-    from captum_feedback.pruning import pack_bits, unpack_bits
+@pytest.mark.parametrize("shape", [(1, 8), (2, 16), (3, 64), (2, 8 * 37)])
+def test_gates_pack_eight_to_a_byte_in_unit_order(shape):
+    from captum_feedback.pruning import pack_bits
 
     gates = torch.rand(shape) > 0.5
     packed = pack_bits(gates)
-    assert packed.dtype == torch.uint8 and packed.shape == (shape[0], -(-torch.Size(shape[1:]).numel() // 8))
-    assert torch.equal(unpack_bits(packed, shape), gates)
-    flipped = gates.clone().view(shape[0], -1)
-    flipped[0, -1] = ~flipped[0, -1]
-    assert not torch.equal(pack_bits(flipped.view(shape))[0], packed[0])
+    expected = (gates.view(shape[0], -1, 8).long() << torch.arange(8)).sum(-1)  # unit 8j+i is bit i of byte j
+    assert packed.dtype == torch.uint8 and torch.equal(packed.long(), expected)
+
+
+def test_site_bytes_tell_per_sample_whether_any_gate_changed_since_the_last_pass():
+    from captum_feedback.engine import Site
+    from captum_feedback.pruning import _SiteBytes
+
+    sites = [Site(0, "conv", "activation", (2, 3, 5)), Site(1, "pool", "pool", (2, 4))]
+    store = _SiteBytes(sites, 2, torch.device("cpu"))
+    assert store.changed().tolist() == [False, False]  # all open, as before the first update
+    store.slot(sites[1])[1, 3] = 0
+    assert store.changed().tolist() == [False, True]
+    assert store.changed().tolist() == [False, False]  # compared with the previous call
+    store.slot(sites[0])[0, 2, 4] = 0
+    store.slot(sites[1])[1, 3] = 1
+    assert store.changed().tolist() == [True, True]
+    assert store.slot(sites[0]).shape == (2, 3, 5) and store.slot(sites[0]).sum() == 2 * 3 * 5 - 1
+    store.slot(sites[0]).fill_(-1)  # a CW selector now; the gates of the last pass stay packed
+    expected = torch.ones(2, 3, 5, dtype=torch.uint8)
+    expected[0, 2, 4] = 0
+    assert torch.equal(store.packed_gates(sites[0]), expected)
 
 
 def test_works_inside_a_no_grad_block_like_captum():
