@@ -47,12 +47,13 @@ class _SiteBytes:
             units += size + -size % 8
         # Padding units are open gates that never change.
         self.buffer = torch.ones((batch_size, units), dtype=torch.int8, device=device)
-        self.packed = pack_bits(self.buffer.view(torch.bool))
+        self.packed = torch.full((batch_size, units // 8), 255, dtype=torch.uint8, device=device)
         """The gates as of the last :meth:`changed`, eight units a byte."""
+        self._slots = {site.index: self.buffer[:, self._slices[site.index]].view(site.shape) for site in sites}
 
     def slot(self, site: Site) -> Tensor:
         """The site's bytes, ``site.shape``, as a writable view."""
-        return self.buffer[:, self._slices[site.index]].view(site.shape)
+        return self._slots[site.index]
 
     def packed_gates(self, site: Site) -> Tensor:
         """The site's gates as of the last :meth:`changed`, as 0/1 bytes of ``site.shape``."""
@@ -65,12 +66,13 @@ class _SiteBytes:
     def changed(self) -> Tensor:
         """Per sample, whether any gate changed since the last call (or since all were open).
 
-        It packs and compares a slice of the gates at a time, so that its scratch space stays
-        at 1 MiB: it runs at the end of a forward pass, when memory use is at its peak.
+        It packs and compares a slice of the gates at a time, at most 16 slices, so that its
+        scratch space stays at 1 MiB or a sixteenth of the gates' bytes: it runs at the end of
+        a forward pass, when memory use is at its peak.
         """
         gates = self.buffer.view(torch.bool)
         changed = torch.zeros(len(gates), dtype=torch.bool, device=gates.device)
-        step = 8 * max(1, _SCRATCH_WORDS // len(gates))
+        step = 8 * max(1, _SCRATCH_WORDS // len(gates), -(-gates.shape[1] // 128))
         for start in range(0, gates.shape[1], step):
             packed = pack_bits(gates[:, start : start + step])
             previous = self.packed[:, start // 8 : (start + step) // 8]
