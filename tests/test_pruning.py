@@ -279,3 +279,14 @@ def test_works_inside_a_no_grad_block_like_captum():
     expected = FSP(model).attribute(x, target=1)
     with torch.no_grad():
         torch.testing.assert_close(FSP(model).attribute(x, target=1), expected)
+
+
+def test_update_passes_stop_their_backward_pass_at_the_lowest_gate_site():
+    """Only the last pass needs the input gradient; the updates need the CWs of the sites."""
+    model = seeded(VGGish())
+    calls = []
+    model.features[0].register_full_backward_hook(lambda *_: calls.append(1))  # below every site
+    state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, iterations=3)
+    assert state.updates.item() == 3  # no early stop: passes 0-3 all ran
+    # The first pass (its sites not gated yet) and the last pass reach the input.
+    assert len(calls) == 2
