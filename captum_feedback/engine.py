@@ -188,7 +188,8 @@ class GatingSession:
         self._calls = 0
         self._names_seen: Counter = Counter()
         self._policy: GatePolicy = GatePolicy()
-        self._anchor = torch.zeros((), requires_grad=True)
+        self._anchor = torch.zeros(())
+        """A scalar leaf that every gated site takes as an input (:class:`_Gate`)."""
         self._inputs: Tuple[Tensor, ...] = ()
         self._all_gated = True
         """Whether every site of the last pass was gated, so :meth:`propagate_cws` may stop early."""
@@ -306,6 +307,7 @@ class GatingSession:
         handles = [self._tap(module, tapped) for module in taps]
         if self.passes == 0:
             handles += self._naming_hooks()
+            self._anchor = torch.zeros((), device=inputs[0].device, requires_grad=True)
         try:
             with _SiteMode(self._on_site):
                 output = self.forward_func(*inputs, *additional_forward_args)
