@@ -16,7 +16,7 @@ from captum_feedback._compat import (
     format_inputs,
     per_sample_targets,
 )
-from captum_feedback.engine import GatePolicy, GatingSession
+from captum_feedback.engine import GatePolicy, GatingSession, check_depends_on_inputs
 
 
 @dataclass
@@ -38,8 +38,7 @@ def input_gradients(scores: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor,
 
     ``torch.autograd.grad`` leaves every parameter's ``.grad`` untouched.
     """
-    if not scores.requires_grad:
-        raise ValueError("The target score does not depend on the inputs; nothing to attribute.")
+    check_depends_on_inputs(scores)
     grads = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
 

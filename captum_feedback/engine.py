@@ -121,6 +121,12 @@ class _Gate(torch.autograd.Function):
         return mask.mul_(ctx.on_cw(grad)), None, None, None
 
 
+def check_depends_on_inputs(scores: Tensor) -> None:
+    """Raises ``ValueError`` for target scores that no backward pass can reach the inputs from."""
+    if not scores.requires_grad:
+        raise ValueError("The target score does not depend on the inputs; nothing to attribute.")
+
+
 def _hooked(output: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:
     """``output`` itself, handing its CW to ``on_cw`` in the backward pass.
 
@@ -345,8 +351,7 @@ class GatingSession:
         (the first convolution's input gradient, for one) only matters for the input's
         gradient. Ungated sites are only found on the way to the inputs, so then it goes there.
         """
-        if not scores.requires_grad:
-            raise ValueError("The target score does not depend on the inputs; nothing to attribute.")
+        check_depends_on_inputs(scores)
         ends = (self._anchor,) if self._all_gated else (self._anchor, *self._inputs)
         torch.autograd.grad(scores.sum(), ends, allow_unused=True)
 
