@@ -195,7 +195,8 @@ class GatingSession:
         self._names_seen: Counter = Counter()
         self._policy: GatePolicy = GatePolicy()
         self._anchor = torch.zeros(())
-        """A scalar leaf that every gated site takes as an input (:class:`_Gate`)."""
+        """A scalar leaf that every gated site takes as an input (:class:`_Gate`); the first
+        pass makes it, gradient-requiring, on the inputs' device."""
         self._inputs: Tuple[Tensor, ...] = ()
         self._all_gated = True
         """Whether every site of the last pass was gated, so :meth:`propagate_cws` may stop early."""

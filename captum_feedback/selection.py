@@ -76,6 +76,5 @@ def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
     maximized over ``z`` exactly). Units with ``x == 0`` contribute nothing and stay closed.
     """
     # In place in floats: on the CPU a comparison that writes booleans costs several times
-    # the arithmetic.
+    # the arithmetic. A selector already in x's dtype is overwritten; FR's is a temporary.
     return selector.to(x.dtype).mul_(x).gt_(0)
-
