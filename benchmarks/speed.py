@@ -12,8 +12,10 @@ call; on the CPU, the peak of memory allocated by the call as seen by a
 ``torch.profiler`` memory trace (allocations of tensors, freed ones subtracted), so the
 numbers compare methods with each other rather than with the process size.
 
-Target (issue #2): FSP with k updates costs at most 1.15 x (k + 1) Saliency calls, and its
-peak memory is at most 1.5 x Saliency's.
+FSP runs in the default configuration (``--config``; its number of updates ``k`` is the
+configuration's unless ``--iterations`` sets the last stage's) and, as a second row, as the
+paper's Algorithm 2 with 5 updates. Target (issues #2 and #10): FSP with k updates costs at most
+1.15 x (k + 1) Saliency calls, and its peak memory is at most 1.5 x Saliency's.
 
 Usage::
 
@@ -32,20 +34,28 @@ import torch
 import torchvision
 from captum.attr import GuidedBackprop, IntegratedGradients, LayerGradCam, Saliency
 
-from captum_feedback import FeedbackRecovering, FeedbackSelectivePruning
+from captum_feedback import PRESETS, FeedbackConfig, FeedbackRecovering, FeedbackSelectivePruning
+from captum_feedback.config import resolve_config
 
 
 def _gradcam_layer(name: str, model: torch.nn.Module) -> torch.nn.Module:
     return model.features[28] if name == "vgg16" else model.layer4
 
 
-def methods(name: str, model: torch.nn.Module, iterations: int, ig_batch: int) -> Dict[str, Callable]:
+def fsp_label(config: FeedbackConfig, name: str) -> str:
+    return f"FSP {name} (k={config.iterations})"
+
+
+def methods(name: str, model: torch.nn.Module, configs: Dict[str, FeedbackConfig], ig_batch: int
+            ) -> Dict[str, Callable]:
     """Each method as ``f(x, target) -> attribution``."""
     fsp, fr = FeedbackSelectivePruning(model), FeedbackRecovering(model)
     gradcam = LayerGradCam(model, _gradcam_layer(name, model))
+    fsp_calls = {fsp_label(config, label): (lambda x, t, config=config: fsp.attribute(x, target=t, config=config))
+                 for label, config in configs.items()}
     return {
         "Saliency": lambda x, t: Saliency(model).attribute(x, target=t, abs=False),
-        f"FSP (k={iterations})": lambda x, t: fsp.attribute(x, target=t, iterations=iterations),
+        **fsp_calls,
         "FR": lambda x, t: fr.attribute(x, target=t),
         "GuidedBackprop": lambda x, t: GuidedBackprop(model).attribute(x, target=t),
         "IntegratedGradients (n_steps=50)": lambda x, t: IntegratedGradients(model).attribute(
@@ -103,8 +113,8 @@ def _paired_ratio(times: List[float], base: List[float]) -> float:
     return statistics.median(t / b for t, b in zip(times, base))
 
 
-def run(models: List[str], batch_sizes: List[int], repeats: int, iterations: int, device: torch.device,
-        ig_repeats: int) -> List[Tuple]:
+def run(models: List[str], batch_sizes: List[int], repeats: int, configs: Dict[str, FeedbackConfig],
+        device: torch.device, ig_repeats: int) -> List[Tuple]:
     rows = []
     for name in models:
         model = getattr(torchvision.models, name)(weights=None).eval().to(device)
@@ -114,7 +124,7 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, iterations: int
             target = torch.randint(0, 1000, (batch,), device=device)
             calls = {
                 label: (lambda method=method: method(x, target))
-                for label, method in methods(name, model, iterations, ig_batch=max(batch, 16)).items()
+                for label, method in methods(name, model, configs, ig_batch=max(batch, 16)).items()
             }
             for label, call in calls.items():
                 if not label.startswith("Integrated"):  # IG runs 50 passes: warm enough
@@ -140,14 +150,19 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ig-repeats", type=int, default=1, help="repeats for Integrated Gradients")
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--config", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--iterations", type=int, default=None, help="updates of the last stage")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    rows = run(args.models, args.batch_sizes, args.repeats, args.iterations, device, args.ig_repeats)
-    budget = 1.15 * (args.iterations + 1)
-    print(f"\nTarget: FSP time ratio <= {budget:.2f} (1.15 x (k + 1)), FSP memory ratio <= 1.5\n")
+    configs = {args.config: resolve_config(args.config, iterations=args.iterations), "paper": PRESETS["paper"]}
+    rows = run(args.models, args.batch_sizes, args.repeats, configs, device, args.ig_repeats)
+    for label, config in configs.items():
+        budget = 1.15 * (config.iterations + 1)
+        print(f"\nTarget for {fsp_label(config, label)}: time ratio <= {budget:.2f} (1.15 x (k + 1)), "
+              "memory ratio <= 1.5")
+    print()
     print("| model | batch | method | s / image | x Saliency | x Saliency (paired) | peak MiB | x Saliency |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for name, batch, label, t, tr, paired, m, mr in rows:

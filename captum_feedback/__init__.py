@@ -1,29 +1,31 @@
 """Feedback CNN attributions (Cao et al., TPAMI 2018) for Captum and any PyTorch model."""
 
-from captum_feedback.energy import (
-    FeedbackEnergyMaps,
-    energy_map,
-    feedback_energy_maps,
-    summation_energy_map,
-    summation_fsp_fr_energy_map,
-)
-from captum_feedback.layer import LayerFeedback, rank_channels
+from captum_feedback.config import PRESETS, FeedbackConfig, Stage
+from captum_feedback.energy import energy_map, summation_energy_map, summation_fsp_fr_energy_map
+from captum_feedback.layer import LayerFeedback, NeuronFeedback, rank_channels
+from captum_feedback.pipeline import FeedbackEnergyMaps, FeedbackPipeline
 from captum_feedback.pruning import FSP, FeedbackSelectivePruning
 from captum_feedback.recovering import FR, FeedbackRecovering
+from captum_feedback.selection import MeanRatio
 from captum_feedback.state import FeedbackState
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "FSP",
     "FR",
+    "FSP",
+    "PRESETS",
+    "FeedbackConfig",
     "FeedbackEnergyMaps",
+    "FeedbackPipeline",
     "FeedbackRecovering",
     "FeedbackSelectivePruning",
     "FeedbackState",
     "LayerFeedback",
+    "MeanRatio",
+    "NeuronFeedback",
+    "Stage",
     "energy_map",
-    "feedback_energy_maps",
     "rank_channels",
     "summation_energy_map",
     "summation_fsp_fr_energy_map",

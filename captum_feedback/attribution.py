@@ -81,7 +81,3 @@ class FeedbackAttribution(GradientAttribution):
             )
         return output, tapped
 
-
-def check_iterations(iterations: int) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}.")

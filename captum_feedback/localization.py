@@ -9,8 +9,9 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from captum_feedback._compat import TargetType, per_sample_targets
+from captum_feedback.config import ConfigLike
 from captum_feedback.energy import energy_map, summation_energy_map
-from captum_feedback.layer import LayerFeedback
+from captum_feedback.pipeline import FeedbackPipeline
 
 
 def energy_box(maps: Tensor, fraction: float = 0.99) -> Tensor:
@@ -98,7 +99,7 @@ def two_stage_localization(
     target: TargetType,
     additional_forward_args: Any = None,
     fraction: float = 0.99,
-    **fsp_kwargs: Any,
+    config: ConfigLike = None,
 ) -> Localization:
     r"""Procedure 1: localize the target class with a classifier trained on image labels only.
 
@@ -116,18 +117,18 @@ def two_stage_localization(
         target: The class to localize, any Captum target form.
         additional_forward_args: Passed to the model, as in Captum.
         fraction: Share of energy the boxes keep (0.99 in the paper).
-        **fsp_kwargs: ``iterations``, ``threshold``, ``linearize`` for both FSP runs.
+        config: The pipeline's configuration, for both FSP runs and the FR pass (a preset name
+            or a :class:`~captum_feedback.FeedbackConfig`).
     """
     if images.dim() != 4:
         raise ValueError(f"Images must be (B, C, H, W), got shape {tuple(images.shape)}.")
     size = tuple(images.shape[-2:])
     targets = per_sample_targets(target, len(images))
-    feedback = LayerFeedback(model, layer)
-    state = feedback.select(images, targets, additional_forward_args=additional_forward_args, **fsp_kwargs)
-    coarse_map = summation_energy_map(state)
+    pipeline = FeedbackPipeline(model, layer, config)
+    coarse_map = summation_energy_map(pipeline.select(images, targets, additional_forward_args))
     coarse = energy_box(coarse_map, fraction)
     crops = crop_and_resize(images, coarse)
-    fine_state = feedback.select(crops, targets, additional_forward_args=additional_forward_args, **fsp_kwargs)
-    fine_map = energy_map(feedback.attribute(crops, state=fine_state, additional_forward_args=additional_forward_args))
+    fine_state = pipeline.select(crops, targets, additional_forward_args, keep_cws=False)
+    fine_map = energy_map(pipeline.fsp_fr(crops, fine_state, additional_forward_args))
     boxes = _uncrop(energy_box(fine_map, fraction), coarse, size)
     return Localization(boxes, coarse, coarse_map, fine_map)

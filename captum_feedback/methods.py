@@ -27,15 +27,21 @@ from captum.attr import (
 from torch import Tensor, nn
 
 from captum_feedback._compat import TargetType
-from captum_feedback.energy import energy_map, feedback_energy_maps, l2_normalize
-from captum_feedback.layer import LayerFeedback
+from captum_feedback.config import ConfigLike
+from captum_feedback.energy import energy_map, l2_normalize, summation_energy_map
+from captum_feedback.pipeline import FeedbackPipeline
+from captum_feedback.pruning import FeedbackSelectivePruning
 from captum_feedback.recovering import FeedbackRecovering
 
-FEEDBACK_METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR")
+PIPELINE_METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR")
+"""The maps one :class:`~captum_feedback.FeedbackPipeline` run gives."""
+FEEDBACK_METHODS = PIPELINE_METHODS + ("FR",)
+ABLATIONS = ("Summation, no FSP",)
+"""The Summation Energy Map of the plain network (every gate open): what FSP's selection adds."""
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "GuidedBackprop", "Deconvolution", "GuidedGradCam",
                   "LayerGradCam", "InputXGradient", "DeepLift", "LRP")
 BASELINES = ("Center",)
-ALL_METHODS = FEEDBACK_METHODS + CAPTUM_METHODS + BASELINES
+ALL_METHODS = FEEDBACK_METHODS + ABLATIONS + CAPTUM_METHODS + BASELINES
 
 
 def center_map(inputs: Tensor, sigma: float = 0.25) -> Tensor:
@@ -64,7 +70,8 @@ class MethodMaps:
             block, as usual).
         ig_steps: Integrated Gradients' ``n_steps`` (zero baseline).
         internal_batch_size: Integrated Gradients' ``internal_batch_size``.
-        fsp_kwargs: ``iterations``, ``threshold``, ``linearize`` for FSP.
+        config: The feedback maps' configuration (a preset name or a
+            :class:`~captum_feedback.FeedbackConfig`).
 
     Example::
 
@@ -74,9 +81,10 @@ class MethodMaps:
     """
 
     def __init__(self, model: nn.Module, layer: nn.Module, gradcam_layer: nn.Module, ig_steps: int = 50,
-                 internal_batch_size: Optional[int] = None, **fsp_kwargs: Any) -> None:
-        self.model, self.layer, self.gradcam_layer = model, layer, gradcam_layer
-        self.ig_steps, self.internal_batch_size, self.fsp_kwargs = ig_steps, internal_batch_size, fsp_kwargs
+                 internal_batch_size: Optional[int] = None, config: ConfigLike = None) -> None:
+        self.model, self.gradcam_layer = model, gradcam_layer
+        self.ig_steps, self.internal_batch_size = ig_steps, internal_batch_size
+        self.pipeline = FeedbackPipeline(model, layer, config)
         self._single_maps = self._attribution_maps()
 
     def __call__(self, inputs: Tensor, target: TargetType, methods: Sequence[str] = ALL_METHODS
@@ -86,8 +94,8 @@ class MethodMaps:
         if unknown:
             raise ValueError(f"Unknown method(s) {unknown}; choose from {list(ALL_METHODS)}.")
         maps: Dict[str, Tensor] = {}
-        if any(m in methods for m in FEEDBACK_METHODS[:4]):
-            fb = feedback_energy_maps(LayerFeedback(self.model, self.layer), inputs, target, **self.fsp_kwargs)
+        if any(m in methods for m in PIPELINE_METHODS):
+            fb = self.pipeline.energy_maps(inputs, target)
             maps.update({"FSP": fb.fsp, "FSP Summation": fb.summation, "FSP-FR": fb.fsp_fr,
                          "Summation-FSP-FR": fb.summation_fsp_fr})
         for method in methods:
@@ -110,6 +118,8 @@ class MethodMaps:
         gradcam = LayerGradCam(model, self.gradcam_layer)
         return {
             "FR": input_attribution(FeedbackRecovering(model)),
+            "Summation, no FSP": lambda x, t: summation_energy_map(
+                FeedbackSelectivePruning(model).ungated(x, t, config=self.pipeline.config)),
             "Saliency": input_attribution(Saliency(model), abs=True),
             "IntegratedGradients": input_attribution(IntegratedGradients(model), n_steps=self.ig_steps,
                                                      internal_batch_size=self.internal_batch_size),

@@ -184,3 +184,11 @@ def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
     if not precisions:
         raise ValueError("No class has a positive example: mAP is undefined.")
     return float(torch.stack(precisions).mean())
+
+
+def map_cosine(maps: Tensor, others: Tensor) -> Tensor:
+    """Cosine similarity of two maps of each image, e.g. of two classes in one image (Sec. 4.3:
+    class-discriminative maps differ, so lower is better); ``(B,)``, NaN where a map is blank."""
+    a, b = _maps(maps).flatten(1).double(), _maps(others).flatten(1).double()
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(norms > 0, (a * b).sum(1) / norms.clamp_min(1e-300), torch.nan).to(maps.dtype)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
-from captum_feedback.attribution import Batch, FeedbackAttribution, check_iterations, input_gradients
+from captum_feedback.attribution import Batch, FeedbackAttribution, input_gradients
+from captum_feedback.config import ConfigLike, FeedbackConfig, Stage, resolve_config
 from captum_feedback.engine import Gate, GatePolicy, GatingSession, Site
-from captum_feedback.selection import Threshold, check_threshold, cw_selector, keep_mask
+from captum_feedback.selection import SelectionRule, Threshold, keep_mask
 from captum_feedback.state import FeedbackState
 
 _GATHER_BITS = 0x0102040810204080
@@ -88,25 +89,36 @@ class _PruningPolicy(GatePolicy):
     pass and the activation ``x`` computed with the *already updated* gates below, is exactly
     Algorithm 2's bottom-up sweep: a site's CW depends only on the gates above it, which the
     sweep has not touched yet. One forward and one backward pass per update suffice.
+
+    Only the sites in :attr:`updating` take new gates from a backward pass (a stage of the
+    released code's schedule); the others keep theirs.
     """
 
-    def __init__(self, threshold: Threshold, sites: Sequence[Site], batch_size: int, keep_cws: bool) -> None:
-        self.threshold = threshold
+    def __init__(self, rule: SelectionRule, sites: Sequence[Site], batch_size: int, keep_cws: bool) -> None:
+        self.rule = rule
         self.keep_cws = keep_cws
+        self.wants_on_states = rule.prunes_only
         self.sites = sites
         """The session's sites, all known once the first pass is done."""
         self.bytes: Optional[_SiteBytes] = None
+        self.updating: Optional[Set[int]] = None
+        """Sites whose gates the next backward pass updates; ``None`` before the sites are known."""
         self.selected: set = set()
         """Sites whose bytes hold a CW selector (the others hold gates)."""
         self.gated: set = set()
         """Sites that were ever gated (the others are open)."""
         self.cws: Dict[int, Tensor] = {}
+        self.outputs: Dict[int, Tensor] = {}
+        """Each site's gated output in the last pass, kept with the CWs."""
         self.layer_cws: Dict[str, Tensor] = {}
         self.final_pass = False
         """Set before the last pass: its CWs choose no further gates."""
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.converged_any = False
         """``not active.all()``, kept as a flag so that sites need not ask the tensor each pass."""
+
+    def needs_cw(self, site: Site) -> bool:
+        return self.updating is None or site.index in self.updating
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
         if site.index not in self.selected:  # first pass, or no CW reached the site: gates stay
@@ -121,11 +133,20 @@ class _PruningPolicy(GatePolicy):
         self.gated.add(site.index)
         return Gate(slot.view(torch.bool), mask)
 
+    def observe(self, site: Site, output: Tensor) -> None:
+        if self.keep_cws and self.final_pass:
+            self.outputs[site.index] = output
+
     def gates(self, site: Site) -> Tensor:
         """The site's current gates, all open if it never had any."""
         if site.index not in self.gated:
             return torch.ones(site.shape, dtype=torch.bool)
         return self.bytes.slot(site).view(torch.bool).clone()
+
+    def restart(self) -> None:
+        """Every sample takes part in the next stage, converged in the last one or not."""
+        self.active.fill_(True)
+        self.converged_any = False
 
     def end_pass(self) -> Tensor:
         """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
@@ -138,17 +159,25 @@ class _PruningPolicy(GatePolicy):
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        if not self.final_pass:  # the site's gates have been used: its bytes take the selector
-            if self.bytes is None:
+        if not self.final_pass and self.needs_cw(site):  # the site's gates have been used: its
+            if self.bytes is None:  # bytes take the selector
                 self.bytes = _SiteBytes(self.sites, len(self.active), cw.device)
             slot = self.bytes.slot(site)
-            slot.copy_(cw_selector(cw, self.threshold))
+            slot.copy_(self.rule.selector(cw, self._open_units(site, slot)))
             if site.support is not None:  # a frozen ReLU's gates stay within its support
                 slot.mul_(site.support.view(torch.int8))
             self.selected.add(site.index)
         if self.keep_cws:
             self.cws[site.index] = cw.detach()
         return cw
+
+    def _open_units(self, site: Site, slot: Tensor) -> Optional[Tensor]:
+        """The site's open, active units, which a pruning rule averages over and keeps within."""
+        if not self.rule.prunes_only:
+            return None
+        if site.index in self.gated:  # a gate keeps only units with alpha * x > tau >= 0
+            return slot.view(torch.bool)
+        return site.on_states
 
 
 class _Passes(NamedTuple):
@@ -200,9 +229,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         inputs: TensorOrTuple,
         target: TargetType = None,
         additional_forward_args: Any = None,
-        iterations: int = 5,
-        threshold: Threshold = "zero",
-        linearize: bool = True,
+        iterations: Optional[int] = None,
+        threshold: Optional[Threshold] = None,
+        linearize: Optional[bool] = None,
+        config: ConfigLike = None,
     ) -> TensorOrTuple:
         r"""Input attribution of the target under the gates FSP selects.
 
@@ -213,15 +243,20 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 with one entry per sample (Captum's target forms). ``None`` when the model
                 returns one value per sample.
             additional_forward_args: Further arguments to the model, passed after the inputs.
-            iterations: Maximum number of gate updates. Each sample stops early once an
-                update changes none of its gates (a fixed point). The paper converges in
-                about 5 (Sec. 4.1, Figs. 6-7).
+            iterations: Number of gate updates of the last (or only) stage; ``None`` takes the
+                configuration's. Each sample stops early once an update of the last stage
+                changes none of its gates (a fixed point). The paper converges in about 5
+                (Sec. 4.1, Figs. 6-7).
             threshold: ``"zero"`` (Algorithm 2; guarantees a non-decreasing score when
                 linearized), ``"mean"`` (the layer-mean rule of Sec. 3.5, per sample and
-                site), ``"positive_mean"``, a number, or a callable; see
-                :data:`captum_feedback.selection.Threshold`.
+                site), ``"positive_mean"`` or a :class:`~captum_feedback.MeanRatio` (the
+                authors' released code), a number, or a callable; see
+                :data:`captum_feedback.selection.Threshold`. ``None`` takes the configuration's.
             linearize: Freeze ReLU states and max-pool choices after the first forward pass
-                (Sec. 3.3).
+                (Sec. 3.3); ``None`` takes the configuration's.
+            config: A preset name (``"default"``, ``"paper"``, ``"released_code"``) or a
+                :class:`~captum_feedback.FeedbackConfig`; the arguments above override its
+                fields.
 
         Returns:
             Gradients of the target with respect to each input under the final gates, the
@@ -231,10 +266,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
 
             >>> fsp = FeedbackSelectivePruning(model.eval())
             >>> attribution = fsp.attribute(images, target=labels)
+            >>> paper = fsp.attribute(images, target=labels, config="paper")
         """
-        _, _, passes = self._run(
-            inputs, target, additional_forward_args, iterations, threshold, linearize, False, ()
-        )
+        settings = resolve_config(config, iterations, threshold, linearize)
+        _, _, passes = self._run(inputs, target, additional_forward_args, settings, False, ())
         return format_output(isinstance(inputs, tuple), passes.grads)
 
     def select(
@@ -242,9 +277,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         inputs: TensorOrTuple,
         target: TargetType = None,
         additional_forward_args: Any = None,
-        iterations: int = 5,
-        threshold: Threshold = "zero",
-        linearize: bool = True,
+        iterations: Optional[int] = None,
+        threshold: Optional[Threshold] = None,
+        linearize: Optional[bool] = None,
+        config: ConfigLike = None,
         keep_cws: bool = True,
         layers: Sequence[nn.Module] = (),
     ) -> FeedbackState:
@@ -253,7 +289,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         Takes the arguments of :meth:`attribute`, and:
 
         Args:
-            keep_cws: Keep every site's CWs in the state (needed by
+            keep_cws: Keep every site's CWs and gated outputs in the state (needed by
                 :func:`captum_feedback.summation_energy_map`).
             layers: Modules whose outputs and CWs under the final gates are kept in
                 ``layer_outputs`` and ``layer_cws`` (keyed by module name).
@@ -261,32 +297,47 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         Returns:
             A :class:`FeedbackState`.
         """
-        return self._state(*self._run(
-            inputs, target, additional_forward_args, iterations, threshold, linearize, keep_cws, layers
-        ))
+        settings = resolve_config(config, iterations, threshold, linearize)
+        session, policy, passes = self._run(inputs, target, additional_forward_args, settings, keep_cws, layers)
+        return self._state(session, policy, passes, settings)
+
+    def ungated(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
+                config: ConfigLike = None) -> FeedbackState:
+        r"""The state of the plain network, every gate open: the no-FSP ablation.
+
+        Maps drawn from it (:func:`~captum_feedback.summation_energy_map` with the same
+        configuration) show what FSP's selection adds to a map and what the summation alone gives.
+        Takes the arguments of :meth:`select`; ``outputs`` holds the one plain pass.
+        """
+        settings = resolve_config(config)
+        session, policy, passes = self._run(inputs, target, additional_forward_args, settings, True, (), updates=0)
+        return self._state(session, policy, passes, settings)
 
     def _run(
-        self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any,
-        iterations: int, threshold: Threshold, linearize: bool, keep_cws: bool,
-        layers: Sequence[nn.Module],
+        self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any, config: FeedbackConfig,
+        keep_cws: bool, layers: Sequence[nn.Module], updates: Optional[int] = None,
     ) -> Tuple[GatingSession, _PruningPolicy, _Passes]:
-        check_iterations(iterations)
-        check_threshold(threshold)
         batch = self._batch(inputs, target, additional_forward_args)
-        session = self._session(batch, linearize)
-        policy = _PruningPolicy(threshold, session.sites, batch.size, keep_cws)
+        session = self._session(batch, config.linearize)
+        policy = _PruningPolicy(config.rule, session.sites, batch.size, keep_cws)
         with session.installed():
-            return session, policy, self._iterate(session, batch, policy, iterations, layers)
+            iterations = config.iterations if updates is None else updates
+            return session, policy, self._iterate(session, batch, policy, config, layers, iterations)
 
     def _iterate(
-        self, session: GatingSession, batch: Batch, policy: _PruningPolicy, iterations: int,
-        layers: Sequence[nn.Module],
+        self, session: GatingSession, batch: Batch, policy: _PruningPolicy, config: FeedbackConfig,
+        layers: Sequence[nn.Module], iterations: int,
     ) -> _Passes:
+        stage_of = [k for k, stage in enumerate(config.stages) for _ in range(stage.updates)]
         outputs: List[Tensor] = []
         scores: List[Tensor] = []
         updates = torch.zeros(batch.size, dtype=torch.long)
         for update in range(iterations + 1):
             policy.final_pass = update == iterations
+            # A new stage names its sites before the forward pass, whose backward updates them.
+            new_stage = 0 < update < iterations and stage_of[update] != stage_of[update - 1]
+            if new_stage:
+                policy.updating = _stage_sites(session.sites, config, config.stages[stage_of[update]])
             output, tapped = self._forward(session, batch, policy, layers)
             target_scores = select_targets(output, batch.targets)
             outputs.append(output.detach().reshape(batch.size, -1))
@@ -294,12 +345,17 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             if update > 0:
                 active = policy.end_pass()
                 updates += active.long()
-                # Every sample at a fixed point: these gates are final.
-                policy.final_pass = policy.final_pass or not active.any()
+                # Every sample at a fixed point in the last stage: these gates are final.
+                last_stage = stage_of[update - 1] == len(config.stages) - 1
+                policy.final_pass = policy.final_pass or (last_stage and not active.any())
             if policy.final_pass:
                 grads = input_gradients(target_scores, batch.inputs)
                 layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
                 break
+            if update == 0:
+                policy.updating = _stage_sites(session.sites, config, config.stages[0])
+            if new_stage:
+                policy.restart()
             session.propagate_cws(target_scores)
             # The graph below the lowest site, which that backward pass did not free, goes now
             # rather than during the next forward pass.
@@ -308,13 +364,15 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
 
     @staticmethod
-    def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes) -> FeedbackState:
+    def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes, config: FeedbackConfig
+               ) -> FeedbackState:
         names = {site.index: site.name for site in session.sites}
         device = passes.grads[0].device
         return FeedbackState(
             attributions=passes.grads,
             gates={site.name: policy.gates(site).to(device) for site in session.sites},
             cws={names[i]: cw for i, cw in policy.cws.items()},
+            site_outputs={names[i]: y for i, y in policy.outputs.items()},
             site_kinds={site.name: site.kind for site in session.sites},
             outputs=passes.outputs,
             target_scores=passes.scores,
@@ -322,7 +380,14 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             converged=~policy.active,
             layer_outputs=passes.layer_outputs,
             layer_cws=dict(policy.layer_cws),
+            config=config,
         )
+
+
+def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage) -> Set[int]:
+    """The indices of the sites a stage updates: the top share of the sites that take gates."""
+    gated = [site.index for site in sites if site.kind == "activation" or config.gate_pools]
+    return set(gated[len(gated) - stage.count(len(gated)):])
 
 
 def _padded(rows: List[Tensor], missing: int) -> Tensor:

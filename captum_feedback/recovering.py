@@ -9,14 +9,14 @@ from torch import Tensor
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
 from captum_feedback.attribution import Batch, FeedbackAttribution, input_gradients
 from captum_feedback.engine import GatePolicy, Site
-from captum_feedback.selection import Threshold, check_threshold, cw_selector, keep_mask
+from captum_feedback.selection import SelectionRule, Threshold, as_rule, keep_mask
 
 
 class RecoveringPolicy(GatePolicy):
     """Gates set top-down inside the backward pass from the *modified* CWs (Algorithm 1)."""
 
-    def __init__(self, threshold: Threshold) -> None:
-        self.threshold = threshold
+    def __init__(self, rule: SelectionRule) -> None:
+        self.rule = rule
         self.activations: Dict[int, Tensor] = {}
 
     def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
@@ -26,7 +26,7 @@ class RecoveringPolicy(GatePolicy):
     def backward(self, site: Site, cw: Tensor) -> Tensor:
         if site.kind == "layer":
             return cw
-        return cw * keep_mask(cw_selector(cw, self.threshold), self.activations[site.index])
+        return cw * keep_mask(self.rule.selector(cw), self.activations.pop(site.index))
 
 
 class FeedbackRecovering(FeedbackAttribution):
@@ -64,7 +64,8 @@ class FeedbackRecovering(FeedbackAttribution):
                 ``captum.attr.Saliency``.
             target: Output index of the target score in any of Captum's target forms.
             additional_forward_args: Further arguments to the model, after the inputs.
-            threshold: The selection threshold; ``"zero"`` is Algorithm 1's ``delta``.
+            threshold: The selection threshold; ``"zero"`` is Algorithm 1's ``delta``, and
+                ``MeanRatio(0.1)`` the released code's FR from many neurons (``FR_sim.m``).
 
         Returns:
             The gradients of the target with respect to each input under FR's gates, the
@@ -74,22 +75,22 @@ class FeedbackRecovering(FeedbackAttribution):
 
             >>> attribution = FeedbackRecovering(model.eval()).attribute(images, target=3)
         """
-        check_threshold(threshold)
+        rule = as_rule(threshold)
         batch = self._batch(inputs, target, additional_forward_args)
-        grads = self.recover(batch, threshold, lambda output, _tapped: select_targets(output, batch.targets))
+        grads = self.recover(batch, rule, lambda output, _tapped: select_targets(output, batch.targets))
         return format_output(batch.is_tuple, grads)
 
     def recover(
         self,
         batch: Batch,
-        threshold: Threshold,
+        rule: SelectionRule,
         score: Callable[[Tensor, Dict[Any, Tensor]], Tensor],
         taps: Tuple[Any, ...] = (),
     ) -> Tuple[Tensor, ...]:
         """One FR pass from any per-sample score of the output and the tapped layers."""
         session = self._session(batch, linearize=False)
         with session.installed():
-            output, tapped = self._forward(session, batch, RecoveringPolicy(threshold), taps)
+            output, tapped = self._forward(session, batch, RecoveringPolicy(rule), taps)
             return input_gradients(score(output, tapped), batch.inputs)
 
 

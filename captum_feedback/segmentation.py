@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_feedback.energy import feedback_energy_maps
-from captum_feedback.layer import LayerFeedback
+from captum_feedback.config import ConfigLike
+from captum_feedback.pipeline import FeedbackPipeline
 
 
 def _check_images(images: Tensor) -> None:
@@ -143,7 +143,7 @@ def segment(images: Tensor, maps: Sequence[Tensor], classes: Sequence[Tensor], r
 
 
 def feedback_segmentation(model: nn.Module, layer: nn.Module, inputs: Tensor, classes: Sequence[Tensor],
-                          images: Optional[Tensor] = None, n_segments: int = 200, **fsp_kwargs: Any) -> Tensor:
+                          images: Optional[Tensor] = None, n_segments: int = 200, config: ConfigLike = None) -> Tensor:
     """Procedure 2 end to end: for each image and each of its classes, the Summation-FSP-FR
     energy map (FSP, then FR from the neurons FSP kept at ``layer``), then :func:`segment`.
 
@@ -154,7 +154,8 @@ def feedback_segmentation(model: nn.Module, layer: nn.Module, inputs: Tensor, cl
         classes: per image, the classes to segment (ground truth or predicted labels).
         images: the images in [0, 1] for superpixels and GrabCut, if ``inputs`` are normalized
             otherwise.
-        **fsp_kwargs: ``iterations``, ``threshold``, ``linearize``.
+        config: The pipeline's configuration (a preset name or a
+            :class:`~captum_feedback.FeedbackConfig`).
 
     Returns:
         ``(B, H, W)`` label maps, 0 = background, class ``c`` = ``c + 1``.
@@ -164,6 +165,6 @@ def feedback_segmentation(model: nn.Module, layer: nn.Module, inputs: Tensor, cl
     if not owners:
         return torch.zeros(inputs.shape[0], *inputs.shape[-2:], dtype=torch.long)
     targets = [int(c) for image_classes in classes for c in image_classes]
-    maps = feedback_energy_maps(LayerFeedback(model, layer), inputs[owners], targets, **fsp_kwargs)
+    maps = FeedbackPipeline(model, layer, config).energy_maps(inputs[owners], targets)
     per_image = torch.split(maps.summation_fsp_fr[:, 0], [len(c) for c in classes])
     return segment(images, per_image, classes, n_segments=n_segments)

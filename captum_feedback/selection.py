@@ -2,71 +2,163 @@
 
 Both algorithms keep a unit when its contribution to the target score (Eq. 6,
 ``alpha * z * x``) is large enough: ``z = 1[alpha * sign(x) > tau]``, with ``tau`` chosen per
-sample and per site by a threshold rule.
+sample and per site by a threshold rule. Every entry point turns the user's ``threshold`` into
+one validated :class:`SelectionRule` with :func:`as_rule`; the policies only ever see rules.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
-Threshold = Union[str, float, Callable[[Tensor], Tensor]]
+
+@dataclass(frozen=True)
+class MeanRatio:
+    """The threshold of the authors' released code (``relu_layer.cu``, ``Backward_gpu``).
+
+    A unit stays open while its CW is at least ``ratio`` times the mean of the positive CWs of
+    the units of its site that are open and active (per sample). As in the released code, a
+    pruning rule never reopens a closed gate: gates only close from one update to the next.
+    ``demo.m`` uses ``ratio=1`` for FSP and ``0.1`` for FR from all selected neurons at once.
+    One deviation: where none of a site's open units has a positive CW, the released code
+    divides 0 by 0 and closes every gate, which blanks the map; here the site keeps its gates.
+    """
+
+    ratio: float = 1.0
+
+
+Threshold = Union[str, float, MeanRatio, Callable[[Tensor], Tensor]]
 """``"zero"`` (Algorithms 1 and 2), ``"mean"`` (the layer-mean rule at the end of Sec. 3.5:
-the mean of all CWs of the site), ``"positive_mean"`` (the mean of the positive CWs, the form
-used by the authors' Caffe demo), a constant, or a callable mapping the CWs ``(B, ...)`` of a
-site to per-sample thresholds of shape ``(B,)``.
+the mean of all CWs of the site), ``"positive_mean"`` (``MeanRatio(1.0)``, the authors' rule),
+a :class:`MeanRatio`, a constant, or a callable mapping the CWs ``(B, ...)`` of a site to
+per-sample thresholds of shape ``(B,)``.
 
 A threshold below zero is raised to zero: it would keep units whose contribution lowers the
 target score (a layer's mean CW is often negative), which no reading of Eq. 7 wants."""
 
-_RULES = ("zero", "mean", "positive_mean")
+_NAMES = ("zero", "mean", "positive_mean")
 
 
-def check_threshold(threshold: Threshold) -> None:
-    """Raises ``ValueError`` for a threshold that is none of the documented forms."""
-    if isinstance(threshold, str) and threshold not in _RULES:
-        raise ValueError(f"Unknown threshold rule {threshold!r}; use one of {_RULES}, a number or a callable.")
-    if not isinstance(threshold, (str, float, int)) and not callable(threshold):
-        raise TypeError(f"threshold must be a rule name, a number or a callable, got {type(threshold)}.")
+@dataclass(frozen=True)
+class SelectionRule:
+    """A validated threshold, with the edge rule of the released code.
 
-
-def per_sample_threshold(cw: Tensor, threshold: Threshold) -> Tensor:
-    """The threshold ``tau`` of each sample for one site's CWs, shaped to broadcast over them."""
-    flat = cw.detach().flatten(1)
-    if threshold == "zero":
-        tau = flat.new_zeros(flat.shape[0])
-    elif threshold == "mean":
-        tau = flat.mean(1)
-    elif threshold == "positive_mean":
-        positive = flat.clamp(min=0)
-        tau = positive.sum(1) / (flat > 0).sum(1).clamp(min=1)
-    elif callable(threshold):
-        tau = torch.as_tensor(threshold(cw.detach()), dtype=cw.dtype, device=cw.device).reshape(-1)
-        tau = tau.expand(flat.shape[0])
-    else:
-        tau = flat.new_full((flat.shape[0],), float(threshold))
-    return tau.clamp(min=0).reshape((-1,) + (1,) * (cw.dim() - 1))
-
-
-def cw_selector(cw: Tensor, threshold: Threshold) -> Tensor:
-    """All the selection rule needs to know of a site's CWs: one of three values a unit.
-
-    ``+1`` where ``alpha > tau``, ``-1`` where ``alpha < -tau``, ``0`` otherwise (``tau >= 0``,
-    so the cases are exclusive), in any dtype that holds them; FSP keeps them as bytes.
+    Attributes:
+        threshold: The threshold as given (see :data:`Threshold`); ``"positive_mean"`` is
+            stored as ``MeanRatio(1.0)``.
+        drop_edges: Close the outermost row and column of every spatial map before anything
+            else (``drop_edge_pixels`` of the released code).
     """
-    if threshold == "zero":
-        return torch.sign(cw)
-    tau = per_sample_threshold(cw, threshold)
-    return (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
+
+    threshold: Threshold = "zero"
+    drop_edges: bool = False
+
+    @property
+    def prunes_only(self) -> bool:
+        """Whether gates may only close (the released code's rule) rather than follow the CWs."""
+        return isinstance(self.threshold, MeanRatio)
+
+    @property
+    def is_zero(self) -> bool:
+        """The paper's ``alpha > 0`` (Algorithms 1 and 2), which alone keeps the ascent guarantee."""
+        return isinstance(self.threshold, str) and self.threshold == "zero"
+
+    def selector(self, cw: Tensor, open_units: Optional[Tensor] = None) -> Tensor:
+        """All the selection rule needs to know of a site's CWs: one of three values a unit.
+
+        ``+1`` where ``alpha > tau``, ``-1`` where ``alpha < -tau``, ``0`` otherwise (``tau >= 0``,
+        so the cases are exclusive), in any dtype that holds them; FSP keeps them as bytes.
+
+        Args:
+            cw: The site's CWs ``(B, ...)``.
+            open_units: For a :class:`MeanRatio` rule, the units that are open and active now
+                (booleans or 0/1 of ``cw``'s shape); ``None`` counts every unit. Closed units
+                get ``0``.
+        """
+        if self.drop_edges and cw.dim() == 4 and min(cw.shape[-2:]) > 2:
+            cw = cw * _interior(cw)
+        if self.is_zero:
+            return torch.sign(cw)
+        tau = self._tau(cw, open_units)
+        if self.prunes_only:  # relu_layer.cu keeps a CW equal to tau: the last open unit stays
+            selector = ((cw >= tau) & (cw > 0)).to(torch.int8) - ((cw <= -tau) & (cw < 0)).to(torch.int8)
+        else:
+            selector = (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
+        if self.prunes_only and open_units is not None:
+            selector = _within(selector, open_units.to(torch.int8))
+        return selector
+
+    def _tau(self, cw: Tensor, open_units: Optional[Tensor]) -> Tensor:
+        """The threshold ``tau`` of each sample, shaped to broadcast over ``cw``."""
+        flat = cw.detach().flatten(1)
+        threshold = self.threshold
+        if isinstance(threshold, MeanRatio):
+            positive = flat.clamp(min=0)
+            if open_units is not None:
+                positive = positive * open_units.flatten(1).to(positive.dtype)
+            tau = threshold.ratio * positive.sum(1) / (positive > 0).sum(1).clamp(min=1)
+        elif threshold == "mean":
+            tau = flat.mean(1)
+        elif callable(threshold):
+            tau = torch.as_tensor(threshold(cw.detach()), dtype=cw.dtype, device=cw.device).reshape(-1)
+            tau = tau.expand(flat.shape[0])
+        else:
+            tau = flat.new_full((flat.shape[0],), float(threshold))
+        return tau.clamp(min=0).reshape((-1,) + (1,) * (cw.dim() - 1))
+
+
+def _within(selector: Tensor, open_units: Tensor) -> Tensor:
+    """A pruning rule's selector restricted to the open units; a sample none of whose open
+    units has a CW above ``tau`` keeps the site's gates as they are (the released code's
+    ``0 / 0`` threshold closes them all and leaves a blank map)."""
+    selector = selector * open_units
+    kept_any = (selector > 0).flatten(1).any(1).view((-1,) + (1,) * (selector.dim() - 1))
+    return torch.where(kept_any, selector, open_units)
+
+
+def _interior(cw: Tensor) -> Tensor:
+    """1 inside, 0 on the outermost row and column of each ``(H, W)`` map."""
+    inside = torch.zeros(cw.shape[-2:], dtype=cw.dtype, device=cw.device)
+    inside[1:-1, 1:-1] = 1
+    return inside
+
+
+def as_rule(threshold: Union[Threshold, SelectionRule] = "zero", drop_edges: bool = False) -> SelectionRule:
+    """The one validated :class:`SelectionRule` for a user's threshold.
+
+    Raises:
+        ValueError: an unknown rule name, a non-finite number or a negative ratio.
+        TypeError: a threshold of none of the documented forms.
+    """
+    if isinstance(threshold, SelectionRule):
+        return threshold if not drop_edges or threshold.drop_edges else SelectionRule(threshold.threshold, True)
+    if isinstance(threshold, str):
+        if threshold not in _NAMES:
+            raise ValueError(f"Unknown threshold rule {threshold!r}; use one of {_NAMES}, a MeanRatio, a number "
+                             "or a callable.")
+        if threshold == "positive_mean":
+            threshold = MeanRatio(1.0)
+    elif isinstance(threshold, MeanRatio):
+        if not (isinstance(threshold.ratio, (int, float)) and math.isfinite(threshold.ratio) and threshold.ratio >= 0):
+            raise ValueError(f"MeanRatio needs a finite ratio >= 0, got {threshold.ratio!r}.")
+    elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        if not math.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold!r}.")
+    elif not callable(threshold):
+        raise TypeError(f"threshold must be a rule name, a MeanRatio, a number or a callable, got "
+                        f"{type(threshold).__name__}.")
+    return SelectionRule(threshold, bool(drop_edges))
 
 
 def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
     """The selection rule: ``z = 1[alpha * sign(x) > tau]``, as 0/1 values in ``x``'s dtype.
 
     Args:
-        selector: The site's :func:`cw_selector`.
+        selector: The site's :meth:`SelectionRule.selector`.
         x: The site's activation (the paper's ``x``: the input of the feedback layer).
 
     For ``x >= 0`` -- every ReLU output, and every site in the first pass -- this is the

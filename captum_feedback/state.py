@@ -7,6 +7,8 @@ from typing import Dict, Tuple
 
 from torch import Tensor
 
+from captum_feedback.config import FeedbackConfig
+
 
 @dataclass
 class FeedbackState:
@@ -19,6 +21,8 @@ class FeedbackState:
             execution order, each shaped like the site's activation ``(B, ...)``.
         cws: Contribution weights ``alpha = dS/d(z x)`` (Eq. 6) of every site under the final
             gates, same keys and shapes. Empty when not requested.
+        site_outputs: Gated output ``z * x`` of every site in the last pass, same keys and
+            shapes; kept with the CWs.
         site_kinds: ``"activation"`` (ReLU-like) or ``"pool"`` (max-pooling) per site.
         outputs: The model's full output at every pass, ``(iterations + 1, B, n_outputs)``:
             index 0 is the plain forward pass, index ``i`` the pass with the gates of update
@@ -29,11 +33,14 @@ class FeedbackState:
         converged: Per sample, whether the gates reached a fixed point within ``iterations``.
         layer_outputs: Output of each tapped layer under the final gates, keyed by module name.
         layer_cws: CW ``dS/dh`` of each tapped layer's output ``h`` under the final gates.
+        config: The :class:`~captum_feedback.FeedbackConfig` FSP ran with; the energy maps
+            drawn from this state follow it.
     """
 
     attributions: Tuple[Tensor, ...]
     gates: Dict[str, Tensor]
     cws: Dict[str, Tensor]
+    site_outputs: Dict[str, Tensor]
     site_kinds: Dict[str, str]
     outputs: Tensor
     target_scores: Tensor
@@ -41,6 +48,7 @@ class FeedbackState:
     converged: Tensor
     layer_outputs: Dict[str, Tensor] = field(default_factory=dict)
     layer_cws: Dict[str, Tensor] = field(default_factory=dict)
+    config: FeedbackConfig = field(default_factory=FeedbackConfig)
 
     @property
     def input_size(self) -> Tuple[int, ...]:

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from captum_feedback.layer import LayerFeedback, rank_channels
+from captum_feedback.layer import NeuronFeedback, layer_contribution, rank_channels
+from captum_feedback.pipeline import FeedbackPipeline
 from captum_feedback.state import FeedbackState
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -194,18 +195,18 @@ def compare_methods(
 
 
 def visualize_top_neurons(
-    layer_feedback: LayerFeedback,
+    pipeline: FeedbackPipeline,
     inputs: Tensor,
     target: int,
     k: int = 6,
     image: Optional[ArrayLike] = None,
-    **fsp_kwargs: Any,
 ) -> Tuple[Figure, np.ndarray]:
     """Fig. 8: the ``k`` channels of a layer that contribute most to the target after FSP, each
     seen through FR from that channel's kept neurons to the input.
 
     Args:
-        layer_feedback: A :class:`LayerFeedback` on the layer to inspect.
+        pipeline: A :class:`~captum_feedback.FeedbackPipeline` on the layer to inspect, with
+            the configuration FSP runs with.
         inputs: One image ``(1, C, H, W)`` as the model takes it.
         target: The class.
         k: How many channels.
@@ -213,10 +214,10 @@ def visualize_top_neurons(
     """
     if inputs.dim() != 4 or inputs.shape[0] != 1:
         raise ValueError(f"Give one image (1, C, H, W), got shape {tuple(inputs.shape)}.")
-    state = layer_feedback.select(inputs, target, **fsp_kwargs)
-    contribution = layer_feedback.contribution(inputs, state=state)
-    scores, channels = rank_channels(contribution, k)
-    kept = layer_feedback.kept_neurons(state)
+    state = pipeline.select(inputs, target, keep_cws=False)
+    scores, channels = rank_channels(layer_contribution(state, pipeline.layer_name), k)
+    kept = pipeline.kept_neurons(state)
+    neuron_feedback = NeuronFeedback(pipeline.model, pipeline.layer)
     figure, axes = plt.subplots(1, k + 1, figsize=(2.2 * (k + 1), 2.6), squeeze=False)
     picture = as_image(inputs[0] if image is None else image)
     axes[0, 0].imshow(picture.squeeze(), cmap="gray")
@@ -228,7 +229,7 @@ def visualize_top_neurons(
         def neurons(output: Tensor, chosen: Tensor = chosen) -> Tensor:
             return (output * chosen.to(output)).flatten(1).sum(1)
 
-        attribution = layer_feedback.attribute(inputs, neuron_selector=neurons)
+        attribution = neuron_feedback.attribute(inputs, neurons, threshold=pipeline.config.fr_rule)
         heat = attribution.detach().abs().sum(1)[0].cpu().numpy()
         axis.imshow(heat, cmap="inferno", vmin=0, vmax=np.percentile(heat, 99) or None)
         axis.set_title(f"channel {channel}\ncontribution {score:.3g}", fontsize=8)
@@ -248,7 +249,7 @@ def plot_channel_ranking(
     """Fig. 9: a layer's channels ranked by their contribution to the target after FSP.
 
     Args:
-        contribution: ``(B, C, ...)``, from :meth:`LayerFeedback.contribution`.
+        contribution: ``(B, C, ...)``, from :meth:`LayerFeedback.attribute`.
         k: How many of the leading channels to draw.
         sample: Which image of the batch.
     """

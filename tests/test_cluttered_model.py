@@ -33,10 +33,10 @@ def test_trained_on_image_labels_it_recognizes_test_scenes(model, scenes):
     assert mean_average_precision(scores, batch.labels) > 0.8  # 0.859 on 1,000 scenes; chance is about 0.2
 
 
-def test_fsp_raises_every_target_score(model, scenes):
+def test_the_papers_fsp_raises_every_target_score(model, scenes):
     batch = scenes.batch(range(8))
     targets = [int(c[0]) for c in batch.classes]
-    state = FSP(model).select(batch.images, target=targets, iterations=5)
+    state = FSP(model).select(batch.images, target=targets, iterations=5, config="paper")
     first, last = state.target_scores[0], state.target_scores[-1]
     assert (last >= first).all() and (last > first).any()
 

@@ -6,7 +6,7 @@ from captum_feedback import demo
 
 
 def test_demo_writes_every_figure_and_none_is_blank(tmp_path):
-    written = demo.run(tmp_path, ["coffee"], iterations=2)
+    written = demo.run(tmp_path, ["coffee"])
     assert [p.name for p in written] == ["methods_coffee.png", "iterations_coffee.png", "two_objects.png",
                                          "voc_localization.png"]
     for path in written:

@@ -44,6 +44,6 @@ def test_every_relu6_call_has_its_own_module(model, cat):
 
 
 def test_fsp_raises_the_target_score_on_the_real_model(model, cat):
-    state = FSP(model).select(cat, target=class_index("tiger cat"), iterations=3)
+    state = FSP(model).select(cat, target=class_index("tiger cat"), iterations=3, config="paper")
     scores = state.target_scores[:, 0]
     assert (scores[1:] >= scores[:-1]).all() and scores[-1] > 10 * scores[0]

@@ -1,5 +1,8 @@
-"""Energy maps (Sec. 3.4.1), the Summation Energy Map (Sec. 4.3) and Procedure 2's sum."""
+"""Energy maps (Sec. 3.4.1), both Summation Energy Maps (Sec. 4.3) and Procedure 2's sum."""
 
+from dataclasses import replace
+
+import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import visualization as viz
@@ -8,9 +11,9 @@ from torch import nn
 
 from captum_feedback import (
     FSP,
-    LayerFeedback,
+    PRESETS,
+    FeedbackPipeline,
     energy_map,
-    feedback_energy_maps,
     summation_energy_map,
     summation_fsp_fr_energy_map,
 )
@@ -26,7 +29,6 @@ def test_energy_map_sums_absolute_channels_and_l2_normalizes():
     attribution[1] = 1.0
     maps = energy_map(attribution)
     assert maps.shape == (2, 1, 4, 4) and unit_norm(maps)
-    assert maps[0, 0, 1, 1] == maps[0, 0, 3, 0] == 4 / (32 ** 0.5) * (4 / 4) or maps[0, 0, 1, 1] > 0
     torch.testing.assert_close(maps[0, 0, 1, 1] / maps[0, 0, 3, 0], torch.tensor(4 / 3))
     assert torch.allclose(maps[1], torch.full((1, 4, 4), 0.25))
 
@@ -45,34 +47,77 @@ class OneConv(nn.Module):
         return self.head(torch.relu(self.conv(x)).flatten(1))
 
 
-def test_summation_map_is_the_kept_cws_summed_resized_and_normalized():
+def resized(kept):
+    expected = F.interpolate(kept.sum(1, keepdim=True), size=(8, 8), mode="bilinear", align_corners=False)
+    return expected / expected.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+def test_the_papers_summation_map_is_the_kept_cws_summed_resized_and_normalized():
     model = seeded(OneConv())
-    x = torch.randn(2, 1, 8, 8)
-    state = FSP(model).select(x, target=1)
-    kept = (state.gates["relu"] * state.cws["relu"].abs()).sum(1, keepdim=True)
-    expected = F.interpolate(kept, size=(8, 8), mode="bilinear", align_corners=False)
-    expected = expected / expected.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    state = FSP(model).select(torch.randn(2, 1, 8, 8), target=1, config="paper")
+    expected = resized(state.gates["relu"] * state.cws["relu"].abs())
     torch.testing.assert_close(summation_energy_map(state), expected)
 
 
-def test_summation_map_covers_every_spatial_relu_site_and_is_class_specific():
+def test_the_released_codes_summation_map_sums_gated_activations_each_divided_by_its_maximum():
+    """FSP_SumEnergy.m: sum over channels of the blob's data after FSP, b / max(b), resized."""
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    maps = [summation_energy_map(FSP(model).select(x, target=t)) for t in (0, 3)]
-    assert all(m.shape == (2, 1, 16, 16) and unit_norm(m) and (m >= 0).all() for m in maps)
-    assert not torch.allclose(maps[0], maps[1])
+    config = replace(PRESETS["released_code"], summation_sites=None)
+    state = FSP(model).select(x, target=1, config=config)
+    expected = 0
+    for name in ("features.1", "features.3", "features.6"):
+        site = state.site_outputs[name].sum(1, keepdim=True)
+        site = site / site.flatten(1).amax(1).view(-1, 1, 1, 1)
+        expected = expected + F.interpolate(site, size=(16, 16), mode="bilinear", align_corners=False)
+    expected = expected / expected.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(summation_energy_map(state), expected)
+    # The gated outputs are the activations under the final gates.
+    relu = model.features[1](model.features[0](x))
+    torch.testing.assert_close(state.site_outputs["features.1"], relu * state.gates["features.1"])
 
 
-def test_feedback_energy_maps_gives_every_map_of_one_fsp_run():
+def test_the_contribution_summation_sums_alpha_z_x_and_a_site_range_picks_sites():
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    maps = feedback_energy_maps(LayerFeedback(model, model.features[3]), x, target=[1, 2], iterations=3)
+    config = replace(PRESETS["paper"], summation="contribution", summation_sites=(1 / 3, 1.0))
+    state = FSP(model).select(x, target=1, config=config)
+    kept = (state.cws["features.3"] * state.site_outputs["features.3"]).clamp(min=0)
+    first = F.interpolate(kept.sum(1, keepdim=True), size=(16, 16), mode="bilinear", align_corners=False)
+    kept = (state.cws["features.6"] * state.site_outputs["features.6"]).clamp(min=0)
+    second = F.interpolate(kept.sum(1, keepdim=True), size=(16, 16), mode="bilinear", align_corners=False)
+    expected = (first + second) / (first + second).flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(summation_energy_map(state), expected)
+    assert summation_energy_map(state, summation="cw").shape == expected.shape
+
+
+def test_summation_map_is_class_specific_for_every_preset():
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    for config in PRESETS:
+        maps = [summation_energy_map(FSP(model).select(x, target=t, config=config)) for t in (0, 3)]
+        assert all(m.shape == (2, 1, 16, 16) and unit_norm(m) and (m >= 0).all() for m in maps)
+        assert not torch.allclose(maps[0], maps[1])
+
+
+def test_summation_map_errors_name_the_problem():
+    state = FSP(seeded(VGGish())).select(torch.randn(1, 3, 16, 16), target=1)
+    with pytest.raises(ValueError, match="Unknown summation"):
+        summation_energy_map(state, summation="gradient")
+    with pytest.raises(ValueError, match="no CWs"):
+        summation_energy_map(FSP(seeded(VGGish())).select(torch.randn(1, 3, 16, 16), target=1, keep_cws=False))
+
+
+@pytest.mark.parametrize("config", ["paper", "released_code"])
+def test_the_pipeline_gives_every_map_of_one_fsp_run(config):
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    maps = FeedbackPipeline(model, model.features[3], config).energy_maps(x, target=[1, 2])
     for m in (maps.fsp, maps.summation, maps.fsp_fr, maps.summation_fsp_fr):
         assert m.shape == (2, 1, 16, 16) and unit_norm(m) and (m >= 0).all()
-    torch.testing.assert_close(
-        maps.summation_fsp_fr, summation_fsp_fr_energy_map(maps.summation, maps.fsp_fr)
-    )
+    torch.testing.assert_close(maps.summation_fsp_fr, summation_fsp_fr_energy_map(maps.summation, maps.fsp_fr))
     torch.testing.assert_close(maps.summation, summation_energy_map(maps.state))
+    assert maps.state.config == PRESETS[config]
 
 
 def test_maps_go_into_captum_visualization_with_channels_last():

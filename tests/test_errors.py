@@ -137,4 +137,4 @@ def test_data_dependent_control_flow_is_a_clear_error():
             return out
 
     with pytest.raises(RuntimeError, match="control flow"):
-        FSP(Branchy()).attribute(torch.tensor([[0.5, 2.0]]), iterations=3)
+        FSP(Branchy()).attribute(torch.tensor([[0.5, 2.0]]), iterations=3, config="paper")

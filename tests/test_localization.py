@@ -5,6 +5,7 @@ import torch
 from nets import VGGish, seeded
 from test_errors import assert_untouched, snapshot
 
+from captum_feedback.config import resolve_config
 from captum_feedback.localization import _uncrop, crop_and_resize, energy_box, two_stage_localization
 
 
@@ -47,7 +48,8 @@ def test_two_stage_localization_returns_boxes_inside_the_image_and_leaves_the_mo
     model = seeded(VGGish())
     before = snapshot(model)
     images = torch.rand(2, 3, 16, 16)
-    located = two_stage_localization(model, model.features[3], images, target=[1, 3], iterations=2)
+    config = resolve_config("paper", iterations=2)
+    located = two_stage_localization(model, model.features[3], images, target=[1, 3], config=config)
     assert located.boxes.shape == located.coarse_boxes.shape == (2, 4)
     for box, coarse in zip(located.boxes, located.coarse_boxes):  # the fine box lies in the coarse one
         assert coarse[0] - 1e-4 <= box[0] < box[2] <= coarse[2] + 1e-4

@@ -24,7 +24,7 @@ def test_hand_worked_gates_and_attribution():
     # (unit 2 speaks against S, unit 3 is inactive), so S rises from -1 to 1 and the
     # attribution is the first row of W1 alone, where the plain gradient is (1, -1, 0).
     x = torch.tensor([[1.0, 2.0, -1.0]])
-    state = FSP(hand_net()).select(x, iterations=3)
+    state = FSP(hand_net()).select(x, iterations=3, config="paper")
     assert state.gates["1"].tolist() == [[True, False, False]]
     torch.testing.assert_close(state.cws["1"], torch.tensor([[1.0, -1.0, 2.0]]))
     assert state.target_scores[:, 0].tolist() == [-1.0, 1.0, 1.0, 1.0]
@@ -68,7 +68,7 @@ def test_one_backward_per_update_equals_the_bottom_up_sweep(seed):
     x = torch.randn(1, 6)
     for iterations in (1, 2, 4):
         expected = reference_sweep(linears, x, target=2, iterations=iterations)
-        state = FSP(model).select(x, target=2, iterations=iterations)
+        state = FSP(model).select(x, target=2, iterations=iterations, config="paper")
         for name, gates in zip(("1", "3", "5"), expected):
             assert torch.equal(state.gates[name], gates), (iterations, name)
 
@@ -84,7 +84,7 @@ def test_target_score_never_decreases_over_linearized_updates(make, seed):
     """Sec. 4.1: in the linearized network every update is a greedy ascent step."""
     model = seeded(make(), seed)
     x = torch.randn(3, 3, 16, 16)
-    state = FSP(model).select(x, target=[0, 2, 4], iterations=8)
+    state = FSP(model).select(x, target=[0, 2, 4], iterations=8, config="paper")
     for sample in range(3):
         assert monotone(state.target_scores[:, sample]), state.target_scores[:, sample]
     assert (state.target_scores[-1] > state.target_scores[0]).all()
@@ -92,7 +92,7 @@ def test_target_score_never_decreases_over_linearized_updates(make, seed):
 
 def test_target_score_never_decreases_on_torchvision_resnet18():
     model = torchvision.models.resnet18(weights=None).eval()
-    state = FSP(model).select(torch.randn(2, 3, 32, 32), target=[3, 7], iterations=5)
+    state = FSP(model).select(torch.randn(2, 3, 32, 32), target=[3, 7], iterations=5, config="paper")
     for sample in range(2):
         assert monotone(state.target_scores[:, sample])
 
@@ -100,7 +100,7 @@ def test_target_score_never_decreases_on_torchvision_resnet18():
 def test_select_records_the_full_output_of_every_pass_for_fig6():
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    state = FSP(model).select(x, target=1, iterations=4)
+    state = FSP(model).select(x, target=1, iterations=4, config="paper")
     assert isinstance(state, FeedbackState)
     assert state.outputs.shape == (5, 2, 5)
     torch.testing.assert_close(state.outputs[0], model(x))
@@ -117,13 +117,13 @@ def test_a_unit_off_in_the_first_pass_stays_closed_where_opening_it_would_raise_
     with torch.no_grad():
         net[0].weight.copy_(torch.eye(2))
         net[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
-    state = FSP(net.eval()).select(torch.tensor([[1.0, -1.0]]), iterations=3)
+    state = FSP(net.eval()).select(torch.tensor([[1.0, -1.0]]), iterations=3, config="paper")
     assert state.gates["1"].tolist() == [[True, False]]
     assert state.target_scores[:, 0].tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
 def test_updates_stop_per_sample_at_a_fixed_point():
-    state = FSP(hand_net()).select(torch.tensor([[1.0, 2.0, -1.0], [3.0, -1.0, 1.0]]), iterations=6)
+    state = FSP(hand_net()).select(torch.tensor([[1.0, 2.0, -1.0], [3.0, -1.0, 1.0]]), iterations=6, config="paper")
     assert state.converged.all()
     assert (state.updates <= 2).all()
     torch.testing.assert_close(state.outputs[-1], state.outputs[-2])
@@ -134,10 +134,10 @@ def test_samples_that_stop_early_keep_their_gates_while_the_batch_goes_on(make):
     model = seeded(make())
     torch.manual_seed(1)
     x, targets = torch.randn(4, 3, 16, 16), [4, 0, 2, 1]
-    batched = FSP(model).select(x, target=targets, iterations=30)
+    batched = FSP(model).select(x, target=targets, iterations=30, config="paper")
     assert len(set(batched.updates.tolist())) > 1  # the samples stop at different updates
     for i, target in enumerate(targets):
-        single = FSP(model).select(x[i : i + 1], target=target, iterations=30)
+        single = FSP(model).select(x[i : i + 1], target=target, iterations=30, config="paper")
         assert single.updates.item() == batched.updates[i].item()
         for name, gates in single.gates.items():
             assert torch.equal(gates[0], batched.gates[name][i]), name
@@ -206,8 +206,8 @@ def test_fsp_is_class_specific_where_the_gradient_is_shared():
 def test_threshold_rules_prune_at_least_as_much_as_zero(threshold):
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    zero = FSP(model).select(x, target=1, iterations=1)
-    other = FSP(model).select(x, target=1, iterations=1, threshold=threshold)
+    zero = FSP(model).select(x, target=1, iterations=1, config="paper")
+    other = FSP(model).select(x, target=1, iterations=1, threshold=threshold, config="paper")
     kept = lambda s: sum(int(g.sum()) for g in s.gates.values())  # noqa: E731
     assert kept(other) <= kept(zero)
 
@@ -215,9 +215,9 @@ def test_threshold_rules_prune_at_least_as_much_as_zero(threshold):
 def test_the_non_linearized_variant_re_evaluates_activations():
     model = seeded(ResNetish())
     x = torch.randn(2, 3, 16, 16)
-    state = FSP(model).select(x, target=1, iterations=3, linearize=False)
+    state = FSP(model).select(x, target=1, iterations=3, linearize=False, config="paper")
     assert torch.isfinite(state.attributions[0]).all()
-    assert not torch.equal(state.attributions[0], FSP(model).attribute(x, target=1, iterations=3))
+    assert not torch.equal(state.attributions[0], FSP(model).attribute(x, target=1, iterations=3, config="paper"))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11"])
@@ -286,7 +286,7 @@ def test_update_passes_stop_their_backward_pass_at_the_lowest_gate_site():
     model = seeded(VGGish())
     calls = []
     model.features[0].register_full_backward_hook(lambda *_: calls.append(1))  # below every site
-    state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, iterations=3)
+    state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, iterations=3, config="paper")
     assert state.updates.item() == 3  # no early stop: passes 0-3 all ran
     # The first pass (its sites not gated yet) and the last pass reach the input.
     assert len(calls) == 2

@@ -4,6 +4,7 @@ import pytest
 import torch
 from nets import VGGish, seeded
 
+from captum_feedback.config import resolve_config
 from captum_feedback.segmentation import (
     feedback_segmentation,
     saliency_cut,
@@ -85,6 +86,6 @@ def test_feedback_segmentation_gives_one_label_map_per_image():
     model = seeded(VGGish())
     images = torch.rand(2, 3, 16, 16)
     labels = feedback_segmentation(model, model.features[3], images, [torch.tensor([1, 2]), torch.tensor([4])],
-                                   n_segments=10, iterations=2)
+                                   n_segments=10, config=resolve_config("paper", iterations=2))
     assert labels.shape == (2, 16, 16)
     assert set(labels[0].unique().tolist()) <= {0, 2, 3} and set(labels[1].unique().tolist()) <= {0, 5}

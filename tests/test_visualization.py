@@ -7,7 +7,8 @@ from matplotlib import pyplot as plt
 from matplotlib.patches import Rectangle
 from nets import VGGish, seeded
 
-from captum_feedback import FSP, LayerFeedback
+from captum_feedback import FSP, FeedbackPipeline, LayerFeedback
+from captum_feedback.config import resolve_config
 from captum_feedback.visualization import (
     as_image,
     as_map,
@@ -86,12 +87,12 @@ def test_method_grid_has_one_row_per_image_and_one_column_per_method():
 
 def test_top_neurons_and_channel_ranking():
     model = seeded(VGGish())
-    feedback = LayerFeedback(model, model.features[3])
     x = torch.rand(1, 3, 16, 16)
-    figure, axes = visualize_top_neurons(feedback, x, target=1, k=3, iterations=2)
+    pipeline = FeedbackPipeline(model, model.features[3], resolve_config("paper", iterations=2))
+    figure, axes = visualize_top_neurons(pipeline, x, target=1, k=3)
     assert axes.shape == (1, 4) and all(ax.images for ax in axes[0])
     assert axes[0, 1].get_title().startswith("channel ")
-    contribution = feedback.contribution(x, 1, iterations=2)
+    contribution = LayerFeedback(model, model.features[3]).attribute(x, 1, iterations=2)
     figure, axis = plot_channel_ranking(contribution, k=5)
     heights = [bar.get_height() for bar in axis.patches]
     assert len(heights) == 5 and heights == sorted(heights, reverse=True)

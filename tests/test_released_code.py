@@ -1,0 +1,173 @@
+"""The authors' released code as a specification (``caochunshui/FeedbackCNN-demo``):
+``relu_layer.cu``'s FSP mode, ``FSP_SumEnergy.m``'s two stages, ``drop_edge_pixels``, and what
+each configuration guarantees."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from nets import VGGish, seeded
+from torch import nn
+
+from captum_feedback import FSP, PRESETS, FeedbackConfig, MeanRatio, Stage
+from captum_feedback.selection import SelectionRule, as_rule
+
+
+def mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(),
+                         nn.Linear(12, 4)).eval()
+
+
+def caffe_fsp(model: nn.Sequential, x: torch.Tensor, target: int, ratio: float, schedule):
+    """relu_layer.cu, bp_mode 2, literally, one sample: each update is one forward pass with the
+    gates, one backward pass from the target, and at each ReLU of the update's layers
+    ``gate = (bottom_diff >= ratio * mean(positive bottom_diff))`` where ``bottom_diff`` is the
+    gated ReLU's input gradient. Where no ``bottom_diff`` is positive (Caffe: 0 / 0) the gates stay.
+    Returns the gates that pass a unit in the final forward pass (open and active)."""
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    gates = [torch.ones(lin.out_features) for lin in linears[:-1]]
+    for layers in schedule:
+        h, outs = x[0], []
+        for lin, gate in zip(linears[:-1], gates):
+            outs.append((gate * torch.relu(lin(h))).detach().requires_grad_())
+            h = outs[-1]
+        score = linears[-1](h)[target]
+        diffs = []
+        for k in range(len(outs) - 1, -1, -1):  # top-down: dS/d(out_k) with the gates above
+            grad = torch.autograd.grad(score, outs[k], retain_graph=True)[0] if k == len(outs) - 1 else \
+                (linears[k + 1].weight.t() @ diffs[-1])
+            diffs.append(gates[k] * grad * (outs[k] > 0))  # bottom_diff
+        diffs = diffs[::-1]
+        for k in layers:
+            positive = diffs[k].clamp(min=0)
+            if (positive > 0).any():
+                gates[k] = (diffs[k] >= ratio * positive.sum() / (positive > 0).sum()).float()
+    h, passing = x[0], []
+    for lin, gate in zip(linears[:-1], gates):
+        h = gate * torch.relu(lin(h))
+        passing.append(h > 0)
+    return passing
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+def test_the_mean_ratio_rule_equals_the_released_relu_layer(seed, ratio):
+    model = mlp(seed)
+    x = torch.randn(1, 6)
+    config = FeedbackConfig(threshold=MeanRatio(ratio), linearize=False, stages=(Stage(1.0, 2),))
+    state = FSP(model).select(x, target=1, config=config)
+    expected = caffe_fsp(model, x, 1, ratio, [(0, 1, 2), (0, 1, 2)])
+    for name, gates in zip(("1", "3", "5"), expected):
+        assert torch.equal(state.gates[name][0], gates), name
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_two_stages_update_the_top_sites_then_all_of_them(seed):
+    """FSP_SumEnergy.m: one update of the top layers, then one of all layers."""
+    model = mlp(seed)
+    x = torch.randn(1, 6)
+    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(2 / 3, 1), Stage(1.0, 1)))
+    state = FSP(model).select(x, target=2, config=config)
+    expected = caffe_fsp(model, x, 2, 1.0, [(1, 2), (0, 1, 2)])
+    for name, gates in zip(("1", "3", "5"), expected):
+        assert torch.equal(state.gates[name][0], gates), name
+
+
+def test_a_batch_equals_one_call_per_sample_for_the_released_preset():
+    model = seeded(VGGish())
+    x, targets = torch.randn(3, 3, 16, 16), [0, 2, 4]
+    batched = FSP(model).select(x, target=targets, config="released_code")
+    for i, target in enumerate(targets):
+        single = FSP(model).select(x[i:i + 1], target=target, config="released_code")
+        for name, gates in single.gates.items():
+            assert torch.equal(batched.gates[name][i:i + 1], gates), name
+        torch.testing.assert_close(batched.attributions[0][i:i + 1], single.attributions[0])
+
+
+def test_pruning_gates_only_close():
+    """What the released rule keeps instead of the ascent guarantee: each update's open units
+    lie within the last update's."""
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    previous = None
+    for updates in (1, 2, 3, 4):
+        config = replace(PRESETS["released_code"], stages=(Stage(1.0, updates),))
+        state = FSP(model).select(x, target=1, config=config)
+        if previous is not None:
+            for name, gates in state.gates.items():
+                assert not (gates & ~previous.gates[name]).any(), (updates, name)
+        previous = state
+
+
+def test_the_mean_ratio_rule_never_closes_a_whole_site():
+    """At least the largest CW reaches the mean; where no open unit has a positive CW the site
+    keeps its gates (the released code divides 0 by 0 there and blanks the map)."""
+    rule = SelectionRule(MeanRatio(1.0))
+    cw = torch.tensor([[0.5, 2.0, -1.0, 3.0], [-1.0, -2.0, 0.0, 4.0], [-1.0, -2.0, 3.0, 0.0]])
+    open_units = torch.tensor([[True, True, True, False], [True, True, True, False], [True, True, False, True]])
+    assert rule.selector(cw, open_units).tolist() == [[0, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]
+    # Sample 0: tau = 1.25, the mean of the open positive CWs 0.5 and 2, and the closed unit
+    # stays closed; sample 1: no open positive CW, so its open units stay open; sample 2:
+    # likewise, its positive CW belongs to a closed unit.
+
+
+def test_a_stage_leaves_the_sites_below_it_open():
+    model = seeded(VGGish())
+    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, gate_pools=False, stages=(Stage(0.5, 1),))
+    state = FSP(model).select(torch.randn(2, 3, 16, 16), target=1, config=config)
+    relus = [name for name, kind in state.site_kinds.items() if kind == "activation"]  # 4 ReLUs
+    assert all(state.gates[name].all() for name in relus[:2])
+    assert not any(state.gates[name].all() for name in relus[2:])
+
+
+def test_without_pool_gates_every_pool_stays_open():
+    model = seeded(VGGish())
+    state = FSP(model).select(torch.randn(2, 3, 16, 16), target=1, config="released_code")
+    pools = [name for name, kind in state.site_kinds.items() if kind == "pool"]
+    assert pools and all(state.gates[name].all() for name in pools)
+
+
+def test_dropped_edges_close_the_outermost_row_and_column_of_every_map():
+    model = seeded(VGGish())
+    config = replace(PRESETS["paper"], drop_edges=True, stages=(Stage(1.0, 2),))
+    state = FSP(model).select(torch.randn(2, 3, 16, 16), target=1, config=config)
+    for name, gates in state.gates.items():
+        if gates.dim() == 4:
+            edges = torch.ones(gates.shape[-2:], dtype=torch.bool)
+            edges[1:-1, 1:-1] = False
+            assert not gates[..., edges].any(), name
+    selector = SelectionRule("zero", drop_edges=True).selector(torch.ones(1, 1, 4, 4))
+    assert selector[0, 0].tolist() == [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("stages", [(Stage(0.5, 2), Stage(1.0, 3)), (Stage(1.0, 5),)])
+def test_the_zero_threshold_keeps_the_ascent_guarantee_with_stages(stages):
+    config = replace(PRESETS["paper"], stages=stages)
+    assert config.guarantees_ascent and not PRESETS["released_code"].guarantees_ascent
+    model = seeded(VGGish(), 3)
+    state = FSP(model).select(torch.randn(3, 3, 16, 16), target=[0, 2, 4], config=config)
+    steps = state.target_scores[1:] - state.target_scores[:-1]
+    assert (steps >= -1e-4 * state.target_scores.abs().max()).all()
+
+
+def test_every_threshold_becomes_one_validated_rule():
+    assert as_rule("positive_mean") == SelectionRule(MeanRatio(1.0))
+    assert as_rule(MeanRatio(0.1), drop_edges=True).drop_edges
+    for bad, error in [("median", ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                       (MeanRatio(-1.0), ValueError), (MeanRatio(float("nan")), ValueError), ([1], TypeError)]:
+        with pytest.raises(error):
+            as_rule(bad)
+
+
+def test_presets_and_configs_are_validated_once():
+    assert PRESETS["released_code"].iterations == 2 and PRESETS["paper"].iterations == 5
+    with pytest.raises(ValueError, match="Unknown configuration"):
+        FSP(seeded(VGGish())).attribute(torch.randn(1, 3, 16, 16), target=0, config="caffe")
+    for bad in [dict(stages=()), dict(stages=((0.5, 1),)), dict(summation="gradients"),
+                dict(summation_sites=(0.8, 0.2)), dict(neuron_ratio=-1.0), dict(fr_threshold="median")]:
+        with pytest.raises(ValueError):
+            FeedbackConfig(**bad)
+    for sites, updates in [(0.0, 1), (1.5, 1), (0.5, 0), (0.5, 1.5)]:
+        with pytest.raises(ValueError, match="Stage"):
+            Stage(sites, updates)
