@@ -41,16 +41,17 @@ def energy_box(maps: Tensor, fraction: float = 0.99) -> Tensor:
 
 def _trim(energy: Tensor, fraction: float) -> Tensor:
     height, width = energy.shape
-    table = torch.zeros(height + 1, width + 1, dtype=energy.dtype)
-    table[1:, 1:] = energy.cumsum(0).cumsum(1)
+    padded = torch.zeros(height + 1, width + 1, dtype=energy.dtype)
+    padded[1:, 1:] = energy.cumsum(0).cumsum(1)
+    table = padded.tolist()  # Python floats: the greedy loop reads four sums a step
 
     def inside(y1: int, x1: int, y2: int, x2: int) -> float:
-        return float(table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1])
+        return table[y2][x2] - table[y1][x2] - table[y2][x1] + table[y1][x1]
 
     box = [0, 0, height, width]  # y1, x1, y2, x2
-    if table[-1, -1] <= 0:
+    if table[-1][-1] <= 0:
         return torch.tensor([0, 0, width, height], dtype=torch.float32)
-    need = fraction * float(table[-1, -1]) * (1 - 1e-9)
+    need = fraction * table[-1][-1] * (1 - 1e-9)
     while True:
         y1, x1, y2, x2 = box
         candidates = []
