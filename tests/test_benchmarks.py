@@ -3,19 +3,23 @@
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import configs  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
 
 
 def test_quality_benchmark_scores_every_method_and_randomizes_layer_by_layer(tmp_path, monkeypatch):
     argv = ["quality.py", "--scenes", "3", "--scenes-per-batch", "3", "--sanity-pairs", "2", "--ig-steps", "2",
-            "--iterations", "2", "--skip", "voc", "--out", str(tmp_path)]
+            "--skip", "voc", "--configs", "paper", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     quality.main()
     report = (tmp_path / "quality.md").read_text()
-    for method in quality.ALL_METHODS + (quality.TWO_STAGE,):
+    for method in quality.ALL_METHODS + (quality.TWO_STAGE, "FSP Summation [paper]"):
         assert f"| {method} |" in report
+    assert "target:other" in report and "cosine of the two classes' maps" in report
     assert (tmp_path / "cluttered.png").is_file() and (tmp_path / "sanity.png").is_file()
     sanity = [line for line in report.splitlines() if line.startswith("| FSP Summation | ")][-1]
     correlations = [float(v) for v in sanity.strip("| ").split("|")[1:]]
@@ -30,3 +34,23 @@ def test_speed_benchmark_times_every_method_each_round_and_pairs_rounds_with_sal
     assert [len(times[label]) for label in calls] == [3, 3, 1]
     # A slow middle round moves the ratio of medians but not the paired ratio.
     assert speed._paired_ratio([2.0, 20.0, 2.2], [1.0, 10.0, 1.0]) == 2.0
+
+
+def test_the_configuration_search_scores_candidates_beside_grad_cam(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["configs.py", "--scenes", "3", "--only", "default"])
+    configs.main()
+    table = capsys.readouterr().out
+    for row in ("LayerGradCam", "Saliency", "default (ratio 2, sites 4-10 of 13)"):
+        assert f"| {row} |" in table
+
+
+def test_scores_count_energy_on_the_other_item_of_two_item_scenes():
+    assert quality.other_items([torch.tensor([3, 5]), torch.tensor([1]), torch.tensor([0, 2])]).tolist() == [
+        1, 0, -1, 4, 3]
+    maps = torch.zeros(2, 1, 4, 4)
+    maps[0, 0, 0, 0], maps[1, 0, 3, 3] = 3.0, 1.0
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, 0, 0], masks[1, 3, 3] = True, True
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [3.0, 3.0, 4.0, 4.0]])
+    pointing, coverage, ratio, blank = configs.scores(maps, masks, boxes, torch.tensor([1, 0]))
+    assert (pointing, coverage, blank) == (1.0, 1.0, 0) and ratio == float("inf")

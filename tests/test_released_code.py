@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 from nets import VGGish, seeded
+from test_errors import assert_untouched, snapshot
 from torch import nn
 
-from captum_feedback import FSP, PRESETS, FeedbackConfig, MeanRatio, Stage
+from captum_feedback import FSP, PRESETS, FeedbackConfig, FeedbackPipeline, MeanRatio, Stage
 from captum_feedback.selection import SelectionRule, as_rule
 
 
@@ -74,15 +75,29 @@ def test_two_stages_update_the_top_sites_then_all_of_them(seed):
         assert torch.equal(state.gates[name][0], gates), name
 
 
-def test_a_batch_equals_one_call_per_sample_for_the_released_preset():
+@pytest.mark.parametrize("config", ["default", "released_code", replace(PRESETS["released_code"], linearize=True)],
+                         ids=["default", "released_code", "released_code-linearized"])
+def test_a_batch_equals_one_call_per_sample(config):
     model = seeded(VGGish())
     x, targets = torch.randn(3, 3, 16, 16), [0, 2, 4]
-    batched = FSP(model).select(x, target=targets, config="released_code")
+    batched = FSP(model).select(x, target=targets, config=config)
     for i, target in enumerate(targets):
-        single = FSP(model).select(x[i:i + 1], target=target, config="released_code")
+        single = FSP(model).select(x[i:i + 1], target=target, config=config)
         for name, gates in single.gates.items():
             assert torch.equal(batched.gates[name][i:i + 1], gates), name
         torch.testing.assert_close(batched.attributions[0][i:i + 1], single.attributions[0])
+
+
+@pytest.mark.parametrize("config", sorted(PRESETS))
+def test_every_preset_leaves_the_model_as_it_was_on_success_and_on_error(config):
+    model = seeded(VGGish()).train()
+    before = snapshot(model)
+    maps = FeedbackPipeline(model.eval(), model.features[3], config).energy_maps(torch.randn(2, 3, 16, 16), [1, 2])
+    assert torch.isfinite(maps.summation_fsp_fr).all()
+    model.train()
+    with pytest.raises(ValueError, match="entries for a batch"):
+        FeedbackPipeline(model, model.features[3], config).energy_maps(torch.randn(2, 3, 16, 16), [1, 2, 3])
+    assert_untouched(model, before)
 
 
 def test_pruning_gates_only_close():
