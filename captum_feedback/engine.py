@@ -46,6 +46,11 @@ class Site:
     """A ReLU's first-pass on-states, when linearized or when the policy asks for them."""
 
     @property
+    def nonnegative(self) -> bool:
+        """Whether the site's activations are never negative: a ReLU that is not linearized."""
+        return self.op is not None and self.op.masks_input and self.frozen is None
+
+    @property
     def support(self) -> Optional[Tensor]:
         """For a frozen ReLU, the units that can be non-zero (its on-states); else ``None``."""
         return self.frozen if self.op is not None and self.op.masks_input else None
@@ -260,7 +265,7 @@ class GatingSession:
     def _later_pass(self, site: Site, params: dict) -> Tuple[Tensor, Any]:
         """The site's operation after the first pass: frozen when linearized (Sec. 3.3)."""
         if site.frozen is None:
-            return site.op.evaluate(params)
+            return (site.op.output(params), None) if site.op.output is not None else site.op.evaluate(params)
         if site.support is not None:  # a frozen ReLU: gated below, by its support at least
             return params["input"], site.frozen
         return site.op.frozen(params["input"], site.frozen, params), site.frozen

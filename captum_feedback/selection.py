@@ -67,7 +67,7 @@ class SelectionRule:
         """The paper's ``alpha > 0`` (Algorithms 1 and 2), which alone keeps the ascent guarantee."""
         return isinstance(self.threshold, str) and self.threshold == "zero"
 
-    def selector(self, cw: Tensor, open_units: Optional[Tensor] = None) -> Tensor:
+    def selector(self, cw: Tensor, open_units: Optional[Tensor] = None, signed: bool = True) -> Tensor:
         """All the selection rule needs to know of a site's CWs: one of three values a unit.
 
         ``+1`` where ``alpha > tau``, ``-1`` where ``alpha < -tau``, ``0`` otherwise (``tau >= 0``,
@@ -76,32 +76,52 @@ class SelectionRule:
         Args:
             cw: The site's CWs ``(B, ...)``.
             open_units: For a :class:`MeanRatio` rule, the units that are open and active now
-                (booleans or 0/1 of ``cw``'s shape); ``None`` counts every unit. Closed units
-                get ``0``.
+                (booleans of ``cw``'s shape); ``None`` counts every unit. Closed units get ``0``.
+            signed: Whether the site's activations can be negative. Where they cannot (a ReLU
+                that is not linearized), ``-1`` and ``0`` select alike and a pruning rule
+                skips the ``-1`` side.
         """
-        if self.drop_edges and cw.dim() == 4 and min(cw.shape[-2:]) > 2:
+        if self.prunes_only:
+            return self._pruning_selector(cw, open_units, signed)
+        if self.drop_edges and _spatial(cw):
             cw = cw * _interior(cw)
         if self.is_zero:
             return torch.sign(cw)
-        tau = self._tau(cw, open_units)
-        if self.prunes_only:  # relu_layer.cu keeps a CW equal to tau: the last open unit stays
-            selector = ((cw >= tau) & (cw > 0)).to(torch.int8) - ((cw <= -tau) & (cw < 0)).to(torch.int8)
-        else:
-            selector = (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
-        if self.prunes_only and open_units is not None:
-            selector = _within(selector, open_units.to(torch.int8))
-        return selector
+        tau = self._tau(cw)
+        return (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
 
-    def _tau(self, cw: Tensor, open_units: Optional[Tensor]) -> Tensor:
+    def _pruning_selector(self, cw: Tensor, open_units: Optional[Tensor], signed: bool) -> Tensor:
+        """:class:`MeanRatio`: keep open units whose CW reaches ``tau`` (``relu_layer.cu`` keeps a CW
+        equal to ``tau``, so the last open unit stays), in a handful of kernels."""
+        if self.drop_edges and _spatial(cw):  # an edge unit is neither open nor counted
+            interior = _interior(cw).bool()
+            open_units = interior if open_units is None else open_units & interior
+        positive = cw.detach().clamp(min=0)
+        if open_units is not None:
+            positive.mul_(open_units.view(torch.uint8).to(positive.dtype))
+        flat = positive.flatten(1)
+        tau = self.threshold.ratio * flat.sum(1) / torch.count_nonzero(flat, dim=1).clamp(min=1)
+        tau = tau.clamp(min=torch.finfo(cw.dtype).tiny).view((-1,) + (1,) * (cw.dim() - 1))
+        keep = positive >= tau
+        selector = keep  # booleans select as 1 and 0: one conversion fewer where x >= 0
+        if signed:
+            against = (-cw.detach()).clamp(min=0)
+            if open_units is not None:
+                against.mul_(open_units.view(torch.uint8).to(against.dtype))
+            selector = keep.to(torch.int8).sub_((against >= tau).to(torch.int8))
+        kept_any = keep.flatten(1).any(1)
+        if open_units is None or bool(kept_any.all()):
+            return selector
+        # A sample none of whose open units has a CW above tau keeps the site's gates as they
+        # are: the released code's 0 / 0 threshold closes them all and leaves a blank map.
+        shape = (-1,) + (1,) * (cw.dim() - 1)
+        return torch.where(kept_any.view(shape), selector.to(torch.int8), open_units.to(torch.int8))
+
+    def _tau(self, cw: Tensor) -> Tensor:
         """The threshold ``tau`` of each sample, shaped to broadcast over ``cw``."""
         flat = cw.detach().flatten(1)
         threshold = self.threshold
-        if isinstance(threshold, MeanRatio):
-            positive = flat.clamp(min=0)
-            if open_units is not None:
-                positive = positive * open_units.flatten(1).to(positive.dtype)
-            tau = threshold.ratio * positive.sum(1) / (positive > 0).sum(1).clamp(min=1)
-        elif threshold == "mean":
+        if threshold == "mean":
             tau = flat.mean(1)
         elif callable(threshold):
             tau = torch.as_tensor(threshold(cw.detach()), dtype=cw.dtype, device=cw.device).reshape(-1)
@@ -111,13 +131,8 @@ class SelectionRule:
         return tau.clamp(min=0).reshape((-1,) + (1,) * (cw.dim() - 1))
 
 
-def _within(selector: Tensor, open_units: Tensor) -> Tensor:
-    """A pruning rule's selector restricted to the open units; a sample none of whose open
-    units has a CW above ``tau`` keeps the site's gates as they are (the released code's
-    ``0 / 0`` threshold closes them all and leaves a blank map)."""
-    selector = selector * open_units
-    kept_any = (selector > 0).flatten(1).any(1).view((-1,) + (1,) * (selector.dim() - 1))
-    return torch.where(kept_any, selector, open_units)
+def _spatial(cw: Tensor) -> bool:
+    return cw.dim() == 4 and min(cw.shape[-2:]) > 2
 
 
 def _interior(cw: Tensor) -> Tensor:

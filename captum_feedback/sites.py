@@ -48,6 +48,8 @@ class SiteOp:
     returns_indices: Callable[[Kwargs], bool] = lambda params: False
     masks_input: bool = False
     """The frozen operation is ``x * state``: its state is the support of the activation."""
+    output: Optional[Callable[[Kwargs], Tensor]] = None
+    """The real operation's output alone, for passes that need no state (a re-evaluated ReLU)."""
 
     def bind(self, args: Args, kwargs: Kwargs) -> Kwargs:
         return _bind(args, kwargs, self.names, dict(self.defaults))
@@ -99,7 +101,8 @@ def _activation(label: str, names: Tuple[str, ...], defaults: Kwargs, evaluate, 
     return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen)
 
 
-_RELU = SiteOp("relu", "activation", ("input", "inplace"), (), _relu_eval, _relu_frozen, masks_input=True)
+_RELU = SiteOp("relu", "activation", ("input", "inplace"), (), _relu_eval, _relu_frozen, masks_input=True,
+               output=lambda p: torch.relu(p["input"]))
 _HARDTANH = _activation(
     "hardtanh", ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0},
     _hardtanh_eval, _hardtanh_frozen,
