@@ -273,6 +273,13 @@ class GatingSession:
     def _apply_gate(self, site: Site, x_in: Tensor, output: Tensor) -> Tensor:
         if site.support is None:
             gate = self._policy.gate(site, output.detach())
+            if gate is not None and site.nonnegative:
+                # A re-evaluated ReLU with a gate is z * relu(x) = z' * x, z' = z & (x > 0): the
+                # gate takes the ReLU's place, whose output (saved for its backward pass) is
+                # dropped rather than held beside the gated activation.
+                active = output.detach().bool()
+                gate = Gate(gate.keep.logical_and_(active), gate.mask.mul_(as_mask(active, output)))
+                output = x_in
         else:
             # A frozen ReLU is x on its support: the gate, a subset of the support, replaces
             # the mask, so the ungated activation is never built. In the first pass the
