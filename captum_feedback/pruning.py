@@ -163,7 +163,7 @@ class _PruningPolicy(GatePolicy):
             if self.bytes is None:  # bytes take the selector
                 self.bytes = _SiteBytes(self.sites, len(self.active), cw.device)
             slot = self.bytes.slot(site)
-            slot.copy_(self.rule.selector(cw, self._open_units(site, slot)))
+            slot.copy_(self.rule.selector(cw, self._open_units(site, slot), signed=not site.nonnegative))
             if site.support is not None:  # a frozen ReLU's gates stay within its support
                 slot.mul_(site.support.view(torch.int8))
             self.selected.add(site.index)

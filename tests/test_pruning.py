@@ -1,5 +1,7 @@
 """Feedback Selective Pruning (Algorithm 2) as a Captum attribution."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torchvision
@@ -7,7 +9,7 @@ from captum.attr import Saliency
 from nets import FunctionalVGGish, ResNetish, VGGish, seeded
 from torch import nn
 
-from captum_feedback import FSP, FeedbackSelectivePruning, FeedbackState
+from captum_feedback import FSP, PRESETS, FeedbackSelectivePruning, FeedbackState, Stage
 
 
 def hand_net() -> nn.Sequential:
@@ -281,12 +283,21 @@ def test_works_inside_a_no_grad_block_like_captum():
         torch.testing.assert_close(FSP(model).attribute(x, target=1), expected)
 
 
-def test_update_passes_stop_their_backward_pass_at_the_lowest_gate_site():
+def test_update_passes_stop_their_backward_pass_at_the_lowest_site_they_need():
     """Only the last pass needs the input gradient; the updates need the CWs of the sites."""
     model = seeded(VGGish())
     calls = []
     model.features[0].register_full_backward_hook(lambda *_: calls.append(1))  # below every site
     state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, iterations=3, config="paper")
     assert state.updates.item() == 3  # no early stop: passes 0-3 all ran
-    # The first pass (its sites not gated yet) and the last pass reach the input.
-    assert len(calls) == 2
+    assert len(calls) == 1  # the last pass alone reaches the input
+
+
+def test_a_stage_of_upper_sites_ends_its_backward_pass_at_them():
+    model = seeded(VGGish())
+    calls = []
+    model.features[2].register_full_backward_hook(lambda *_: calls.append(1))  # below the upper half
+    config = replace(PRESETS["paper"], stages=(Stage(0.5, 2),))
+    state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, config=config)
+    assert len(calls) == 1  # only the last pass goes below the stage's sites
+    assert state.gates["features.1"].all() and not state.gates["features.6"].all()
