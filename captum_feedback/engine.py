@@ -88,8 +88,8 @@ class GatePolicy:
     def needs_cw(self, site: Site) -> bool:
         """Whether the next backward pass must hand this ungated site its CW.
 
-        An update's backward pass ends at the gated sites and at the ungated ones that need
-        their CWs (:meth:`GatingSession.propagate_cws`).
+        When it need not, and every other site is gated or need not either, the update's
+        backward pass may stop at the lowest gated site (:meth:`GatingSession.propagate_cws`).
         """
         return True
 
@@ -219,9 +219,9 @@ class GatingSession:
         """A scalar leaf that every gated site takes as an input (:class:`_Gate`); the first
         pass makes it, gradient-requiring, on the inputs' device."""
         self._inputs: Tuple[Tensor, ...] = ()
-        self._ungated: List[Tuple[Site, Tensor, int]] = []
-        """The last pass's ungated sites with their outputs and the outputs' versions, where
-        :meth:`propagate_cws` may end its backward pass."""
+        self._all_gated = True
+        """Whether every site of the last pass whose CW is needed was gated, so that
+        :meth:`propagate_cws` may stop early."""
 
     # ------------------------------------------------------------------ site naming
     def _naming_hooks(self) -> List[Any]:
@@ -293,9 +293,8 @@ class GatingSession:
             return self._policy.backward(site, cw)
 
         if gate is None:
+            self._all_gated = self._all_gated and not self._policy.needs_cw(site)
             gated = _hooked(output, on_cw)
-            if gated.requires_grad:
-                self._ungated.append((site, gated, gated._version))
         else:  # only sites whose CWs are needed lead an update's backward pass to the anchor
             anchor = self._anchor if self._policy.needs_cw(site) else self._anchor.detach()
             gated = _Gate.apply(output, anchor, gate, on_cw)
@@ -345,7 +344,7 @@ class GatingSession:
         ``Site`` whose ``kind`` is ``"layer"``.
         """
         self._policy, self._calls, self._stack, self._names_seen = policy, 0, [], Counter()
-        self._inputs, self._ungated = inputs, []
+        self._inputs, self._all_gated = inputs, True
         tapped: Dict[nn.Module, Tensor] = {}
         handles = [self._tap(module, tapped) for module in taps]
         if self.passes == 0:
@@ -384,19 +383,14 @@ class GatingSession:
         """A backward pass from the summed per-sample scores of the last forward pass that hands
         every site its CW.
 
-        It ends at the gated sites (through the anchor) and at the outputs of the ungated sites
-        whose CWs the policy needs (:meth:`GatePolicy.needs_cw`): what lies below them (the first
-        convolution's input gradient, for one; the lower layers, while a stage updates the upper
-        ones) only matters for the input's gradient. An output the model has modified in place
-        since would end it at the wrong version, so then it goes to the inputs.
+        When every site whose CW is needed was gated, it stops below the lowest of them (gated
+        sites no update needs keep off the anchor): what lies below (the first convolution's
+        input gradient, for one) only matters for the input's gradient. Ungated sites are only
+        found on the way to the inputs, so then it goes there. (Ending it at the ungated sites'
+        outputs instead would hold the gradients of all of them at once: too much memory.)
         """
         check_depends_on_inputs(scores)
-        needed = [(output, version) for site, output, version in self._ungated if self._policy.needs_cw(site)]
-        if any(output._version != version for output, version in needed):
-            ends = (self._anchor, *self._inputs)
-        else:
-            ends = (self._anchor, *(output for output, _ in needed))
-        self._ungated = []
+        ends = (self._anchor,) if self._all_gated else (self._anchor, *self._inputs)
         torch.autograd.grad(scores.sum(), ends, allow_unused=True)
 
     @contextlib.contextmanager

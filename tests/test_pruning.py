@@ -283,21 +283,22 @@ def test_works_inside_a_no_grad_block_like_captum():
         torch.testing.assert_close(FSP(model).attribute(x, target=1), expected)
 
 
-def test_update_passes_stop_their_backward_pass_at_the_lowest_site_they_need():
+def test_update_passes_stop_their_backward_pass_at_the_lowest_gate_site():
     """Only the last pass needs the input gradient; the updates need the CWs of the sites."""
     model = seeded(VGGish())
     calls = []
     model.features[0].register_full_backward_hook(lambda *_: calls.append(1))  # below every site
     state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, iterations=3, config="paper")
     assert state.updates.item() == 3  # no early stop: passes 0-3 all ran
-    assert len(calls) == 1  # the last pass alone reaches the input
+    # The first pass (its sites not gated yet) and the last pass reach the input.
+    assert len(calls) == 2
 
 
-def test_a_stage_of_upper_sites_ends_its_backward_pass_at_them():
+def test_a_linearized_stage_of_upper_sites_ends_its_later_backward_passes_at_them():
     model = seeded(VGGish())
     calls = []
     model.features[2].register_full_backward_hook(lambda *_: calls.append(1))  # below the upper half
-    config = replace(PRESETS["paper"], stages=(Stage(0.5, 2),))
+    config = replace(PRESETS["paper"], stages=(Stage(0.5, 3),))
     state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, config=config)
-    assert len(calls) == 1  # only the last pass goes below the stage's sites
+    assert len(calls) == 2  # the first pass (nothing gated yet) and the last one
     assert state.gates["features.1"].all() and not state.gates["features.6"].all()
