@@ -32,7 +32,7 @@ class _SiteBytes:
     """One byte per unit of every site, in one ``(B, units)`` buffer; a site's bytes are a view.
 
     A site's bytes hold its gates once the forward pass has reached it, and its CW selector
-    (:func:`~captum_feedback.selection.cw_selector`) once the backward pass has left it. The
+    (:meth:`~captum_feedback.selection.SelectionRule.selector`) once the backward pass has left it. The
     selector is made after the gates' last use and used before the new gates are set, so
     between passes FSP holds one byte a unit. One buffer also lets a pass pack all gates
     eight to a byte and compare them with the previous pass's in a handful of kernels, where
@@ -202,18 +202,23 @@ class FeedbackSelectivePruning(FeedbackAttribution):
     respect to the input under the final gates: a class-specific map, because neurons that
     speak against the target are switched off in every layer.
 
-    Linearization (Sec. 3.3), the default, freezes ReLU states and max-pool choices after the
-    first pass. Then ``S`` is linear in each site's gates, every update is a greedy ascent
-    step, and with ``threshold="zero"`` the target score never decreases from one update to
-    the next (Sec. 4.1). Frozen units are not clamped any more, so scores can grow well beyond
-    the model's normal logits. ``linearize=False`` re-evaluates the activations on every pass
-    as the authors' Caffe demo does; it carries no such guarantee. The default was chosen by
-    measurement (``python benchmarks/linearization.py``, EfficientNet-Lite0, top-2 classes of
-    five bundled photos, 5 updates): linearized, the score rose on 10 of 10 runs (re-evaluated:
-    0 of 10 never dropped), and the deletion area of the Summation Energy Map was 0.46 against
-    0.59 (lower is better); the input-gradient maps scored alike (0.15 and 0.13; the plain
-    gradient 0.17). The re-evaluated maps also look like speckle where the linearized ones
-    follow object contours.
+    How gates are chosen follows a :class:`~captum_feedback.FeedbackConfig` (``config=``):
+    ``"paper"`` is Algorithm 2 as written (zero threshold, every ReLU and max-pool site, 5
+    linearized updates); ``"released_code"`` is the authors' Caffe code (``MeanRatio(1)``, two
+    stages, ReLU gates only, edges dropped, re-evaluated activations); ``"default"`` is the
+    released code's rules with ratio 2, chosen by measurement (README, "Configurations").
+
+    Linearization (Sec. 3.3, the ``"paper"`` preset) freezes ReLU states and max-pool choices
+    after the first pass. Then ``S`` is linear in each site's gates, every update is a greedy
+    ascent step, and with ``threshold="zero"`` the target score never decreases from one update
+    to the next (Sec. 4.1). Frozen units are not clamped any more, so scores can grow well
+    beyond the model's normal logits. ``linearize=False`` re-evaluates the activations on every
+    pass as the authors' Caffe code does; it carries no such guarantee. For the zero threshold,
+    linearized was chosen by measurement (``python benchmarks/linearization.py``,
+    EfficientNet-Lite0, top-2 classes of five bundled photos, 5 updates): the score rose on 10
+    of 10 runs (re-evaluated: 0 of 10 never dropped), and the deletion area of the Summation
+    Energy Map was 0.46 against 0.59 (lower is better). The released code's rule prunes
+    instead of ascending: its gates only close, and the target score may fall.
 
     Nonlinearities other than the gate sites (sigmoid, GELU, softmax, ...) are evaluated as
     they are, so the guarantee covers piecewise-linear networks.
