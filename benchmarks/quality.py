@@ -209,12 +209,11 @@ def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Sco
         classes = photo.classes
         with torch.no_grad():
             targets = imagenet_target(model(inputs)[0], classes)
-        for method in row_names(args, methods):
-            maker = next(m for suffix, m in makers.items() if suffix and method.endswith(suffix)) \
-                if method not in methods else makers[""]
+        rows = [(name + suffix, name, maker) for suffix, maker in makers.items()
+                for name in (CONFIG_METHODS if suffix else methods)]
+        for method, name, maker in rows:
             try:
-                maps = maker(inputs.expand(len(classes), -1, -1, -1), targets, [method.split(" [")[0]])
-                maps = next(iter(maps.values()))
+                maps = maker(inputs.expand(len(classes), -1, -1, -1), targets, [name])[name]
             except Exception as error:  # noqa: BLE001 - a Captum method the model does not allow
                 skipped.append(f"{method}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
                 continue

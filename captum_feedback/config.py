@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 from captum_feedback.selection import MeanRatio, SelectionRule, Threshold, as_rule
 
@@ -156,7 +156,6 @@ def resolve_config(
     iterations: Optional[int] = None,
     threshold: Optional[Threshold] = None,
     linearize: Optional[bool] = None,
-    stages: Optional[Sequence[Stage]] = None,
 ) -> FeedbackConfig:
     """The validated configuration of one call: a preset name or a :class:`FeedbackConfig`
     (``None``: ``"default"``), with the fields the caller set explicitly replaced.
@@ -172,7 +171,5 @@ def resolve_config(
     elif not isinstance(config, FeedbackConfig):
         raise TypeError(f"config must be a preset name or a FeedbackConfig, got {type(config).__name__}.")
     changes = {k: v for k, v in (("threshold", threshold), ("linearize", linearize)) if v is not None}
-    if stages is not None:
-        changes["stages"] = tuple(stages)
     config = replace(config, **changes) if changes else config
     return config.with_updates(iterations) if iterations is not None else config

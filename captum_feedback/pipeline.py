@@ -13,12 +13,11 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from captum_feedback._compat import TargetType, TensorOrTuple, format_output
+from captum_feedback._compat import TargetType, TensorOrTuple
 from captum_feedback.config import ConfigLike, FeedbackConfig, resolve_config
 from captum_feedback.energy import energy_map, summation_energy_map, summation_fsp_fr_energy_map
-from captum_feedback.layer import check_layer, layer_contribution
+from captum_feedback.layer import NeuronFeedback, check_layer, layer_contribution
 from captum_feedback.pruning import FeedbackSelectivePruning
-from captum_feedback.recovering import FeedbackRecovering
 from captum_feedback.selection import MeanRatio, SelectionRule, keep_mask
 from captum_feedback.state import FeedbackState
 
@@ -59,7 +58,7 @@ class FeedbackPipeline:
         self.model, self.layer = model, layer
         self.config: FeedbackConfig = resolve_config(config)
         self._fsp = FeedbackSelectivePruning(model)
-        self._fr = FeedbackRecovering(model)
+        self._neurons = NeuronFeedback(model, layer)
 
     def select(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
                keep_cws: bool = True) -> FeedbackState:
@@ -89,14 +88,11 @@ class FeedbackPipeline:
             Input-shaped gradients, a tensor or a tuple as ``inputs``.
         """
         kept = self.kept_neurons(state)
-        batch = self._fr._batch(inputs, None, additional_forward_args)
-        kept = kept.to(device=batch.inputs[0].device, dtype=batch.inputs[0].dtype)
 
-        def score(_output: Tensor, tapped: dict) -> Tensor:
-            return (tapped[self.layer] * kept).flatten(1).sum(1)
+        def kept_sum(output: Tensor) -> Tensor:
+            return (output * kept.to(output)).flatten(1).sum(1)
 
-        grads = self._fr.recover(batch, self.config.fr_rule, score, taps=(self.layer,))
-        return format_output(batch.is_tuple, grads)
+        return self._neurons.attribute(inputs, kept_sum, additional_forward_args, self.config.fr_rule)
 
     def energy_maps(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None
                     ) -> FeedbackEnergyMaps:

@@ -84,7 +84,7 @@ class SelectionRule:
         if self.prunes_only:
             return self._pruning_selector(cw, open_units, signed)
         if self.drop_edges and _spatial(cw):
-            cw = cw * _interior(cw)
+            cw = cw * _interior(cw, cw.dtype)
         if self.is_zero:
             return torch.sign(cw)
         tau = self._tau(cw)
@@ -94,7 +94,7 @@ class SelectionRule:
         """:class:`MeanRatio`: keep open units whose CW reaches ``tau`` (``relu_layer.cu`` keeps a CW
         equal to ``tau``, so the last open unit stays), in a handful of kernels."""
         if self.drop_edges and _spatial(cw):  # an edge unit is neither open nor counted
-            interior = _interior(cw).bool()
+            interior = _interior(cw, torch.bool)
             open_units = interior if open_units is None else open_units & interior
         positive = cw.detach().clamp(min=0)
         if open_units is not None:
@@ -135,9 +135,9 @@ def _spatial(cw: Tensor) -> bool:
     return cw.dim() == 4 and min(cw.shape[-2:]) > 2
 
 
-def _interior(cw: Tensor) -> Tensor:
-    """1 inside, 0 on the outermost row and column of each ``(H, W)`` map."""
-    inside = torch.zeros(cw.shape[-2:], dtype=cw.dtype, device=cw.device)
+def _interior(cw: Tensor, dtype: torch.dtype) -> Tensor:
+    """1 inside, 0 on the outermost row and column of each ``(H, W)`` map, in ``dtype``."""
+    inside = torch.zeros(cw.shape[-2:], dtype=dtype, device=cw.device)
     inside[1:-1, 1:-1] = 1
     return inside
 
