@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
 from captum_feedback.sites import SITE_OPS, SiteOp
@@ -148,6 +149,25 @@ def check_depends_on_inputs(scores: Tensor) -> None:
         raise ValueError("The target score does not depend on the inputs; nothing to attribute.")
 
 
+def _all_reach(lowest: Node, nodes: Sequence[Node]) -> bool:
+    """Whether a backward pass from each of ``nodes`` passes through ``lowest``."""
+    reaches: Dict[Node, bool] = {lowest: True}
+
+    def visit(node: Node) -> bool:  # iterative: graphs are deeper than Python's recursion limit
+        stack = [node]
+        while stack:
+            top = stack[-1]
+            below = [n for n, _ in top.next_functions if n is not None and n not in reaches]
+            if below:
+                stack.extend(below)
+                continue
+            stack.pop()
+            reaches[top] = any(reaches.get(n, False) for n, _ in top.next_functions if n is not None)
+        return reaches[node]
+
+    return all(visit(node) for node in nodes)
+
+
 def _hooked(output: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:
     """``output`` itself, handing its CW to ``on_cw`` in the backward pass.
 
@@ -219,9 +239,9 @@ class GatingSession:
         """A scalar leaf that every gated site takes as an input (:class:`_Gate`); the first
         pass makes it, gradient-requiring, on the inputs' device."""
         self._inputs: Tuple[Tensor, ...] = ()
-        self._all_gated = True
-        """Whether every site of the last pass whose CW is needed was gated, so that
-        :meth:`propagate_cws` may stop early."""
+        self._open: List[Tuple[Site, GradientEdge]] = []
+        """The ungated sites of the last pass whose output autograd reaches, in execution order,
+        with the edge of their output: where :meth:`propagate_cws` may stop."""
 
     # ------------------------------------------------------------------ site naming
     def _naming_hooks(self) -> List[Any]:
@@ -293,8 +313,9 @@ class GatingSession:
             return self._policy.backward(site, cw)
 
         if gate is None:
-            self._all_gated = self._all_gated and not self._policy.needs_cw(site)
             gated = _hooked(output, on_cw)
+            if gated.requires_grad and self._policy.needs_cw(site):
+                self._open.append((site, get_gradient_edge(gated)))
         else:  # only sites whose CWs are needed lead an update's backward pass to the anchor
             anchor = self._anchor if self._policy.needs_cw(site) else self._anchor.detach()
             gated = _Gate.apply(output, anchor, gate, on_cw)
@@ -344,7 +365,7 @@ class GatingSession:
         ``Site`` whose ``kind`` is ``"layer"``.
         """
         self._policy, self._calls, self._stack, self._names_seen = policy, 0, [], Counter()
-        self._inputs, self._all_gated = inputs, True
+        self._inputs, self._open = inputs, []
         tapped: Dict[nn.Module, Tensor] = {}
         handles = [self._tap(module, tapped) for module in taps]
         if self.passes == 0:
@@ -381,16 +402,25 @@ class GatingSession:
 
     def propagate_cws(self, scores: Tensor) -> None:
         """A backward pass from the summed per-sample scores of the last forward pass that hands
-        every site its CW.
+        every site whose CW the policy needs (:meth:`GatePolicy.needs_cw`) its CW.
 
-        When every site whose CW is needed was gated, it stops below the lowest of them (gated
-        sites no update needs keep off the anchor): what lies below (the first convolution's
-        input gradient, for one) only matters for the input's gradient. Ungated sites are only
-        found on the way to the inputs, so then it goes there. (Ending it at the ungated sites'
-        outputs instead would hold the gradients of all of them at once: too much memory.)
+        It stops as low as it can: at the gated sites (through the session's anchor; gated
+        sites no update needs keep off it) and at the output of the lowest ungated site whose
+        CW is needed, when every other such site lies above it in the graph. What lies below
+        (the first convolution's input gradient, for one; all layers below the sites of a
+        stage of the top sites) only matters for the input's gradient. Otherwise it goes to
+        the inputs. It never ends at several sites' outputs: autograd would hold all their
+        gradients at once.
         """
         check_depends_on_inputs(scores)
-        ends = (self._anchor,) if self._all_gated else (self._anchor, *self._inputs)
+        edges = [edge for site, edge in self._open if self._policy.needs_cw(site)]
+        self._open = []
+        if not edges:
+            ends: Tuple[Any, ...] = (self._anchor,)
+        elif _all_reach(edges[0].node, [edge.node for edge in edges[1:]]):
+            ends = (self._anchor, edges[0])
+        else:
+            ends = (self._anchor, *self._inputs)
         torch.autograd.grad(scores.sum(), ends, allow_unused=True)
 
     @contextlib.contextmanager

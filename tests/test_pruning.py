@@ -290,8 +290,34 @@ def test_update_passes_stop_their_backward_pass_at_the_lowest_gate_site():
     model.features[0].register_full_backward_hook(lambda *_: calls.append(1))  # below every site
     state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, iterations=3, config="paper")
     assert state.updates.item() == 3  # no early stop: passes 0-3 all ran
-    # The first pass (its sites not gated yet) and the last pass reach the input.
-    assert len(calls) == 2
+    assert len(calls) == 1  # the last pass alone reaches the input
+
+
+class TwoTowers(nn.Module):
+    """Two inputs, each through its own conv-ReLU tower; the towers meet in the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.head = nn.Linear(2 * 4 * 12 * 12, 5)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(a).flatten(1), self.b(b).flatten(1)], 1))
+
+
+def test_an_update_whose_sites_do_not_all_lie_above_the_lowest_one_reaches_them_all():
+    """The first tower's sites run first, but the second tower's do not lie above them: the
+    backward pass must not stop at the lowest site, or the second tower would keep its gates."""
+    model = seeded(TwoTowers())
+    inputs = (torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16))
+    state = FSP(model).select(inputs, target=1, iterations=1, config="paper")
+    for name in ("a.1", "a.3", "b.1", "b.3"):
+        assert not state.gates[name].all(), name
+    for i in range(2):  # and each sample's gates are those of a call of its own
+        single = FSP(model).select(tuple(x[i:i + 1] for x in inputs), target=1, iterations=1, config="paper")
+        for name, gates in single.gates.items():
+            assert torch.equal(state.gates[name][i:i + 1], gates), name
 
 
 def test_a_linearized_stage_of_upper_sites_ends_its_later_backward_passes_at_them():
@@ -300,5 +326,5 @@ def test_a_linearized_stage_of_upper_sites_ends_its_later_backward_passes_at_the
     model.features[2].register_full_backward_hook(lambda *_: calls.append(1))  # below the upper half
     config = replace(PRESETS["paper"], stages=(Stage(0.5, 3),))
     state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, config=config)
-    assert len(calls) == 2  # the first pass (nothing gated yet) and the last one
+    assert len(calls) == 1  # the last pass alone: the first stops at the upper sites too
     assert state.gates["features.1"].all() and not state.gates["features.6"].all()
