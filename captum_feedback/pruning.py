@@ -50,6 +50,8 @@ class _SiteBytes:
         self.buffer = torch.ones((batch_size, units), dtype=torch.int8, device=device)
         self.packed = torch.full((batch_size, units // 8), 255, dtype=torch.uint8, device=device)
         """The gates as of the last :meth:`changed`, eight units a byte."""
+        self.history: List[Tensor] = []
+        """The packed gates as of each earlier call to :meth:`changed`, oldest first."""
         self._slots = {site.index: self.buffer[:, self._slices[site.index]].view(site.shape) for site in sites}
 
     def slot(self, site: Site) -> Tensor:
@@ -73,13 +75,28 @@ class _SiteBytes:
         """
         gates = self.buffer.view(torch.bool)
         changed = torch.zeros(len(gates), dtype=torch.bool, device=gates.device)
+        self.history.append(self.packed.clone())
         step = 8 * max(1, _SCRATCH_WORDS // len(gates), -(-gates.shape[1] // 128))
         for start in range(0, gates.shape[1], step):
             packed = pack_bits(gates[:, start : start + step])
-            previous = self.packed[:, start // 8 : (start + step) // 8]
-            changed |= (packed != previous).any(1)
-            previous.copy_(packed)
+            words = slice(start // 8, (start + step) // 8)
+            changed |= (packed != self.packed[:, words]).any(1)
+            self.packed[:, words].copy_(packed)
         return changed
+
+    def revert(self, rows: Tensor, depth: int) -> Tensor:
+        """Gives the samples ``rows`` (booleans) the gates they had ``depth`` passes before the
+        last; returns the samples whose gates this changed."""
+        if depth > len(self.history):
+            return torch.zeros_like(rows)
+        earlier = self.history[-depth]
+        rows = rows.to(self.packed.device) & (self.packed != earlier).any(1)
+        if rows.any():
+            self.packed[rows] = earlier[rows]
+            shifts = torch.arange(8, dtype=torch.uint8, device=self.packed.device)
+            bits = (self.packed[rows].unsqueeze(-1) >> shifts) & 1
+            self.buffer[rows] = bits.view(len(bits), -1).to(torch.int8)
+        return rows.cpu()
 
 
 class _PruningPolicy(GatePolicy):
@@ -116,6 +133,10 @@ class _PruningPolicy(GatePolicy):
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.converged_any = False
         """``not active.all()``, kept as a flag so that sites need not ask the tensor each pass."""
+        self.reverts = 0
+        """How many passes back :meth:`revert` has gone."""
+        self.reverted = torch.zeros(batch_size, dtype=torch.bool)
+        """Samples whose final gates :meth:`revert` took from an earlier pass."""
 
     def needs_cw(self, site: Site) -> bool:
         return self.updating is None or site.index in self.updating
@@ -147,6 +168,20 @@ class _PruningPolicy(GatePolicy):
         """Every sample takes part in the next stage, converged in the last one or not."""
         self.active.fill_(True)
         self.converged_any = False
+
+    def revert(self, rows: Tensor) -> Tensor:
+        """Takes the samples ``rows`` one pass further back than the last revert (the first goes
+        back to the gates before the last update); returns those whose gates changed."""
+        reverted = torch.zeros_like(rows)
+        while self.bytes is not None and self.reverts < len(self.bytes.history) and not reverted.any():
+            self.reverts += 1
+            reverted = self.bytes.revert(rows, self.reverts)
+        self.reverted |= reverted
+        if reverted.any():
+            for site in self.sites:  # a frozen ReLU's gates stay within its support
+                if site.support is not None and site.index in self.gated:
+                    self.bytes.slot(site).mul_(site.support.view(torch.int8))
+        return reverted
 
     def end_pass(self) -> Tensor:
         """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
@@ -343,10 +378,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             new_stage = 0 < update < iterations and stage_of[update] != stage_of[update - 1]
             if new_stage:
                 policy.updating = _stage_sites(session.sites, config, config.stages[stage_of[update]])
-            output, tapped = self._forward(session, batch, policy, layers)
-            target_scores = select_targets(output, batch.targets)
-            outputs.append(output.detach().reshape(batch.size, -1))
-            scores.append(target_scores.detach())
+            output, tapped, target_scores = self._pass(session, batch, policy, layers, outputs, scores)
             if update > 0:
                 active = policy.end_pass()
                 updates += active.long()
@@ -355,6 +387,12 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 policy.final_pass = policy.final_pass or (last_stage and not active.any())
             if policy.final_pass:
                 grads = input_gradients(target_scores, batch.inputs)
+                reverted = policy.revert(_blank(grads))
+                while reverted.any():  # updates that cut the target off the inputs are undone
+                    del outputs[-1], scores[-1], output, tapped, target_scores
+                    output, tapped, target_scores = self._pass(session, batch, policy, layers, outputs, scores)
+                    grads = input_gradients(target_scores, batch.inputs)
+                    reverted = policy.revert(_blank(grads))
                 layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
                 break
             if update == 0:
@@ -367,6 +405,15 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             del output, tapped, target_scores
         missing = iterations + 1 - len(outputs)
         return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
+
+    def _pass(self, session: GatingSession, batch: Batch, policy: _PruningPolicy, layers: Sequence[nn.Module],
+              outputs: List[Tensor], scores: List[Tensor]) -> Tuple[Tensor, Dict[nn.Module, Tensor], Tensor]:
+        """One forward pass under the policy's gates; appends its outputs and target scores."""
+        output, tapped = self._forward(session, batch, policy, layers)
+        target_scores = select_targets(output, batch.targets)
+        outputs.append(output.detach().reshape(batch.size, -1))
+        scores.append(target_scores.detach())
+        return output, tapped, target_scores
 
     @staticmethod
     def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes, config: FeedbackConfig
@@ -383,6 +430,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             target_scores=passes.scores,
             updates=passes.updates,
             converged=~policy.active,
+            reverted=policy.reverted,
             layer_outputs=passes.layer_outputs,
             layer_cws=dict(policy.layer_cws),
             config=config,
@@ -393,6 +441,12 @@ def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage) ->
     """The indices of the sites a stage updates: the top share of the sites that take gates."""
     gated = [site.index for site in sites if site.kind == "activation" or config.gate_pools]
     return set(gated[len(gated) - stage.count(len(gated)):])
+
+
+def _blank(grads: Tuple[Tensor, ...]) -> Tensor:
+    """Per sample, whether every input gradient is zero (on the CPU)."""
+    nonzero = torch.stack([g.detach().flatten(1).ne(0).any(1) for g in grads]).any(0)
+    return ~nonzero.cpu()
 
 
 def _padded(rows: List[Tensor], missing: int) -> Tensor:

@@ -31,6 +31,11 @@ class FeedbackState:
         target_scores: The target score at every pass, ``(iterations + 1, B)``.
         updates: Per sample, how many gate updates changed at least one gate.
         converged: Per sample, whether the gates reached a fixed point within ``iterations``.
+        reverted: Per sample, whether its last updates were undone because they left the
+            target score without any dependence on the inputs (every input gradient zero,
+            a blank map): a pruning rule can close every path of a sample (see
+            :class:`~captum_feedback.MeanRatio`). Its gates, outputs and CWs are those of the
+            latest pass whose map was not blank.
         layer_outputs: Output of each tapped layer under the final gates, keyed by module name.
         layer_cws: CW ``dS/dh`` of each tapped layer's output ``h`` under the final gates.
         config: The :class:`~captum_feedback.FeedbackConfig` FSP ran with; the energy maps
@@ -46,6 +51,7 @@ class FeedbackState:
     target_scores: Tensor
     updates: Tensor
     converged: Tensor
+    reverted: Tensor
     layer_outputs: Dict[str, Tensor] = field(default_factory=dict)
     layer_cws: Dict[str, Tensor] = field(default_factory=dict)
     config: FeedbackConfig = field(default_factory=FeedbackConfig)
