@@ -136,6 +136,10 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, configs: Dict[s
             for label in calls:
                 print(f"  {name} b={batch} {label}: {seconds[label] / batch:.4f} s/img, {memory[label]:.0f} MiB",
                       flush=True)
+            for label, config in configs.items():
+                state = FeedbackSelectivePruning(model).select(x, target, config=config, keep_cws=False)
+                print(f"  {name} b={batch} {fsp_label(config, label)}: {int(state.reverted.sum())} of {batch} "
+                      "samples reverted (blank maps: extra passes)", flush=True)
             base_m = memory["Saliency"]
             for label in calls:
                 t, m = seconds[label], memory[label]

@@ -8,9 +8,10 @@ one validated :class:`SelectionRule` with :func:`as_rule`; the policies only eve
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -109,8 +110,10 @@ class SelectionRule:
             if open_units is not None:
                 against.mul_(open_units.view(torch.uint8).to(against.dtype))
             selector = keep.to(torch.int8).sub_((against >= tau).to(torch.int8))
+        if open_units is None:
+            return selector
         kept_any = keep.flatten(1).any(1)
-        if open_units is None or bool(kept_any.all()):
+        if not cw.is_cuda and bool(kept_any.all()):  # the common case; on a GPU, asking would wait
             return selector
         # A sample none of whose open units has a CW above tau keeps the site's gates as they
         # are: the released code's 0 / 0 threshold closes them all and leaves a blank map.
@@ -147,7 +150,12 @@ def _spatial(cw: Tensor) -> bool:
 
 def _interior(cw: Tensor, dtype: torch.dtype) -> Tensor:
     """1 inside, 0 on the outermost row and column of each ``(H, W)`` map, in ``dtype``."""
-    inside = torch.zeros(cw.shape[-2:], dtype=dtype, device=cw.device)
+    return _interior_of(tuple(cw.shape[-2:]), dtype, cw.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _interior_of(size: Tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    inside = torch.zeros(size, dtype=dtype, device=device)
     inside[1:-1, 1:-1] = 1
     return inside
 
