@@ -13,13 +13,18 @@ TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
 
 
 def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
-    """Validated, detached, gradient-requiring copies of the inputs, and whether they were a tuple.
+    """Validated, detached, contiguous, gradient-requiring copies of the inputs, and whether they
+    were a tuple.
 
     Raises:
         TypeError: an input is not a floating-point tensor.
-        ValueError: no input is given, inputs disagree on the batch size, or a value is NaN or
-            infinite.
+        ValueError: no input is given, an empty batch, inputs that disagree on the batch size,
+            a NaN or infinite value, or an input made in ``torch.inference_mode()``.
+        RuntimeError: called inside ``torch.inference_mode()``.
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("Feedback attributions cannot run inside torch.inference_mode(): they need "
+                           "autograd. Call them outside the inference_mode block (torch.no_grad() is fine).")
     is_tuple = isinstance(inputs, tuple)
     items = inputs if is_tuple else (inputs,)
     if not items:
@@ -34,11 +39,18 @@ def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
             )
         if item.dim() == 0:
             raise ValueError(f"inputs[{i}] is a scalar; inputs need a leading batch dimension.")
+        if item.shape[0] == 0:
+            raise ValueError(f"inputs[{i}] is an empty batch (shape {tuple(item.shape)}); give at least one sample.")
+        if item.is_inference():
+            raise ValueError(f"inputs[{i}] was made inside torch.inference_mode() and cannot take part in "
+                             "autograd; make it outside the block, or pass a copy made outside (x.clone()).")
         if not torch.isfinite(item).all():
             raise ValueError(f"inputs[{i}] contains NaN or infinite values.")
     if len({item.shape[0] for item in items}) > 1:
         raise ValueError(f"inputs disagree on the batch size: {[tuple(t.shape) for t in items]}.")
-    return tuple(item.detach().requires_grad_(True) for item in items), is_tuple
+    # One memory layout (contiguous) for every input: a channels_last input would run other
+    # convolution kernels, whose float rounding flips gates of units at the rounding level.
+    return tuple(item.detach().contiguous().requires_grad_(True) for item in items), is_tuple
 
 
 def format_additional_args(additional_forward_args: Any) -> Tuple[Any, ...]:

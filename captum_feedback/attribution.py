@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, List, Sequence, Tuple
 
@@ -59,6 +60,13 @@ class FeedbackAttribution(GradientAttribution):
     def _batch(self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any) -> Batch:
         formatted, is_tuple = format_inputs(inputs)
         batch_size = formatted[0].shape[0]
+        low = sorted({str(x.dtype) for x in formatted if x.dtype in (torch.float16, torch.bfloat16)})
+        if low:
+            warnings.warn(
+                f"Inputs in {', '.join(low)}: gates are decided from alpha * x at that precision, where "
+                "many units sit at the rounding level, so the maps differ from those of the same model in "
+                "float32. Convert the model and inputs with .float() for maps you can compare or publish.",
+                UserWarning, stacklevel=3)
         return Batch(
             formatted, is_tuple, format_additional_args(additional_forward_args),
             per_sample_targets(target, batch_size),

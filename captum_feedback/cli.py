@@ -146,7 +146,7 @@ def explain(args: argparse.Namespace) -> List[Path]:
 
     from captum_feedback.localization import energy_box
     from captum_feedback.methods import MethodMaps
-    from captum_feedback.photos import read_image
+    from captum_feedback.photos import load_image
     from captum_feedback.segmentation import saliency_cut, superpixel_regularize, superpixels
     from captum_feedback.visualization import as_image, visualize_energy_map
 
@@ -164,9 +164,12 @@ def explain(args: argparse.Namespace) -> List[Path]:
     written: List[Path] = []
     for path in tqdm(args.images, desc="explaining", unit="image", disable=len(args.images) < 2):
         try:
-            x = explainer.preprocess(read_image(path))
+            image, note = load_image(path)
         except (FileNotFoundError, ValueError) as error:
             raise CommandError(str(error)) from None
+        if note:
+            print(f"{path}: {note}", file=sys.stderr)
+        x = explainer.preprocess(image)
         with torch.no_grad():
             logits = explainer.model(x)[0]
         display = torch.from_numpy(as_image(x[0])).permute(2, 0, 1)[None]

@@ -45,6 +45,8 @@ class Site:
     """Linearization state recorded by the first forward pass (``None`` when not linearized)."""
     on_states: Optional[Tensor] = None
     """A ReLU's first-pass on-states, when linearized or when the policy asks for them."""
+    input_shape: Tuple[int, ...] = ()
+    """The shape of the operation's input in the first pass; later passes must match it."""
 
     @property
     def nonnegative(self) -> bool:
@@ -276,8 +278,12 @@ class GatingSession:
         if self.passes == 0:
             output, state = op.evaluate(params)
             site = self._new_site(index, op, tuple(output.shape), state)
+            site.input_shape = tuple(params["input"].shape)
         else:
             site = self._site_at(index, op)
+            if tuple(params["input"].shape) != site.input_shape:
+                raise self._changed(site, f"took an input of shape {tuple(params['input'].shape)}, not "
+                                          f"{site.input_shape} as in the first")
             output, state = self._later_pass(site, params)
         gated = self._apply_gate(site, params["input"], output)
         return (gated, state) if op.returns_indices(params) else gated
@@ -333,12 +339,20 @@ class GatingSession:
         return site
 
     def _site_at(self, index: int, op: SiteOp) -> Site:
-        if index >= len(self.sites) or self.sites[index].op is not op:
-            raise RuntimeError(
-                "The model's gate sites changed between forward passes (site "
-                f"{index}: {op.label}); feedback needs the same control flow on every pass."
-            )
+        if index >= len(self.sites):
+            raise self._changed(None, f"called {op.label} as gate site {index}, one more than in the first")
+        if self.sites[index].op is not op:
+            raise self._changed(self.sites[index], f"called {op.label} in its place, unlike the first")
         return self.sites[index]
+
+    def _changed(self, site: Optional[Site], what: str) -> RuntimeError:
+        """The error for a model whose control flow differs from the first pass's."""
+        where = f"at site '{site.name}' ({site.op.label})" if site is not None else "after its last site"
+        return RuntimeError(
+            f"The model's control flow changed on forward pass {self.passes + 1} {where}: it {what} pass. "
+            "Feedback runs the model several times and needs the same computation every time (no "
+            "randomness or data-dependent branches: call model.eval(), fix random choices)."
+        )
 
     def _check_batch(self, site: Site) -> None:
         if not site.shape or site.shape[0] != self.batch_size:

@@ -164,6 +164,7 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
             settings = resolve_config(config, iterations, threshold, linearize)
             pipeline = FeedbackPipeline(self.forward_func, self.layer, settings)
             state = pipeline.select(inputs, target, additional_forward_args, keep_cws=False)
+        state.check_inputs(inputs)
         return layer_contribution(state, self._layer_name)
 
     def contribution(self, inputs: TensorOrTuple, target: TargetType = None, **kwargs: Any) -> Tensor:

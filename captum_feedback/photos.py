@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Union
+from typing import TYPE_CHECKING, Dict, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
 
@@ -34,7 +37,13 @@ def bundled_photos() -> Dict[str, Tensor]:
 
 
 def read_image(path: Union[str, Path]) -> Tensor:
-    """An image file as a ``(3, H, W)`` uint8 RGB tensor.
+    """An image file as a ``(3, H, W)`` uint8 RGB tensor (:func:`load_image` without its note)."""
+    return load_image(path)[0]
+
+
+def load_image(path: Union[str, Path]) -> Tuple[Tensor, str]:
+    """An image file of any mode Pillow opens as a ``(3, H, W)`` uint8 RGB tensor, and a note of
+    the conversion (``""`` for 8-bit RGB), see :func:`rgb_array`.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -47,6 +56,36 @@ def read_image(path: Union[str, Path]) -> Tensor:
         raise FileNotFoundError(f"No image at {path}.")
     try:
         with Image.open(path) as image:
-            return to_tensor(np.asarray(image.convert("RGB")))
+            array, note = rgb_array(image)
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{path} is not a readable image: {error}") from error
+    return to_tensor(array), note
+
+
+_WIDE_GRAY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": None, "F": None}
+"""Pillow's modes of one channel wider than 8 bits, and the full scale of each where it is fixed."""
+
+
+def rgb_array(image: Image.Image) -> Tuple[np.ndarray, str]:
+    """An image of any Pillow mode as an ``(H, W, 3)`` uint8 RGB array, and a note of what was done.
+
+    Pillow's own ``convert("RGB")`` clips wide grayscale modes to 255, so that a 16-bit PNG comes
+    out all white. Here ``I;16*`` is divided by 65535; ``I`` (32-bit integers, which is how some
+    Pillow versions open 16-bit PNGs) by 65535 when its values lie in ``[0, 65535]``; ``F`` is taken
+    as it is when it lies in ``[0, 1]``; anything else is stretched from its minimum to its maximum.
+    Other modes (palette, CMYK, alpha, 1-bit, ...) go through Pillow's conversion.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image), ""
+    if mode not in _WIDE_GRAY:
+        return np.asarray(image.convert("RGB")), f"mode {mode} converted to RGB"
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    full_scale = _WIDE_GRAY[mode] or (65535.0 if mode == "I" else 1.0)
+    if low >= 0 and high <= full_scale:
+        scaled, how = values / full_scale, f"divided by {full_scale:g}"
+    else:
+        scaled, how = (values - low) / max(high - low, 1e-12), f"stretched from [{low:g}, {high:g}]"
+    gray = np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2), f"{mode} grayscale {how} to 8-bit RGB"

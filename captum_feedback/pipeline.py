@@ -87,6 +87,7 @@ class FeedbackPipeline:
         Returns:
             Input-shaped gradients, a tensor or a tuple as ``inputs``.
         """
+        state.check_inputs(inputs)
         kept = self.kept_neurons(state)
 
         def kept_sum(output: Tensor) -> Tensor:

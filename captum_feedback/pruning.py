@@ -13,7 +13,7 @@ from captum_feedback.attribution import Batch, FeedbackAttribution, input_gradie
 from captum_feedback.config import ConfigLike, FeedbackConfig, Stage, resolve_config
 from captum_feedback.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.selection import SelectionRule, Threshold, keep_mask
-from captum_feedback.state import FeedbackState
+from captum_feedback.state import FeedbackState, digest
 
 _GATHER_BITS = 0x0102040810204080
 """Multiplying eight 0/1 bytes, read as one little-endian int64, by this constant gathers
@@ -339,7 +339,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         """
         settings = resolve_config(config, iterations, threshold, linearize)
         session, policy, passes = self._run(inputs, target, additional_forward_args, settings, keep_cws, layers)
-        return self._state(session, policy, passes, settings)
+        return self._state(session, policy, passes, settings, inputs)
 
     def ungated(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
                 config: ConfigLike = None) -> FeedbackState:
@@ -351,7 +351,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         """
         settings = resolve_config(config)
         session, policy, passes = self._run(inputs, target, additional_forward_args, settings, True, (), updates=0)
-        return self._state(session, policy, passes, settings)
+        return self._state(session, policy, passes, settings, inputs)
 
     def _run(
         self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any, config: FeedbackConfig,
@@ -416,8 +416,8 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         return output, tapped, target_scores
 
     @staticmethod
-    def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes, config: FeedbackConfig
-               ) -> FeedbackState:
+    def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes, config: FeedbackConfig,
+               inputs: TensorOrTuple) -> FeedbackState:
         names = {site.index: site.name for site in session.sites}
         device = passes.grads[0].device
         return FeedbackState(
@@ -434,6 +434,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             layer_outputs=passes.layer_outputs,
             layer_cws=dict(policy.layer_cws),
             config=config,
+            input_digest=digest(inputs),
         )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple, Union
 
+import torch
 from torch import Tensor
 
 from captum_feedback.config import FeedbackConfig
@@ -40,6 +41,8 @@ class FeedbackState:
         layer_cws: CW ``dS/dh`` of each tapped layer's output ``h`` under the final gates.
         config: The :class:`~captum_feedback.FeedbackConfig` FSP ran with; the energy maps
             drawn from this state follow it.
+        input_digest: Per input, its shape and per-sample sums of values and of squares (float64,
+            on the CPU): what :meth:`check_inputs` compares a later call's inputs with.
     """
 
     attributions: Tuple[Tensor, ...]
@@ -55,8 +58,36 @@ class FeedbackState:
     layer_outputs: Dict[str, Tensor] = field(default_factory=dict)
     layer_cws: Dict[str, Tensor] = field(default_factory=dict)
     config: FeedbackConfig = field(default_factory=FeedbackConfig)
+    input_digest: Optional[Tuple[Tuple[Tuple[int, ...], Tensor], ...]] = None
+
+    def check_inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> None:
+        """Raises ``ValueError`` unless ``inputs`` are the inputs this state was made for.
+
+        A state holds gates, CWs and layer outputs of particular samples: used with others, it
+        would give their attribution silently wrong.
+        """
+        if self.input_digest is None:
+            return
+        given = digest(inputs)
+        shapes, expected_shapes = [s for s, _ in given], [s for s, _ in self.input_digest]
+        if shapes != expected_shapes:
+            raise ValueError(f"The state was made for inputs of shape {expected_shapes}, not {shapes}; make "
+                             "it with select() on these inputs.")
+        for (_, sums), (_, expected) in zip(given, self.input_digest):
+            if not torch.allclose(sums, expected, rtol=1e-9, atol=1e-12):
+                raise ValueError("The state was made for other inputs (same shapes, other values); make it "
+                                 "with select() on these inputs.")
 
     @property
     def input_size(self) -> Tuple[int, ...]:
         """Spatial size of the first input (everything after batch and channel dimensions)."""
         return tuple(self.attributions[0].shape[2:])
+
+
+def digest(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tuple[Tuple[int, ...], Tensor], ...]:
+    """Per input, its shape and its per-sample sums of values and of squares, ``(B, 2)`` float64."""
+    rows = []
+    for x in inputs if isinstance(inputs, tuple) else (inputs,):
+        flat = x.detach().flatten(1).double()
+        rows.append((tuple(x.shape), torch.stack([flat.sum(1), flat.square().sum(1)], 1).cpu()))
+    return tuple(rows)

@@ -138,3 +138,55 @@ def test_data_dependent_control_flow_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match="control flow"):
         FSP(Branchy()).attribute(torch.tensor([[0.5, 2.0]]), iterations=3, config="paper")
+
+
+class Shrinking(nn.Module):
+    """Crops its input a little more on every call: the second pass sees other shapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(3, 4, 3, padding=1), 0
+
+    def forward(self, x):
+        self.calls += 1
+        x = x[..., self.calls - 1:, self.calls - 1:]
+        return nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).mean((2, 3))
+
+
+@pytest.mark.parametrize("config", ["paper", "default"])
+def test_a_model_whose_shapes_change_between_passes_names_the_pass_and_the_site(config):
+    with pytest.raises(RuntimeError, match=r"control flow changed on forward pass 2 at site 'relu'"):
+        FSP(Shrinking()).attribute(torch.randn(1, 3, 8, 8), target=0, config=config)
+
+
+@pytest.mark.parametrize("method", [FSP, FR])
+def test_inference_mode_and_empty_batches_are_named(method, model):
+    before = snapshot(model)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        method(model).attribute(torch.randn(1, 3, 8, 8), target=0)
+    with torch.inference_mode():
+        made_inside = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="inference_mode"):
+        method(model).attribute(made_inside, target=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        method(model).attribute(torch.randn(0, 3, 8, 8), target=0)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("config", ["paper", "default"])
+def test_a_channels_last_input_gives_the_contiguous_inputs_result(config):
+    torch.manual_seed(0)
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 224, 224)  # at this size the two layouts run different kernels
+    expected = FSP(net).attribute(x, target=[1, 2], config=config)
+    got = FSP(net).attribute(x.to(memory_format=torch.channels_last), target=[1, 2], config=config)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_inputs_come_with_a_note_on_precision(dtype):
+    net = seeded(VGGish()).to(dtype)
+    with pytest.warns(UserWarning, match="float32"):
+        FSP(net).attribute(torch.randn(1, 3, 16, 16, dtype=dtype), target=0, config="paper")

@@ -159,3 +159,18 @@ def test_layer_errors_name_the_problem():
         nf.attribute(torch.randn(1, 3, 8, 8), neuron_selector=0, threshold="median")
     with pytest.raises(ValueError, match="state holds no output"):
         FeedbackPipeline(model, model.conv1).kept_neurons(FSP(model).select(torch.randn(1, 3, 8, 8), target=1))
+
+
+def test_a_state_made_for_other_inputs_is_refused():
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    pipeline = FeedbackPipeline(model, model.features[3])
+    state = pipeline.select(x, target=[1, 2])
+    layer = LayerFeedback(model, model.features[3])
+    torch.testing.assert_close(layer.attribute(x, [1, 2], state=state), layer.attribute(x, [1, 2]))
+    with pytest.raises(ValueError, match=r"made for inputs of shape \[\(2, 3, 16, 16\)\], not \[\(1, 3, 16, 16\)\]"):
+        layer.attribute(x[:1], 1, state=state)
+    with pytest.raises(ValueError, match="other inputs"):
+        layer.attribute(x.flip(0), [1, 2], state=state)
+    with pytest.raises(ValueError, match="other inputs"):
+        pipeline.fsp_fr(x + 1, state)
