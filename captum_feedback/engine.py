@@ -75,6 +75,10 @@ class Gate(NamedTuple):
     """``z`` as booleans: what the backward pass keeps (one byte a unit)."""
     mask: Tensor
     """``z`` as 0/1 values in the activation's dtype; the engine overwrites it with ``z * x``."""
+    within_active: bool = False
+    """Whether ``z`` is already zero wherever ``x`` is: then the engine need not close the gates
+    of a re-evaluated ReLU's inactive units itself (:func:`~captum_feedback.selection.keep_mask`
+    gives such gates)."""
 
     @classmethod
     def of(cls, keep: Tensor, like: Tensor) -> Gate:
@@ -303,8 +307,9 @@ class GatingSession:
                 # A re-evaluated ReLU with a gate is z * relu(x) = z' * x, z' = z & (x > 0): the
                 # gate takes the ReLU's place, whose output (saved for its backward pass) is
                 # dropped rather than held beside the gated activation.
-                active = output.detach().bool()
-                gate = Gate(gate.keep.logical_and_(active), gate.mask.mul_(as_mask(active, output)))
+                if not gate.within_active:
+                    active = output.detach().bool()
+                    gate = Gate(gate.keep.logical_and_(active), gate.mask.mul_(as_mask(active, output)))
                 output = x_in
         else:
             # A frozen ReLU is x on its support: the gate, a subset of the support, replaces

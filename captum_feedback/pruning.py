@@ -142,17 +142,23 @@ class _PruningPolicy(GatePolicy):
         return self.updating is None or site.index in self.updating
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
+        slot = self.bytes.slot(site) if self.bytes is not None else None
         if site.index not in self.selected:  # first pass, or no CW reached the site: gates stay
-            return Gate.of(self.bytes.slot(site).view(torch.bool), x) if site.index in self.gated else None
-        self.selected.remove(site.index)
-        slot = self.bytes.slot(site)
-        mask = keep_mask(slot, x)
-        if self.converged_any:  # converged samples keep their gates
-            active = self.active.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
-            mask = torch.where(active, mask, self.bytes.packed_gates(site).to(x.dtype))
+            if site.index not in self.gated:
+                return None
+            if not site.nonnegative:
+                return Gate.of(slot.view(torch.bool), x)
+            mask = keep_mask(slot, x)  # the gates, within the units a re-evaluated ReLU keeps on
+        else:
+            self.selected.remove(site.index)
+            mask = keep_mask(slot, x)
+            if self.converged_any:  # converged samples keep their gates
+                active = self.active.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
+                kept = self.bytes.packed_gates(site).to(x.dtype)
+                mask = torch.where(active, mask, kept.mul_(x > 0) if site.nonnegative else kept)
+            self.gated.add(site.index)
         slot.copy_(mask)
-        self.gated.add(site.index)
-        return Gate(slot.view(torch.bool), mask)
+        return Gate(slot.view(torch.bool), mask, within_active=site.nonnegative)
 
     def observe(self, site: Site, output: Tensor) -> None:
         if self.keep_cws and self.final_pass:
