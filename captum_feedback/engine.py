@@ -193,6 +193,28 @@ def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
     return modules + params + grads
 
 
+def check_eval_mode(model: Any) -> None:
+    """Raises ``ValueError`` where a module in training mode would change the model or make the
+    passes differ: batch normalization (batch statistics, running statistics updated on every
+    pass), instance normalization that tracks running statistics, and dropout."""
+    if not isinstance(model, nn.Module):
+        return
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+                isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats):
+            effect = "normalize with batch statistics and update its running statistics"
+        elif isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.p > 0:
+            effect = "drop other units"
+        else:
+            continue
+        raise ValueError(
+            f"The model is in training mode: {type(module).__name__} '{name or 'model'}' would {effect} on "
+            "every one of feedback's passes, and its buffers would change. Call model.eval() first."
+        )
+
+
 @contextlib.contextmanager
 def preserved_state(model: Any) -> Iterator[None]:
     """Restores training flags, ``requires_grad`` and ``.grad`` of every module and parameter."""
@@ -446,5 +468,6 @@ class GatingSession:
     def installed(self) -> Iterator[GatingSession]:
         """Enables autograd (also inside a caller's ``no_grad``) and guards the model's state
         for the session's lifetime."""
+        check_eval_mode(self.forward_func)
         with preserved_state(self.forward_func), torch.enable_grad():
             yield self

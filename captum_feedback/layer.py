@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from captum.attr import LayerAttribution, NeuronAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output
@@ -77,6 +78,7 @@ class NeuronFeedback(NeuronAttribution, FeedbackAttribution):
         self.layer = layer
         self._fr = FeedbackRecovering(forward_func)
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -124,6 +126,7 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
         FeedbackAttribution.__init__(self, forward_func)
         self.layer = layer
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTuple,

@@ -6,6 +6,7 @@ import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
@@ -270,6 +271,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             make every pass different.
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTuple,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from captum.log import log_usage
 from torch import Tensor
 
 from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
@@ -50,6 +51,7 @@ class FeedbackRecovering(FeedbackAttribution):
         forward_func: The model (``nn.Module`` or callable), in ``eval()`` mode.
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: TensorOrTuple,

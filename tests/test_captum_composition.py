@@ -1,0 +1,56 @@
+"""Feedback methods compose with Captum like its own methods, and refuse a model in training
+mode, whose passes would differ and whose buffers would change."""
+
+import pytest
+import torch
+from captum.attr import NoiseTunnel
+from nets import ResNetish, VGGish, seeded
+from test_errors import assert_untouched, snapshot
+from torch import nn
+
+from captum_feedback import FR, FSP
+
+
+@pytest.mark.parametrize("method", [FSP, FR])
+def test_noise_tunnel_smooths_feedback_maps(method):
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    plain = method(model).attribute(x, target=[1, 2])
+    tunnel = NoiseTunnel(method(model))
+    noiseless = tunnel.attribute(x, nt_type="smoothgrad", nt_samples=3, stdevs=0.0, target=[1, 2])
+    torch.testing.assert_close(noiseless, plain)
+    torch.manual_seed(0)
+    smooth = tunnel.attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.5, target=[1, 2])
+    torch.manual_seed(0)
+    noisy = x.repeat_interleave(4, 0) + 0.5 * torch.randn(8, 3, 16, 16)
+    expected = method(model).attribute(noisy, target=[1] * 4 + [2] * 4).view(2, 4, 3, 16, 16).mean(1)
+    torch.testing.assert_close(smooth, expected)
+
+
+class Normalized(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.layer, self.head = nn.Conv2d(3, 4, 3), layer, nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.layer(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("layer, name", [(nn.BatchNorm2d(4), "BatchNorm2d 'layer'"),
+                                         (nn.Dropout(0.5), "Dropout 'layer'"),
+                                         (nn.InstanceNorm2d(4, track_running_stats=True), "InstanceNorm2d")])
+@pytest.mark.parametrize("method", [FSP, FR])
+def test_a_model_in_training_mode_is_refused_and_left_as_it_was(method, layer, name):
+    model = Normalized(layer).train()
+    before = snapshot(model)
+    buffers = [b.clone() for b in model.buffers()]
+    with pytest.raises(ValueError, match=f"training mode: {name}.*model.eval()"):
+        method(model).attribute(torch.randn(2, 3, 8, 8), target=1)
+    assert_untouched(model, before)
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), buffers))
+    assert method(model.eval()).attribute(torch.randn(2, 3, 8, 8), target=1).shape == (2, 3, 8, 8)
+
+
+def test_training_mode_without_such_layers_changes_nothing_and_runs():
+    model = seeded(ResNetish()).train()
+    assert torch.isfinite(FSP(model).attribute(torch.randn(1, 3, 8, 8), target=1)).all()
