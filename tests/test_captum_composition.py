@@ -54,3 +54,38 @@ def test_a_model_in_training_mode_is_refused_and_left_as_it_was(method, layer, n
 def test_training_mode_without_such_layers_changes_nothing_and_runs():
     model = seeded(ResNetish()).train()
     assert torch.isfinite(FSP(model).attribute(torch.randn(1, 3, 8, 8), target=1)).all()
+
+
+class Wrapped(nn.Module):
+    """VGGish whose output comes wrapped as a model hub returns it."""
+
+    def __init__(self, wrap) -> None:
+        super().__init__()
+        self.net, self.wrap = seeded(VGGish()), wrap
+
+    def forward(self, x: torch.Tensor):
+        return self.wrap(self.net(x))
+
+
+class Output:
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits, self.loss = logits, None
+
+
+@pytest.mark.parametrize("wrap", [lambda y: (y, y.sum()), lambda y: [y], lambda y: {"logits": y, "hidden": y * 2},
+                                  lambda y: {"scores": y}, Output],
+                         ids=["tuple", "list", "dict-logits", "dict-one", "object-logits"])
+@pytest.mark.parametrize("method", [FSP, FR])
+def test_models_returning_tuples_dicts_or_logits_objects_are_explained_through_their_scores(wrap, method):
+    model = Wrapped(wrap)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(method(model).attribute(x, target=[1, 2]), method(model.net).attribute(x, target=[1, 2]))
+
+
+def test_an_ambiguous_output_needs_a_selector():
+    model = Wrapped(lambda y: {"a": y, "b": -y})
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(TypeError, match=r"tensors \['a', 'b'\] and no 'logits'.*output_selector"):
+        FSP(model).attribute(x, target=1)
+    chosen = FSP(model, output_selector=lambda out: out["b"]).attribute(x, target=1)
+    torch.testing.assert_close(chosen, FSP(lambda x: -model.net(x)).attribute(x, target=1))
