@@ -296,9 +296,8 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 changes none of its gates (a fixed point). The paper converges in about 5
                 (Sec. 4.1, Figs. 6-7).
             threshold: ``"zero"`` (Algorithm 2; guarantees a non-decreasing score when
-                linearized), ``"mean"`` (the layer-mean rule of Sec. 3.5, per sample and
-                site), ``"positive_mean"`` or a :class:`~captum_feedback.MeanRatio` (the
-                authors' released code), a number, or a callable; see
+                linearized), ``"positive_mean"`` or a :class:`~captum_feedback.MeanRatio` (the
+                authors' released code, per sample and site), a number, or a callable; see
                 :data:`captum_feedback.selection.Threshold`. ``None`` takes the configuration's.
             linearize: Freeze ReLU states and max-pool choices after the first forward pass
                 (Sec. 3.3); ``None`` takes the configuration's.

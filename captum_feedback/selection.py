@@ -33,15 +33,16 @@ class MeanRatio:
 
 
 Threshold = Union[str, float, MeanRatio, Callable[[Tensor], Tensor]]
-"""``"zero"`` (Algorithms 1 and 2), ``"mean"`` (the layer-mean rule at the end of Sec. 3.5:
-the mean of all CWs of the site), ``"positive_mean"`` (``MeanRatio(1.0)``, the authors' rule),
-a :class:`MeanRatio`, a constant, or a callable mapping the CWs ``(B, ...)`` of a site to
-per-sample thresholds of shape ``(B,)``.
+"""``"zero"`` (Algorithms 1 and 2), ``"positive_mean"`` (``MeanRatio(1.0)``, the authors' rule), a
+:class:`MeanRatio`, a constant, or a callable mapping the CWs ``(B, ...)`` of a site to per-sample
+thresholds of shape ``(B,)``.
 
 A threshold below zero is raised to zero: it would keep units whose contribution lowers the
-target score (a layer's mean CW is often negative), which no reading of Eq. 7 wants."""
+target score, which no reading of Eq. 7 wants. For that reason the paper's text rule of Sec. 3.5
+(the mean of *all* CWs of a layer, which is almost always negative) is not offered: raised to zero
+it is ``"zero"``; the released code's reading of it is :class:`MeanRatio`."""
 
-_NAMES = ("zero", "mean", "positive_mean")
+_NAMES = ("zero", "positive_mean")
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,7 @@ class SelectionRule:
         """The threshold ``tau`` of each sample, shaped to broadcast over ``cw``."""
         flat = cw.detach().flatten(1)
         threshold = self.threshold
-        if threshold == "mean":
-            tau = flat.mean(1)
-        elif callable(threshold):
+        if callable(threshold):
             tau = torch.as_tensor(threshold(cw.detach()), dtype=cw.dtype, device=cw.device).reshape(-1)
             tau = tau.expand(flat.shape[0])
         else:
@@ -170,6 +169,10 @@ def as_rule(threshold: Union[Threshold, SelectionRule] = "zero", drop_edges: boo
     if isinstance(threshold, SelectionRule):
         return threshold if not drop_edges or threshold.drop_edges else SelectionRule(threshold.threshold, True)
     if isinstance(threshold, str):
+        if threshold == "mean":
+            raise ValueError("threshold='mean' (the mean of all CWs of a layer, Sec. 3.5) is gone: that mean is "
+                             "almost always negative, so the rule was 'zero'. Use MeanRatio(r), the authors' reading "
+                             "(the mean of the positive CWs), or 'zero'.")
         if threshold not in _NAMES:
             raise ValueError(f"Unknown threshold rule {threshold!r}; use one of {_NAMES}, a MeanRatio, a number "
                              "or a callable.")

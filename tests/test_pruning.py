@@ -9,7 +9,7 @@ from captum.attr import Saliency
 from nets import FunctionalVGGish, ResNetish, VGGish, seeded
 from torch import nn
 
-from captum_feedback import FSP, PRESETS, FeedbackSelectivePruning, FeedbackState, Stage
+from captum_feedback import FSP, PRESETS, FeedbackSelectivePruning, FeedbackState, MeanRatio, Stage
 
 
 def hand_net() -> nn.Sequential:
@@ -204,7 +204,7 @@ def test_fsp_is_class_specific_where_the_gradient_is_shared():
     assert torch.cosine_similarity(a, b, dim=0) < 0.99
 
 
-@pytest.mark.parametrize("threshold", ["mean", "positive_mean", 0.01, lambda cw: cw.flatten(1).std(1)])
+@pytest.mark.parametrize("threshold", ["positive_mean", MeanRatio(2.0), 0.01, lambda cw: cw.flatten(1).std(1)])
 def test_threshold_rules_prune_at_least_as_much_as_zero(threshold):
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)

@@ -180,6 +180,35 @@ def test_the_zero_threshold_keeps_the_ascent_guarantee_with_stages(stages):
     assert (steps >= -1e-4 * state.target_scores.abs().max()).all()
 
 
+CWS = torch.tensor([[3.0, 1.0, -2.0, 0.5, -0.1]])
+
+
+@pytest.mark.parametrize("threshold, expected", [
+    ("zero", [1, 1, -1, 1, -1]),                                   # sign(alpha)
+    (0.75, [1, 1, -1, 0, 0]),                                      # |alpha| > 0.75
+    (lambda cw: cw.abs().mean(1), [1, 0, -1, 0, 0]),               # tau = mean |alpha| = 1.32
+    (-5.0, [1, 1, -1, 1, -1]),                                     # raised to zero
+])
+def test_each_following_rule_on_a_hand_computed_example(threshold, expected):
+    assert as_rule(threshold).selector(CWS).tolist() == [expected]
+
+
+@pytest.mark.parametrize("threshold, open_units, expected", [
+    (MeanRatio(1.0), None, [1, 0, -1, 0, 0]),          # mean positive CW (3 + 1 + 0.5) / 3 = 1.5
+    (MeanRatio(0.5), None, [1, 1, -1, 0, 0]),          # tau 0.75
+    ("positive_mean", [0, 1, 1, 1, 1], [0, 1, -1, 0, 0]),  # unit 0 closed: (1 + 0.5) / 2 = 0.75
+    (MeanRatio(4.0), [0, 1, 1, 1, 0], [0, 1, 1, 1, 0]),    # no open CW reaches 3: the site keeps its gates
+])
+def test_each_pruning_rule_on_a_hand_computed_example(threshold, open_units, expected):
+    opened = None if open_units is None else torch.tensor([open_units], dtype=torch.bool)
+    assert as_rule(threshold).selector(CWS, opened).tolist() == [expected]
+
+
+def test_the_text_rule_mean_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="almost always negative.*MeanRatio"):
+        as_rule("mean")
+
+
 def test_every_threshold_becomes_one_validated_rule():
     assert as_rule("positive_mean") == SelectionRule(MeanRatio(1.0))
     assert as_rule(MeanRatio(0.1), drop_edges=True).drop_edges
