@@ -35,6 +35,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from captum_feedback.config import PRESETS, resolve_config  # noqa: E402
+from captum_feedback.config import PRESETS, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, bundled_voc_photos, fetch_labelme_photos, imagenet_target  # noqa: E402
 from captum_feedback.localization import energy_box, two_stage_localization  # noqa: E402
@@ -64,19 +65,58 @@ from captum_feedback.models import efficientnet_lite0  # noqa: E402
 from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: E402
 from captum_feedback.models.efficientnet_lite import feedback_layer  # noqa: E402
 from captum_feedback.segmentation import segment, superpixels  # noqa: E402
+from captum_feedback.selection import MeanRatio  # noqa: E402
 
 TWO_STAGE = "FSP two-stage (Procedure 1)"
 
 
 class Scores:
-    """Per-method lists of per-attribution scores, and segmentation confusion matrices."""
+    """Per-method lists of per-attribution scores with the scene (or photo) each belongs to, and
+    segmentation confusion matrices."""
 
     def __init__(self, n_labels: int) -> None:
         self.values: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+        self.groups: Dict[str, Dict[str, List[int]]] = defaultdict(lambda: defaultdict(list))
         self.confusion: Dict[str, Tensor] = defaultdict(lambda: torch.zeros(n_labels, n_labels, dtype=torch.long))
 
-    def add(self, method: str, metric: str, values: Tensor) -> None:
+    def add(self, method: str, metric: str, values: Tensor, groups: Tensor) -> None:
+        """Adds per-item ``values``; ``groups`` names the scene of each, what :meth:`interval` resamples."""
         self.values[method][metric] += values.float().flatten().tolist()
+        self.groups[method][metric] += groups.flatten().tolist()
+
+    def interval(self, method: str, metric: str, draws: int = 1000, level: float = 0.95) -> Tuple[float, float]:
+        """A bootstrap confidence interval of :meth:`mean` that resamples scenes, not items (the
+        items of one scene share its clutter), with a fixed seed."""
+        if metric == TARGET_OTHER:
+            target, target_n = self._per_group(method, TARGET_ENERGY)
+            other, _ = self._per_group(method, OTHER_ENERGY)
+            if not len(target):
+                return math.nan, math.nan
+            counts = _bootstrap_counts(len(target), draws)
+            stats = (counts @ target) / (counts @ other)
+        else:
+            sums, ns = self._per_group(method, metric)
+            if not len(sums) or ns.sum() == 0:
+                return math.nan, math.nan
+            counts = _bootstrap_counts(len(sums), draws)
+            stats = (counts @ sums) / (counts @ ns)
+        low, high = torch.quantile(stats[stats.isfinite()], torch.tensor([(1 - level) / 2, (1 + level) / 2],
+                                                                          dtype=torch.float64)).tolist()
+        return low, high
+
+    def _per_group(self, method: str, metric: str) -> Tuple[Tensor, Tensor]:
+        """Per scene, the sum of its non-NaN values (NaN energies count as 0 for target:other) and their number."""
+        values = torch.tensor(self.values[method].get(metric, []), dtype=torch.float64)
+        groups = torch.tensor(self.groups[method].get(metric, []), dtype=torch.long)
+        _, index = torch.unique(groups, return_inverse=True)
+        if metric in (TARGET_ENERGY, OTHER_ENERGY):
+            values, kept = values.nan_to_num(0), torch.ones_like(values)
+        else:
+            kept = (~values.isnan()).double()
+            values = values.nan_to_num(0)
+        size = int(index.max()) + 1 if len(index) else 0
+        return (torch.zeros(size, dtype=torch.float64).index_add_(0, index, values),
+                torch.zeros(size, dtype=torch.float64).index_add_(0, index, kept))
 
     def mean(self, method: str, metric: str) -> Tuple[float, int, int]:
         """Mean over scored items, how many were scored, and how many were skipped (NaN).
@@ -99,27 +139,35 @@ TARGET_OTHER = "target:other"
 COSINE = "cosine of the two classes' maps"
 
 
+def _bootstrap_counts(groups: int, draws: int) -> Tensor:
+    """``(draws, groups)``: how often each group is drawn in each of ``draws`` resamples."""
+    picks = torch.randint(0, groups, (draws, groups), generator=torch.Generator().manual_seed(0))
+    return torch.zeros(draws, groups, dtype=torch.float64).scatter_add_(1, picks, torch.ones(draws, groups,
+                                                                                              dtype=torch.float64))
+
+
 def box_metric(fraction: float) -> str:
     return f"box IoU>=0.5 ({fraction:.0%} energy)"
 
 
 def score_maps(scores: Scores, method: str, maps: Tensor, masks: Tensor, boxes: Tensor, multi: Tensor,
-               other: Tensor, fractions: Sequence[float]) -> None:
-    """Scores one method's maps; ``other[i]`` is the other item of item ``i``'s two-item scene, or -1."""
+               other: Tensor, fractions: Sequence[float], scene: Tensor) -> None:
+    """Scores one method's maps; ``other[i]`` is the other item of item ``i``'s two-item scene, or -1,
+    and ``scene[i]`` the scene of item ``i``."""
     size = tuple(maps.shape[-2:])
-    scores.add(method, "pointing (box)", pointing_game(maps, boxes_to_masks(boxes, size)))
-    scores.add(method, "pointing (mask)", pointing_game(maps, masks))
+    scores.add(method, "pointing (box)", pointing_game(maps, boxes_to_masks(boxes, size)), scene)
+    scores.add(method, "pointing (mask)", pointing_game(maps, masks), scene)
     for pixels in (0, 5, 10):
-        scores.add(method, f"coverage +{pixels}px", energy_coverage(maps, masks, dilation=pixels))
-    scores.add(method, "coverage multi-item", energy_coverage(maps[multi], masks[multi]))
+        scores.add(method, f"coverage +{pixels}px", energy_coverage(maps, masks, dilation=pixels), scene)
+    scores.add(method, "coverage multi-item", energy_coverage(maps[multi], masks[multi]), scene[multi])
     pairs = other >= 0
-    scores.add(method, TARGET_ENERGY, energy_coverage(maps[pairs], masks[pairs]))
-    scores.add(method, OTHER_ENERGY, energy_coverage(maps[pairs], masks[other[pairs]]))
+    scores.add(method, TARGET_ENERGY, energy_coverage(maps[pairs], masks[pairs]), scene[pairs])
+    scores.add(method, OTHER_ENERGY, energy_coverage(maps[pairs], masks[other[pairs]]), scene[pairs])
     first = pairs & (torch.arange(len(other)) < other)
-    scores.add(method, COSINE, map_cosine(maps[first], maps[other[first]]))
+    scores.add(method, COSINE, map_cosine(maps[first], maps[other[first]]), scene[first])
     for fraction in fractions:
         hits = box_accuracy(energy_box(maps, fraction), [b[None] for b in boxes], size)
-        scores.add(method, box_metric(fraction), hits)
+        scores.add(method, box_metric(fraction), hits, scene)
 
 
 def scene_chunks(scenes: ClutteredScenes, per_chunk: int) -> Iterator[Tuple[List[int], object]]:
@@ -137,9 +185,21 @@ def other_items(classes: Sequence[Tensor]) -> Tensor:
     return torch.tensor(other, dtype=torch.long)
 
 
-def config_rows(args: argparse.Namespace) -> Dict[str, object]:
+ABLATION_CONFIGS: Dict[str, FeedbackConfig] = {
+    "paper-reevaluated": replace(PRESETS["paper"], linearize=False),
+    "paper-no-pool-gates": replace(PRESETS["paper"], gate_pools=False),
+    "default-linearized": replace(PRESETS["default"], linearize=True),
+    "default-pool-gates": replace(PRESETS["default"], gate_pools=True),
+    "default-ratio-1": replace(PRESETS["default"], threshold=MeanRatio(1.0)),
+    "default-zero-threshold": replace(PRESETS["default"], threshold="zero"),
+}
+"""One choice of a preset changed at a time: linearization, max-pool gates, the threshold rule."""
+CONFIGS = {**PRESETS, **ABLATION_CONFIGS}
+
+
+def config_rows(args: argparse.Namespace) -> Dict[str, FeedbackConfig]:
     """The configurations of the extra FSP rows, keyed by the suffix of their method names."""
-    return {f" [{name}]": resolve_config(name, iterations=args.iterations) for name in args.configs}
+    return {f" [{name}]": resolve_config(CONFIGS[name], iterations=args.iterations) for name in args.configs}
 
 
 def pipeline_maps(model: nn.Module, layer: nn.Module, gradcam_layer: nn.Module, args: argparse.Namespace
@@ -173,8 +233,9 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
     default = resolve_config("default", iterations=args.iterations)
     scores = Scores(len(scenes.classes) + 1)
     progress = tqdm(total=len(scenes), desc="cluttered scenes", unit="scene")
-    for _, batch in scene_chunks(scenes, args.scenes_per_batch):
+    for indices, batch in scene_chunks(scenes, args.scenes_per_batch):
         owners = torch.tensor([i for i, c in enumerate(batch.classes) for _ in c])
+        scene = torch.tensor(indices)[owners]
         targets = torch.cat(batch.classes)
         images, masks, boxes = batch.images[owners], torch.cat(batch.masks), torch.cat(batch.boxes)
         multi = torch.tensor([len(batch.classes[i]) > 1 for i in owners.tolist()])
@@ -182,7 +243,7 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
         maps = all_maps(makers, images, targets.tolist(), methods)
         regions = superpixels(batch.images, args.superpixels)
         for method, method_maps in maps.items():
-            score_maps(scores, method, method_maps, masks, boxes, multi, other, args.box_fractions)
+            score_maps(scores, method, method_maps, masks, boxes, multi, other, args.box_fractions, scene)
             if "segmentation" not in args.skip:
                 per_scene = torch.split(method_maps[:, 0], [len(c) for c in batch.classes])
                 labels = segment(batch.images, per_scene, batch.classes, superpixel_labels=regions)
@@ -191,7 +252,7 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
             located = two_stage_localization(model, model.middle_layer, images, targets.tolist(),
                                              fraction=fraction, config=default)
             scores.add(TWO_STAGE, box_metric(fraction), box_accuracy(located.boxes, [b[None] for b in boxes],
-                                                                     tuple(images.shape[-2:])))
+                                                                     tuple(images.shape[-2:])), scene)
         progress.update(len(batch.classes))
     progress.close()
     return scores
@@ -202,7 +263,8 @@ def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Sco
     photos = bundled_voc_photos(fetch_labelme_photos(args.labelme_dir))
     makers = pipeline_maps(model, feedback_layer(model), model.head_relu, args)
     scores, skipped = Scores(len(VOC_CLASSES) + 1), []
-    for photo in tqdm(photos, desc="VOC photos", unit="photo"):
+    for number, photo in enumerate(tqdm(photos, desc="VOC photos", unit="photo")):
+        here = torch.tensor([number])
         image, truth, photo_boxes = photo.at_size(224)
         image = image[None]
         inputs = image * 2 - 1
@@ -218,16 +280,17 @@ def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Sco
                 skipped.append(f"{method}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
                 continue
             for first, second in itertools.combinations(range(len(classes)), 2):
-                scores.add(method, COSINE, map_cosine(maps[first:first + 1], maps[second:second + 1]))
+                scores.add(method, COSINE, map_cosine(maps[first:first + 1], maps[second:second + 1]), here)
             for k, cls in enumerate(classes.tolist()):
                 mask = (truth == cls + 1)[None]
-                scores.add(method, "pointing (mask)", pointing_game(maps[k:k + 1], mask))
+                scores.add(method, "pointing (mask)", pointing_game(maps[k:k + 1], mask), here)
                 for pixels in (0, 5, 10):
-                    scores.add(method, f"coverage +{pixels}px", energy_coverage(maps[k:k + 1], mask, pixels))
+                    scores.add(method, f"coverage +{pixels}px", energy_coverage(maps[k:k + 1], mask, pixels),
+                               here)
                 boxes = photo_boxes[photo.box_classes == cls]
                 for fraction in args.box_fractions if len(boxes) else ():  # no box annotated: skipped
                     scores.add(method, box_metric(fraction), box_accuracy(energy_box(maps[k:k + 1], fraction),
-                                                                          [boxes], (224, 224)))
+                                                                          [boxes], (224, 224)), here)
             labels = segment(image, [maps[:, 0]], [classes], n_segments=args.superpixels * 2)
             scores.confusion[method] += confusion_matrix(labels[0], truth, len(VOC_CLASSES) + 1)
     return scores, sorted(set(skipped))
@@ -272,6 +335,7 @@ def sanity_check(args: argparse.Namespace, model: nn.Module, methods: Sequence[s
 
 
 def markdown_table(scores: Scores, metrics: Sequence[str], methods: Sequence[str]) -> str:
+    """Means with their 95% bootstrap intervals over scenes, and mIoU where segmentation ran."""
     counts = [scores.mean(methods[0], metric)[1] for metric in metrics]
     header = [f"{metric} (n={n})" for metric, n in zip(metrics, counts)]
     lines = ["| method | " + " | ".join(header) + " | mIoU |", "|---|" + "---:|" * (len(metrics) + 1)]
@@ -279,10 +343,26 @@ def markdown_table(scores: Scores, metrics: Sequence[str], methods: Sequence[str
         cells = []
         for metric in metrics:
             mean, n, skipped = scores.mean(method, metric)
-            cells.append("" if n == 0 else f"{mean:.3f}" + (f" ({skipped} skipped)" if skipped else ""))
+            low, high = scores.interval(method, metric) if n else (math.nan, math.nan)
+            cell = f"{mean:.3f} ({low:.3f}-{high:.3f})" if math.isfinite(low) else f"{mean:.3f}"
+            cells.append("" if n == 0 else cell + (f", {skipped} skipped" if skipped else ""))
         miou = f"{mean_iou(scores.confusion[method])[0]:.3f}" if scores.confusion[method].any() else ""
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {miou} |")
     return "\n".join(lines)
+
+
+def summary(scores: Scores, metrics: Sequence[str], methods: Sequence[str]) -> Dict[str, Dict[str, object]]:
+    """``{method: {metric: {"mean", "ci", "n"}, "mIoU": ...}}`` for quality.json."""
+    table: Dict[str, Dict[str, object]] = {}
+    for method in methods:
+        row: Dict[str, object] = {}
+        for metric in metrics:
+            mean, n, _ = scores.mean(method, metric)
+            row[metric] = {"mean": mean, "ci": list(scores.interval(method, metric)) if n else None, "n": n}
+        if scores.confusion[method].any():
+            row["mIoU"] = mean_iou(scores.confusion[method])[0]
+        table[method] = row
+    return table
 
 
 def sanity_table(table: Dict[str, Dict[str, float]]) -> str:
@@ -336,8 +416,11 @@ def main() -> None:
     parser.add_argument("--scenes-per-batch", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=None,
                         help="FSP updates of the last stage (default: each configuration's)")
-    parser.add_argument("--configs", nargs="*", default=["paper", "released_code"], choices=sorted(PRESETS),
-                        help="configurations reported as extra FSP rows beside the default")
+    parser.add_argument("--configs", nargs="*", default=["paper", "released_code"], choices=sorted(CONFIGS),
+                        help="configurations reported as extra FSP rows beside the default: presets and "
+                             "ablations (ABLATION_CONFIGS)")
+    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS, metavar="METHOD",
+                        help="methods to score (default: all of captum_feedback.methods.ALL_METHODS)")
     parser.add_argument("--ig-steps", type=int, default=20)
     parser.add_argument("--superpixels", type=int, default=150)
     parser.add_argument("--sanity-pairs", type=int, default=64)
@@ -351,7 +434,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.manual_seed(args.seed)
     model = cluttered_vgg()
-    methods = list(ALL_METHODS)
+    methods = list(args.methods)
     start = time.time()
     report = [f"Command: `python {' '.join(sys.argv)}`", ""]
     boxes = tuple(box_metric(f) for f in args.box_fractions)
@@ -379,8 +462,13 @@ def main() -> None:
     text = "\n".join(report)
     print(text)
     (args.out / "quality.md").write_text(text + "\n")
-    (args.out / "quality.json").write_text(json.dumps(
-        {m: {k: scores.mean(m, k)[0] for k in CLUTTERED_METRICS + boxes} for m in rows}, indent=1))
+    results = {"command": " ".join(sys.argv), "scenes": args.scenes, "seed": args.seed,
+               "cluttered": summary(scores, CLUTTERED_METRICS + boxes, rows + [TWO_STAGE])}
+    if "voc" not in args.skip:
+        results["voc"] = summary(voc_scores, VOC_METRICS + boxes, [m for m in rows if m in voc_scores.values])
+    if "sanity" not in args.skip:
+        results["sanity"] = sanity
+    (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=float))
 
 
 if __name__ == "__main__":

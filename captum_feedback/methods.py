@@ -36,8 +36,12 @@ from captum_feedback.recovering import FeedbackRecovering
 PIPELINE_METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR")
 """The maps one :class:`~captum_feedback.FeedbackPipeline` run gives."""
 FEEDBACK_METHODS = PIPELINE_METHODS + ("FR",)
-ABLATIONS = ("Summation, no FSP",)
-"""The Summation Energy Map of the plain network (every gate open): what FSP's selection adds."""
+ABLATION_SUMS = {"Summation, no FSP": None, "Summation abs(gradient), no FSP": "cw",
+                 "Summation gradient x activation, no FSP": "contribution"}
+"""Summation Energy Maps of the plain network (every gate open), keyed by name: the
+configuration's quantity, the absolute gradients ``|alpha|`` of the summed sites, and their
+gradient x activation ``alpha x``. Beside FSP's maps they show what its selection adds."""
+ABLATIONS = tuple(ABLATION_SUMS)
 CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "GuidedBackprop", "Deconvolution", "GuidedGradCam",
                   "LayerGradCam", "InputXGradient", "DeepLift", "LRP")
 BASELINES = ("Center",)
@@ -98,6 +102,10 @@ class MethodMaps:
             fb = self.pipeline.energy_maps(inputs, target)
             maps.update({"FSP": fb.fsp, "FSP Summation": fb.summation, "FSP-FR": fb.fsp_fr,
                          "Summation-FSP-FR": fb.summation_fsp_fr})
+        if any(m in methods for m in ABLATIONS):
+            plain = FeedbackSelectivePruning(self.model).ungated(inputs, target, config=self.pipeline.config)
+            maps.update({name: summation_energy_map(plain, summation=quantity)
+                         for name, quantity in ABLATION_SUMS.items() if name in methods})
         for method in methods:
             if method not in maps:
                 maps[method] = self.single(method, inputs, target)
@@ -118,8 +126,6 @@ class MethodMaps:
         gradcam = LayerGradCam(model, self.gradcam_layer)
         return {
             "FR": input_attribution(FeedbackRecovering(model)),
-            "Summation, no FSP": lambda x, t: summation_energy_map(
-                FeedbackSelectivePruning(model).ungated(x, t, config=self.pipeline.config)),
             "Saliency": input_attribution(Saliency(model), abs=True),
             "IntegratedGradients": input_attribution(IntegratedGradients(model), n_steps=self.ig_steps,
                                                      internal_batch_size=self.internal_batch_size),
