@@ -118,8 +118,8 @@ class FeedbackAttribution(GradientAttribution):
             raise TypeError(f"output_selector must return a tensor, got {type(output).__name__}.")
         if not session.sites:
             raise ValueError(
-                "The model has no gate site: no ReLU-like activation (relu, relu6, hardtanh, "
-                "leaky_relu, prelu) or max-pooling was called in its forward pass."
+                "The model has no gate site: no ReLU-like or smooth activation (relu, relu6, hardtanh, "
+                "leaky_relu, prelu, silu, gelu, hardswish) or max-pooling was called in its forward pass."
             )
         return output, tapped
 

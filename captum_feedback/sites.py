@@ -1,7 +1,9 @@
-"""Gate sites: the ReLU-like and max-pooling operations that carry feedback gates.
+"""Gate sites: the ReLU-like, smooth (SiLU, GELU, Hardswish) and max-pooling operations that
+carry feedback gates.
 
-Sec. 3.1 of the paper reads ReLU and max-pooling as gates ``y = z o x``. Every call of one of
-the operations below during a forward pass is one gate site. Each operation knows three things:
+Sec. 3.1 of the paper reads ReLU and max-pooling as gates ``y = z o x``; a smooth activation
+``x * s(x)`` is gated the same way, ``y = z o x o s(x)``. Every call of one of the operations
+below during a forward pass is one gate site. Each operation knows three things:
 how to evaluate itself out of place, how to *freeze* itself after the first forward pass (the
 linearization of Sec. 3.3: ReLU on/off states and max-pool choices are fixed), and how to
 evaluate the frozen, piecewise-linear version on new inputs.
@@ -97,6 +99,36 @@ def _leaky_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
     return torch.where(on, x, x * _negative_slope(x, p))
 
 
+def _gelu_scale(x: Tensor, p: Kwargs) -> Tensor:
+    if p.get("approximate", "none") == "tanh":
+        return 0.5 * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
+    return 0.5 * (1 + torch.erf(x / 2**0.5))
+
+
+_SCALES: Dict[str, Tuple[Callable[[Kwargs], Tensor], Callable[[Tensor, Kwargs], Tensor]]] = {
+    "silu": (lambda p: F.silu(p["input"]), lambda x, p: torch.sigmoid(x)),
+    "gelu": (lambda p: F.gelu(p["input"], approximate=p.get("approximate", "none")), _gelu_scale),
+    "hardswish": (lambda p: F.hardswish(p["input"]), lambda x, p: F.hardsigmoid(x)),
+}
+"""Smooth activations written as ``x * s(x)`` (Sec. 3.3's linearization carried over): the real
+operation, and its scale ``s``: ``sigmoid`` (SiLU), the normal CDF ``Phi`` (GELU, or its tanh
+approximation) and ``hardsigmoid`` (Hardswish)."""
+
+
+def _scaled(label: str, names: Tuple[str, ...], defaults: Kwargs) -> SiteOp:
+    """A smooth activation ``x * s(x)``: a linearized pass keeps the first pass's ``s`` and computes
+    ``x * s``, linear in ``x``; a re-evaluated pass runs the real operation."""
+    real, scale = _SCALES[label]
+
+    def evaluate(p: Kwargs) -> Tuple[Tensor, Tensor]:
+        return real(p), scale(p["input"], p).detach()
+
+    def frozen(x: Tensor, s: Tensor, p: Kwargs) -> Tensor:
+        return x * s
+
+    return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen, output=real)
+
+
 def _activation(label: str, names: Tuple[str, ...], defaults: Kwargs, evaluate, frozen) -> SiteOp:
     return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen)
 
@@ -116,6 +148,9 @@ _LEAKY = _activation(
     _leaky_eval, _leaky_frozen,
 )
 _PRELU = _activation("prelu", ("input", "weight"), {}, _leaky_eval, _leaky_frozen)
+_SILU = _scaled("silu", ("input", "inplace"), {})
+_GELU = _scaled("gelu", ("input", "approximate"), {"approximate": "none"})
+_HARDSWISH = _scaled("hardswish", ("input", "inplace"), {})
 
 
 # ----------------------------------------------------------------------------- max pooling
@@ -176,6 +211,7 @@ def _site_table() -> Dict[Callable, SiteOp]:
         table[fn] = _LEAKY
     for fn in (F.prelu, torch.prelu):
         table[fn] = _PRELU
+    table[F.silu], table[F.gelu], table[F.hardswish] = _SILU, _GELU, _HARDSWISH
     for dims in (1, 2, 3):
         table[getattr(F, f"max_pool{dims}d")] = _pool("max", dims, None)
         table[getattr(F, f"max_pool{dims}d_with_indices")] = _pool("max", dims, True)
