@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -27,6 +28,16 @@ def test_explain_writes_overlay_mask_and_box_for_the_top_class(cat_jpg, tmp_path
     box = json.loads((tmp_path / "cat_tiger-cat_fsp_box.json").read_text())
     x1, y1, x2, y2 = box["box_xyxy_on_model_input"]
     assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224 and box["class"] == "tiger cat"
+
+
+def test_a_16_bit_grayscale_photo_is_explained_and_the_conversion_named(cat_jpg, tmp_path, capsys):
+    gray = np.asarray(Image.open(cat_jpg).convert("L")).astype(np.uint16) * 257  # full 16-bit range
+    path = tmp_path / "cat16.png"
+    Image.fromarray(gray).save(path)
+    assert main(["explain", str(path), "--method", "saliency", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "grayscale divided by 65535" in err, err
+    assert any((tmp_path / "out").glob("cat16_*_saliency.png"))
 
 
 def test_targets_by_name_and_top_k(cat_jpg, tmp_path):
