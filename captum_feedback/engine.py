@@ -469,5 +469,8 @@ class GatingSession:
         """Enables autograd (also inside a caller's ``no_grad``) and guards the model's state
         for the session's lifetime."""
         check_eval_mode(self.forward_func)
-        with preserved_state(self.forward_func), torch.enable_grad():
-            yield self
+        try:
+            with preserved_state(self.forward_func), torch.enable_grad():
+                yield self
+        finally:
+            self._open = []  # its edges reach hooks that hold the session: a cycle through autograd

@@ -190,3 +190,30 @@ def test_16_bit_inputs_come_with_a_note_on_precision(dtype):
     net = seeded(VGGish()).to(dtype)
     with pytest.warns(UserWarning, match="float32"):
         FSP(net).attribute(torch.randn(1, 3, 16, 16, dtype=dtype), target=0, config="paper")
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: FSP(m).select(x, [0, 1]),
+    lambda m, x: FSP(m).attribute(x, [0, 1], config="paper"),
+    lambda m, x: FR(m).attribute(x, target=[0, 1]),
+    lambda m, x: LayerFeedback(m, m.conv1).attribute(x, [0, 1]),
+], ids=["fsp-select", "fsp-paper", "fr", "layer"])
+def test_nothing_of_a_call_outlives_it(call, model, monkeypatch):
+    """Each call's gating session is freed when the call returns: a session kept alive by a cycle
+    through autograd (which Python's collector cannot see into) would hold a graph per call."""
+    import gc
+    import weakref
+
+    from captum_feedback import engine
+
+    sessions = []
+    original = engine.GatingSession.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        sessions.append(weakref.ref(self))
+
+    monkeypatch.setattr(engine.GatingSession, "__init__", recording)
+    call(model, torch.randn(2, 3, 8, 8))
+    gc.collect()
+    assert sessions and all(ref() is None for ref in sessions)
