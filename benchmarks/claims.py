@@ -51,7 +51,7 @@ Interval = Tuple[float, float, float]
 
 def run_quality(args: argparse.Namespace) -> Dict:
     """The cluttered-scene part of the quality benchmark, with the ablation rows."""
-    out = args.out.parent / "claims_quality"
+    out = args.quality_out
     argv = ["quality.py", "--scenes", str(args.scenes), "--scenes-per-batch", str(min(args.scenes, 50)),
             "--skip", "voc", "sanity", "--box-fractions", "0.99", "--methods", *METHODS,
             "--configs", *CONFIGS, "--out", str(out)]
@@ -210,6 +210,8 @@ def main() -> None:
                         help="reuse a quality.py run made with the claims' --methods and --configs")
     parser.add_argument("--quick", action="store_true", help="4 scenes and one photo: checks every step runs")
     parser.add_argument("--out", type=Path, default=Path("docs/claims.md"))
+    parser.add_argument("--quality-out", type=Path, default=Path("benchmarks/results/claims_quality"),
+                        help="where the quality run writes its tables")
     args = parser.parse_args()
     if args.quick:
         args.scenes = 4

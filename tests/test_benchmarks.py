@@ -59,7 +59,7 @@ def test_scores_count_energy_on_the_other_item_of_two_item_scenes():
 
 def test_the_claims_script_measures_every_claim_in_its_quick_form(tmp_path, monkeypatch):
     out = tmp_path / "claims.md"
-    monkeypatch.setattr(sys, "argv", ["claims.py", "--quick", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["claims.py", "--quick", "--out", str(out), "--quality-out", str(tmp_path / "q")])
     claims.main()
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("** |")]
