@@ -69,10 +69,11 @@ def test_errors_are_one_line_on_stderr_with_exit_status_2(argv, message, cat_jpg
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_a_torchvision_model_with_a_weights_file(cat_jpg, tmp_path):
-    weights = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    argv = ["explain", str(cat_jpg), "--model", "resnet18", "--weights", str(weights), "--target", "3",
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])  # ReLU, and SiLU gate sites
+def test_a_torchvision_model_with_a_weights_file(cat_jpg, tmp_path, name):
+    weights = tmp_path / f"{name}.pth"
+    torch.save(getattr(torchvision.models, name)(weights=None).state_dict(), weights)
+    argv = ["explain", str(cat_jpg), "--model", name, "--weights", str(weights), "--target", "3",
             "--method", "fsp", "--iterations", "1", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
