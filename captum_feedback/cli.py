@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -53,13 +54,19 @@ class Explainer:
     def targets(self, spec: Sequence[str], logits: Tensor) -> List[int]:
         """Class indices for ``--target`` values: names, indices, ``auto`` (top class) or ``topK``."""
         chosen: List[int] = []
+        n = len(self.classes)
         for item in spec:
             top = re.fullmatch(r"top(\d+)", item.lower())
             if item.lower() == "auto":
                 chosen.append(int(logits.argmax()))
             elif top:
-                chosen += logits.topk(int(top.group(1))).indices.tolist()
-            elif item.isdigit() and int(item) < len(self.classes):
+                k = int(top.group(1))
+                if not 1 <= k <= n:
+                    raise CommandError(f"--target {item}: K must lie in 1..{n} (the model has {n} classes).")
+                chosen += logits.topk(k).indices.tolist()
+            elif item.isdigit():
+                if int(item) >= n:
+                    raise CommandError(f"--target {item}: class index out of range (0..{n - 1}).")
                 chosen.append(int(item))
             else:
                 chosen.append(self._class_by_name(item))
@@ -89,16 +96,22 @@ def torchvision_explainer(name: str, weights: Path) -> Explainer:
     from captum_feedback.models import imagenet_classes
 
     builder = getattr(torchvision.models, name, None)
-    if builder is None or not callable(builder):
-        raise CommandError(f"unknown torchvision model {name!r}.")
+    if builder is None or not callable(builder) or name not in torchvision.models.list_models():
+        raise CommandError(f"unknown torchvision model {name!r}; see torchvision.models.list_models().")
     model = builder(weights=None)
     if not weights.is_file():
         raise CommandError(f"no weights file at {weights}.")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a user's file
+        raise CommandError(f"cannot load weights {weights}: not a file of tensors that loads safely "
+                           "(torch.load(weights_only=True) refused it; save model.state_dict()).") from None
+    except Exception as error:  # noqa: BLE001 - any unreadable file
+        raise CommandError(f"cannot load weights {weights}: {_first_line(error)}") from None
+    try:
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    except Exception as error:  # noqa: BLE001 - any unreadable or mismatched file
-        raise CommandError(f"cannot load weights {weights}: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # noqa: BLE001 - a state dict of another model, or not a dict
+        raise CommandError(f"cannot load weights {weights} into {name}: {_first_line(error)}") from None
     model.eval()
     middle, last = _torchvision_layers(model)
     mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -160,9 +173,8 @@ def explain(args: argparse.Namespace) -> List[Path]:
     maps_of = MethodMaps(explainer.model, explainer.middle, explainer.last, ig_steps=32, internal_batch_size=16,
                          config=config)
     method = _METHOD_NAMES[args.method]
-    args.out.mkdir(parents=True, exist_ok=True)
-    written: List[Path] = []
-    for path in tqdm(args.images, desc="explaining", unit="image", disable=len(args.images) < 2):
+    jobs = []  # every image read and every target resolved before anything is written
+    for path in args.images:
         try:
             image, note = load_image(path)
         except (FileNotFoundError, ValueError) as error:
@@ -172,10 +184,17 @@ def explain(args: argparse.Namespace) -> List[Path]:
         x = explainer.preprocess(image)
         with torch.no_grad():
             logits = explainer.model(x)[0]
+        jobs.append((path, x, logits, explainer.targets(args.target, logits)))
+    make_out_dir(args.out)
+    written: List[Path] = []
+    for path, x, logits, targets in tqdm(jobs, desc="explaining", unit="image", disable=len(jobs) < 2):
         display = torch.from_numpy(as_image(x[0])).permute(2, 0, 1)[None]
         regions = superpixels(display)
-        for target in explainer.targets(args.target, logits):
-            energy = maps_of(x, target, [method])[method]
+        for target in targets:
+            try:
+                energy = maps_of(x, target, [method])[method]
+            except ValueError as error:  # a model the method cannot explain (no gate site, ...)
+                raise CommandError(_first_line(error)) from None
             box = energy_box(energy)
             mask = saliency_cut(display[0], superpixel_regularize(energy[:, 0], regions)[0])
             stem = f"{Path(path).stem}_{_slug(explainer.classes[target])}_{args.method}"
@@ -191,14 +210,50 @@ def explain(args: argparse.Namespace) -> List[Path]:
     return written
 
 
+def make_out_dir(out: Path) -> None:
+    """Creates ``--out``, or says in one line why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot create --out {out}: {error.strerror or error}.") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's first line, without terminal colour codes."""
+    text = _ANSI.sub("", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors in one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captum-feedback", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="captum-feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ex = commands.add_parser("explain", help="energy maps, boxes and masks for images")
     ex.add_argument("images", nargs="+", type=Path)
     ex.add_argument("--target", action="append", default=None,
@@ -210,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (ex, commands.add_parser("demo", help="the README's demo: figures for bundled photos")):
         command.add_argument("--config", choices=sorted(PRESETS), default="default",
                              help="the feedback maps' configuration (default: %(default)s)")
-        command.add_argument("--iterations", type=int, default=None,
+        command.add_argument("--iterations", type=_positive, default=None,
                              help="FSP updates of the last stage (default: the configuration's)")
     commands.choices["demo"].add_argument("--out", type=Path, default=Path("figures"))
     return parser

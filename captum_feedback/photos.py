@@ -57,6 +57,8 @@ def load_image(path: Union[str, Path]) -> Tuple[Tensor, str]:
     try:
         with Image.open(path) as image:
             array, note = rgb_array(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path} is too large to read safely: {error}") from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{path} is not a readable image: {error}") from error
     return to_tensor(array), note

@@ -57,16 +57,47 @@ def test_targets_by_name_and_top_k(cat_jpg, tmp_path):
         (["explain", "{cat}", "--model", "resnet18", "--weights", "{corrupt}"], "cannot load weights"),
         (["explain", "{cat}", "--model", "resnet18"], "--model needs --weights"),
         (["explain", "{cat}", "--model", "nonet", "--weights", "{corrupt}"], "unknown torchvision model"),
+        (["explain", "{cat}", "--model", "get_weight", "--weights", "{corrupt}"], "unknown torchvision model"),
+        (["explain", "{cat}", "--model", "resnet18", "--weights", "{pickled}"], "loads safely"),
+        (["explain", "{cat}", "--iterations", "0"], "argument --iterations: 0 must be at least 1"),
+        (["explain", "{cat}", "--iterations", "-1"], "argument --iterations: -1 must be at least 1"),
+        (["explain", "{cat}", "--target", "top0"], "K must lie in 1..1000"),
+        (["explain", "{cat}", "--target", "top5000"], "K must lie in 1..1000"),
+        (["explain", "{cat}", "--target", "1000"], "class index out of range (0..999)"),
+        (["explain", "{cat}", "{missing}"], "No image at"),  # nothing written for the first image either
+        (["explain", "{huge}"], "too large to read safely"),
+        (["explain", "{cat}", "--out", "{a_file}"], "is a file, not a folder"),
+        (["explain", "{cat}", "--out", "/proc/captum-feedback-test"], "cannot create --out"),
+        (["explain", "{cat}", "--method", "magic"], "invalid choice: 'magic'"),
     ],
 )
 def test_errors_are_one_line_on_stderr_with_exit_status_2(argv, message, cat_jpg, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_text("not a jpeg")
-    paths = {"missing": str(tmp_path / "nope.jpg"), "corrupt": str(corrupt), "cat": str(cat_jpg)}
-    argv = [a.format(**paths) for a in argv] + ["--out", str(tmp_path / "out")]
-    assert main(argv) == 2
+    pickled = tmp_path / "module.pth"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a pickled module, not a state dict
+    huge = tmp_path / "huge.png"
+    if "{huge}" in argv:
+        Image.new("1", (20000, 20000)).save(huge)  # 400 megapixels: past Pillow's decompression-bomb limit
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    paths = {"missing": str(tmp_path / "nope.jpg"), "corrupt": str(corrupt), "cat": str(cat_jpg),
+             "pickled": str(pickled), "huge": str(huge), "a_file": str(a_file)}
+    out = tmp_path / "out"
+    argv = [a.format(**paths) for a in argv]
+    argv += [] if "--out" in argv else ["--out", str(out)]
+    code = main(argv) if "--iterations" not in argv and "--method" not in argv else _exit_code(argv)
+    assert code == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err and "\x1b" not in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _exit_code(argv):
+    """argparse's own errors leave through SystemExit."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
 
 
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])  # ReLU, and SiLU gate sites
