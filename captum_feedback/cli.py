@@ -198,6 +198,8 @@ def explain(args: argparse.Namespace) -> List[Path]:
             box = energy_box(energy)
             mask = saliency_cut(display[0], superpixel_regularize(energy[:, 0], regions)[0])
             stem = f"{Path(path).stem}_{_slug(explainer.classes[target])}_{args.method}"
+            for problem in _weak_outputs(mask, box, tuple(x.shape[-2:])):
+                print(f"{path}, {explainer.classes[target]}: {problem}", file=sys.stderr)
             title = f"{explainer.classes[target]} ({logits.softmax(0)[target]:.0%}) - {method}"
             figure, _ = visualize_energy_map(energy[0], display[0], boxes=box, mask=mask, title=title)
             figure.savefig(args.out / f"{stem}.png", dpi=110, bbox_inches="tight")
@@ -208,6 +210,17 @@ def explain(args: argparse.Namespace) -> List[Path]:
                  "box_xyxy_on_model_input": box[0].tolist(), "input_size": list(x.shape[-2:])}))
             written += [args.out / f"{stem}.png", args.out / f"{stem}_mask.png", args.out / f"{stem}_box.json"]
     return written
+
+
+def _weak_outputs(mask: Tensor, box: Tensor, size: Tuple[int, int]) -> List[str]:
+    """Notes for outputs that say little: an empty mask, a box over nearly the whole image."""
+    notes = []
+    if not mask.any():
+        notes.append("the mask is empty (the map has no region that stands out).")
+    x1, y1, x2, y2 = box[0].tolist()
+    if (x2 - x1) * (y2 - y1) >= 0.9 * size[0] * size[1]:
+        notes.append("the box covers over 90% of the image: the map is too diffuse for a box.")
+    return notes
 
 
 def make_out_dir(out: Path) -> None:
@@ -239,6 +252,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("captum_feedback")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors in one line on stderr and exit status 2."""
 
@@ -253,6 +275,7 @@ def _slug(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="captum-feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ex = commands.add_parser("explain", help="energy maps, boxes and masks for images")
     ex.add_argument("images", nargs="+", type=Path)

@@ -113,3 +113,14 @@ def test_a_torchvision_model_with_a_weights_file(cat_jpg, tmp_path, name):
 def test_the_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "captum_feedback.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "explain" in result.stdout and "demo" in result.stdout
+
+
+def test_version_and_notes_for_outputs_that_say_little(capsys):
+    from captum_feedback.cli import _weak_outputs
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("captum-feedback ")
+    empty, full = torch.zeros(10, 10, dtype=torch.bool), torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    assert len(_weak_outputs(empty, full, (10, 10))) == 2
+    assert _weak_outputs(~empty, torch.tensor([[2.0, 2.0, 6.0, 6.0]]), (10, 10)) == []
