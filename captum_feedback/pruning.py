@@ -176,6 +176,16 @@ class _PruningPolicy(GatePolicy):
         self.active.fill_(True)
         self.converged_any = False
 
+    def snapshot(self) -> Tuple[Tensor, Tensor, Dict[int, Tensor], Dict[int, Tensor], Dict[str, Tensor]]:
+        """The final gates, outputs and CWs, before :meth:`revert` changes them."""
+        return (self.bytes.buffer.clone(), self.bytes.packed.clone(), dict(self.outputs), dict(self.cws),
+                dict(self.layer_cws))
+
+    def restore(self, kept: Tuple[Tensor, Tensor, Dict[int, Tensor], Dict[int, Tensor], Dict[str, Tensor]]) -> None:
+        buffer, packed, self.outputs, self.cws, self.layer_cws = kept
+        self.bytes.buffer.copy_(buffer)
+        self.bytes.packed.copy_(packed)
+
     def revert(self, rows: Tensor) -> Tensor:
         """Takes the samples ``rows`` one pass further back than the last revert (the first goes
         back to the gates before the last update); returns those whose gates changed."""
@@ -394,13 +404,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 policy.final_pass = policy.final_pass or (last_stage and not active.any())
             if policy.final_pass:
                 grads = input_gradients(target_scores, batch.inputs)
-                reverted = policy.revert(_blank(grads))
-                while reverted.any():  # updates that cut the target off the inputs are undone
-                    del outputs[-1], scores[-1], output, tapped, target_scores
-                    output, tapped, target_scores = self._pass(session, batch, policy, layers, outputs, scores)
-                    grads = input_gradients(target_scores, batch.inputs)
-                    reverted = policy.revert(_blank(grads))
                 layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
+                del output, tapped, target_scores
+                if policy.bytes is not None and _blank(grads).any():
+                    grads = self._earlier_gradients(session, batch, policy, grads)
                 break
             if update == 0:
                 policy.updating = _stage_sites(session.sites, config, config.stages[0])
@@ -412,6 +419,22 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             del output, tapped, target_scores
         missing = iterations + 1 - len(outputs)
         return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
+
+    def _earlier_gradients(self, session: GatingSession, batch: Batch, policy: _PruningPolicy,
+                           grads: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        """The input gradients of samples whose final gates cut the target off the inputs (every
+        gradient zero), taken under the gates of their latest pass that did not; the final
+        gates, CWs and site outputs stay as FSP chose them."""
+        kept = policy.snapshot()
+        reverted = policy.revert(_blank(grads))
+        while reverted.any():
+            output, _ = self._forward(session, batch, policy)
+            earlier = input_gradients(select_targets(output, batch.targets), batch.inputs)
+            rows = reverted.to(grads[0].device)
+            grads = tuple(torch.where(rows.view((-1,) + (1,) * (g.dim() - 1)), e, g) for g, e in zip(grads, earlier))
+            reverted = policy.revert(_blank(grads) & reverted)
+        policy.restore(kept)
+        return grads
 
     def _pass(self, session: GatingSession, batch: Batch, policy: _PruningPolicy, layers: Sequence[nn.Module],
               outputs: List[Tensor], scores: List[Tensor]) -> Tuple[Tensor, Dict[nn.Module, Tensor], Tensor]:

@@ -32,11 +32,11 @@ class FeedbackState:
         target_scores: The target score at every pass, ``(iterations + 1, B)``.
         updates: Per sample, how many gate updates changed at least one gate.
         converged: Per sample, whether the gates reached a fixed point within ``iterations``.
-        reverted: Per sample, whether its last updates were undone because they left the
-            target score without any dependence on the inputs (every input gradient zero,
-            a blank map): a pruning rule can close every path of a sample (see
-            :class:`~captum_feedback.MeanRatio`). Its gates, outputs and CWs are those of the
-            latest pass whose map was not blank.
+        reverted: Per sample, whether its ``attributions`` come from the gates of an earlier pass:
+            a pruning rule can leave the target without any dependence on the inputs (every
+            input gradient zero, a blank map; see :class:`~captum_feedback.MeanRatio`), and then
+            the gradient is taken under the gates of the latest pass that had one. ``gates``,
+            ``cws``, ``site_outputs`` and the layer outputs stay those of the final gates.
         layer_outputs: Output of each tapped layer under the final gates, keyed by module name.
         layer_cws: CW ``dS/dh`` of each tapped layer's output ``h`` under the final gates.
         config: The :class:`~captum_feedback.FeedbackConfig` FSP ran with; the energy maps

@@ -25,14 +25,10 @@ def caffe_fsp(model: nn.Sequential, x: torch.Tensor, target: int, ratio: float, 
     gates, one backward pass from the target, and at each ReLU of the update's layers
     ``gate = (bottom_diff >= ratio * mean(positive bottom_diff))`` where ``bottom_diff`` is the
     gated ReLU's input gradient. Where no ``bottom_diff`` is positive (Caffe: 0 / 0) the gates stay.
-    Then the package's one addition: while the score's input gradient is zero (a blank map), the
-    gates of the update before. Returns the gates that pass a unit in the final forward pass (open
-    and active)."""
+    Returns the gates that pass a unit in the final forward pass (open and active)."""
     linears = [m for m in model if isinstance(m, nn.Linear)]
     gates = [torch.ones(lin.out_features) for lin in linears[:-1]]
-    history = []
     for layers in schedule:
-        history.append(list(gates))
         h, outs = x[0], []
         for lin, gate in zip(linears[:-1], gates):
             outs.append((gate * torch.relu(lin(h))).detach().requires_grad_())
@@ -48,8 +44,6 @@ def caffe_fsp(model: nn.Sequential, x: torch.Tensor, target: int, ratio: float, 
             positive = diffs[k].clamp(min=0)
             if (positive > 0).any():
                 gates[k] = (diffs[k] >= ratio * positive.sum() / (positive > 0).sum()).float()
-    while history and not gated_input_gradient(linears, gates, x[0], target).any():
-        gates = history.pop()
     h, passing = x[0], []
     for lin, gate in zip(linears[:-1], gates):
         h = gate * torch.relu(lin(h))
@@ -231,24 +225,30 @@ def test_presets_and_configs_are_validated_once():
             Stage(sites, updates)
 
 
-def test_an_update_that_leaves_a_blank_map_is_undone_for_that_sample_alone():
+def test_a_sample_whose_final_gates_blank_its_map_takes_its_gradient_from_the_latest_pass_with_one():
     """Pruning can close every path from the inputs to the target (here the second update of
-    ratio 1 on this MLP); that sample gets the gates of its last pass with a map instead."""
+    ratio 1 on this MLP): the input gradient is then taken under the gates of the pass before,
+    while the state keeps the final gates (the released code's) for every other map."""
     model = mlp(14)
     x = torch.randn(1, 6)
     config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),))
     state = FSP(model).select(x, target=1, config=config)
     once = FSP(model).select(x, target=1, config=replace(config, stages=(Stage(1.0, 1),)))
     assert state.reverted.tolist() == [True] and once.reverted.tolist() == [False]
-    assert state.attributions[0].abs().sum() > 0
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    final = [state.gates[name][0].float() for name in ("1", "3", "5")]
+    assert not gated_input_gradient(linears, final, x[0], 1).any()  # the final gates: a blank map
     torch.testing.assert_close(state.attributions[0], once.attributions[0])
-    for name, gates in once.gates.items():
-        assert torch.equal(state.gates[name], gates), name
+    assert state.attributions[0].abs().sum() > 0
     others = torch.randn(3, 6)
     batch = FSP(model).select(torch.cat([others, x]), target=1, config=config)
     for i, row in enumerate(others):
         single = FSP(model).select(row[None], target=1, config=config)
         assert batch.reverted[i] == single.reverted[0]
         torch.testing.assert_close(batch.attributions[0][i:i + 1], single.attributions[0])
+        for name, gates in single.gates.items():
+            assert torch.equal(batch.gates[name][i:i + 1], gates), name
     assert batch.reverted[-1]
     torch.testing.assert_close(batch.attributions[0][-1:], state.attributions[0])
+    for name, gates in state.gates.items():
+        assert torch.equal(batch.gates[name][-1:], gates), name
