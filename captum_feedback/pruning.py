@@ -40,7 +40,7 @@ class _SiteBytes:
     a tensor per site would need a handful per site.
     """
 
-    def __init__(self, sites: Sequence[Site], batch_size: int, device: torch.device) -> None:
+    def __init__(self, sites: Sequence[Site], batch_size: int, device: torch.device, keep_history: bool) -> None:
         self._slices: Dict[int, slice] = {}
         units = 0
         for site in sites:  # each site starts on a byte of the packed gates
@@ -52,7 +52,9 @@ class _SiteBytes:
         self.packed = torch.full((batch_size, units // 8), 255, dtype=torch.uint8, device=device)
         """The gates as of the last :meth:`changed`, eight units a byte."""
         self.history: List[Tensor] = []
-        """The packed gates as of each earlier call to :meth:`changed`, oldest first."""
+        """The packed gates as of each earlier call to :meth:`changed`, oldest first (kept only
+        with ``keep_history``: one bit a unit per pass)."""
+        self.keep_history = keep_history
         self._slots = {site.index: self.buffer[:, self._slices[site.index]].view(site.shape) for site in sites}
 
     def slot(self, site: Site) -> Tensor:
@@ -76,7 +78,8 @@ class _SiteBytes:
         """
         gates = self.buffer.view(torch.bool)
         changed = torch.zeros(len(gates), dtype=torch.bool, device=gates.device)
-        self.history.append(self.packed.clone())
+        if self.keep_history:
+            self.history.append(self.packed.clone())
         step = 8 * max(1, _SCRATCH_WORDS // len(gates), -(-gates.shape[1] // 128))
         for start in range(0, gates.shape[1], step):
             packed = pack_bits(gates[:, start : start + step])
@@ -213,7 +216,7 @@ class _PruningPolicy(GatePolicy):
             return cw
         if not self.final_pass and self.needs_cw(site):  # the site's gates have been used: its
             if self.bytes is None:  # bytes take the selector
-                self.bytes = _SiteBytes(self.sites, len(self.active), cw.device)
+                self.bytes = _SiteBytes(self.sites, len(self.active), cw.device, keep_history=self.rule.prunes_only)
             slot = self.bytes.slot(site)
             slot.copy_(self.rule.selector(cw, self._open_units(site, slot), signed=not site.nonnegative))
             if site.support is not None:  # a frozen ReLU's gates stay within its support
