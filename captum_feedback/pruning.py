@@ -410,7 +410,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
                 del output, tapped, target_scores
                 if policy.bytes is not None and _blank(grads).any():
-                    grads = self._earlier_gradients(session, batch, policy, grads)
+                    grads = self._earlier_gradients(session, batch, policy, layers, grads, layer_outputs)
                 break
             if update == 0:
                 policy.updating = _stage_sites(session.sites, config, config.stages[0])
@@ -424,17 +424,23 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
 
     def _earlier_gradients(self, session: GatingSession, batch: Batch, policy: _PruningPolicy,
-                           grads: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        """The input gradients of samples whose final gates cut the target off the inputs (every
-        gradient zero), taken under the gates of their latest pass that did not; the final
-        gates, CWs and site outputs stay as FSP chose them."""
+                           layers: Sequence[nn.Module], grads: Tuple[Tensor, ...], layer_outputs: Dict[str, Tensor]
+                           ) -> Tuple[Tensor, ...]:
+        """For samples whose final gates cut the target off the inputs (every input gradient
+        zero), what the backward pass to the inputs gives -- the input gradients, and the tapped
+        layers' outputs and CWs (updated in place) -- taken under the gates of their latest pass
+        that did not; the final gates, site outputs and site CWs stay as FSP chose them."""
         kept = policy.snapshot()
+        layer_cws = kept[4]
         reverted = policy.revert(_blank(grads))
         while reverted.any():
-            output, _ = self._forward(session, batch, policy)
+            output, tapped = self._forward(session, batch, policy, layers)
             earlier = input_gradients(select_targets(output, batch.targets), batch.inputs)
-            rows = reverted.to(grads[0].device)
-            grads = tuple(torch.where(rows.view((-1,) + (1,) * (g.dim() - 1)), e, g) for g, e in zip(grads, earlier))
+            grads = _rows(reverted, earlier, grads)
+            for module in layers:
+                name = session.module_name(module)
+                layer_outputs[name] = _rows(reverted, (tapped[module].detach(),), (layer_outputs[name],))[0]
+                layer_cws[name] = _rows(reverted, (policy.layer_cws[name],), (layer_cws[name],))[0]
             reverted = policy.revert(_blank(grads) & reverted)
         policy.restore(kept)
         return grads
@@ -475,6 +481,12 @@ def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage) ->
     """The indices of the sites a stage updates: the top share of the sites that take gates."""
     gated = [site.index for site in sites if site.kind == "activation" or config.gate_pools]
     return set(gated[len(gated) - stage.count(len(gated)):])
+
+
+def _rows(rows: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """``new`` where ``rows`` (per sample, booleans) is set, else ``old``."""
+    index = rows.to(old[0].device)
+    return tuple(torch.where(index.view((-1,) + (1,) * (o.dim() - 1)), n, o) for n, o in zip(new, old))
 
 
 def _blank(grads: Tuple[Tensor, ...]) -> Tensor:

@@ -35,8 +35,9 @@ class FeedbackState:
         reverted: Per sample, whether its ``attributions`` come from the gates of an earlier pass:
             a pruning rule can leave the target without any dependence on the inputs (every
             input gradient zero, a blank map; see :class:`~captum_feedback.MeanRatio`), and then
-            the gradient is taken under the gates of the latest pass that had one. ``gates``,
-            ``cws``, ``site_outputs`` and the layer outputs stay those of the final gates.
+            the gradient is taken under the gates of the latest pass that had one, and so are
+            ``layer_outputs`` and ``layer_cws`` (FSP-FR and LayerFeedback read them). ``gates``,
+            ``cws`` and ``site_outputs`` (the Summation Energy Map) stay those of the final gates.
         layer_outputs: Output of each tapped layer under the final gates, keyed by module name.
         layer_cws: CW ``dS/dh`` of each tapped layer's output ``h`` under the final gates.
         config: The :class:`~captum_feedback.FeedbackConfig` FSP ran with; the energy maps

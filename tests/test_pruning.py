@@ -260,7 +260,7 @@ def test_site_bytes_tell_per_sample_whether_any_gate_changed_since_the_last_pass
     from captum_feedback.pruning import _SiteBytes
 
     sites = [Site(0, "conv", "activation", (2, 3, 5)), Site(1, "pool", "pool", (2, 4))]
-    store = _SiteBytes(sites, 2, torch.device("cpu"))
+    store = _SiteBytes(sites, 2, torch.device("cpu"), keep_history=False)
     assert store.changed().tolist() == [False, False]  # all open, as before the first update
     store.slot(sites[1])[1, 3] = 0
     assert store.changed().tolist() == [False, True]

@@ -252,3 +252,17 @@ def test_a_sample_whose_final_gates_blank_its_map_takes_its_gradient_from_the_la
     torch.testing.assert_close(batch.attributions[0][-1:], state.attributions[0])
     for name, gates in state.gates.items():
         assert torch.equal(batch.gates[name][-1:], gates), name
+
+
+def test_the_fallback_also_gives_the_tapped_layers_of_the_latest_pass_with_a_map():
+    """FSP-FR and LayerFeedback read the tapped layer's outputs and CWs: for a sample whose final
+    gates blank its map, those come from the same earlier gates as its input gradient."""
+    model = mlp(14)
+    x = torch.randn(1, 6)
+    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),))
+    state = FeedbackPipeline(model, model[3], config).select(x, target=1)
+    once = FeedbackPipeline(model, model[3], replace(config, stages=(Stage(1.0, 1),))).select(x, target=1)
+    assert state.reverted.tolist() == [True]
+    torch.testing.assert_close(state.layer_outputs["3"], once.layer_outputs["3"])
+    torch.testing.assert_close(state.layer_cws["3"], once.layer_cws["3"])
+    assert FeedbackPipeline(model, model[3], config).kept_neurons(state).any()
