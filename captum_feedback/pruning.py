@@ -29,6 +29,12 @@ def pack_bits(gate: Tensor) -> Tensor:
     return (gate.view(torch.int64) * _GATHER_BITS).bitwise_right_shift_(56).to(torch.uint8)
 
 
+def unpack_bits(packed: Tensor) -> Tensor:
+    """The inverse of :func:`pack_bits`: ``(B, m)`` bytes as ``(B, 8 m)`` 0/1 bytes."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).view(len(packed), -1)
+
+
 class _SiteBytes:
     """One byte per unit of every site, in one ``(B, units)`` buffer; a site's bytes are a view.
 
@@ -64,10 +70,8 @@ class _SiteBytes:
     def packed_gates(self, site: Site) -> Tensor:
         """The site's gates as of the last :meth:`changed`, as 0/1 bytes of ``site.shape``."""
         units = self._slices[site.index]
-        packed = self.packed[:, units.start // 8 : -(-units.stop // 8)]
-        shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-        bits = (packed.unsqueeze(-1) >> shifts) & 1
-        return bits.view(len(packed), -1)[:, : units.stop - units.start].view(site.shape)
+        bits = unpack_bits(self.packed[:, units.start // 8 : -(-units.stop // 8)])
+        return bits[:, : units.stop - units.start].view(site.shape)
 
     def changed(self) -> Tensor:
         """Per sample, whether any gate changed since the last call (or since all were open).
@@ -97,9 +101,7 @@ class _SiteBytes:
         rows = rows.to(self.packed.device) & (self.packed != earlier).any(1)
         if rows.any():
             self.packed[rows] = earlier[rows]
-            shifts = torch.arange(8, dtype=torch.uint8, device=self.packed.device)
-            bits = (self.packed[rows].unsqueeze(-1) >> shifts) & 1
-            self.buffer[rows] = bits.view(len(bits), -1).to(torch.int8)
+            self.buffer[rows] = unpack_bits(earlier[rows]).to(torch.int8)
         return rows.cpu()
 
 

@@ -16,6 +16,8 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from captum_feedback.engine import as_mask
+
 
 @dataclass(frozen=True)
 class MeanRatio:
@@ -98,9 +100,10 @@ class SelectionRule:
         if self.drop_edges and _spatial(cw):  # an edge unit is neither open nor counted
             interior = _interior(cw, torch.bool)
             open_units = interior if open_units is None else open_units & interior
+        opened = None if open_units is None else as_mask(open_units, cw)
         positive = cw.detach().clamp(min=0)
-        if open_units is not None:
-            positive.mul_(open_units.view(torch.uint8).to(positive.dtype))
+        if opened is not None:
+            positive.mul_(opened)
         flat = positive.flatten(1)
         tau = self.threshold.ratio * _mean_positive(flat).to(cw.dtype)
         tau = tau.clamp(min=torch.finfo(cw.dtype).tiny).view((-1,) + (1,) * (cw.dim() - 1))
@@ -108,8 +111,8 @@ class SelectionRule:
         selector = keep  # booleans select as 1 and 0: one conversion fewer where x >= 0
         if signed:
             against = (-cw.detach()).clamp(min=0)
-            if open_units is not None:
-                against.mul_(open_units.view(torch.uint8).to(against.dtype))
+            if opened is not None:
+                against.mul_(opened)
             selector = keep.to(torch.int8).sub_((against >= tau).to(torch.int8))
         if open_units is None:
             return selector

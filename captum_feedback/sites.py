@@ -63,8 +63,9 @@ def _relu_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
     return y, y.to(torch.bool)  # x > 0, from y: a comparison writing booleans is slower
 
 
-def _relu_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
-    return x * on
+def _times_state(x: Tensor, state: Tensor, p: Kwargs) -> Tensor:
+    """A frozen ReLU (``state``: its on-states) or smooth activation (its scale ``s(x)``)."""
+    return x * state
 
 
 def _hardtanh_eval(p: Kwargs) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
@@ -100,40 +101,29 @@ def _leaky_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
 
 
 def _gelu_scale(x: Tensor, p: Kwargs) -> Tensor:
+    """GELU's scale: the normal CDF ``Phi(x)``, or its tanh approximation."""
     if p.get("approximate", "none") == "tanh":
         return 0.5 * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
     return 0.5 * (1 + torch.erf(x / 2**0.5))
 
 
-_SCALES: Dict[str, Tuple[Callable[[Kwargs], Tensor], Callable[[Tensor, Kwargs], Tensor]]] = {
-    "silu": (lambda p: F.silu(p["input"]), lambda x, p: torch.sigmoid(x)),
-    "gelu": (lambda p: F.gelu(p["input"], approximate=p.get("approximate", "none")), _gelu_scale),
-    "hardswish": (lambda p: F.hardswish(p["input"]), lambda x, p: F.hardsigmoid(x)),
-}
-"""Smooth activations written as ``x * s(x)`` (Sec. 3.3's linearization carried over): the real
-operation, and its scale ``s``: ``sigmoid`` (SiLU), the normal CDF ``Phi`` (GELU, or its tanh
-approximation) and ``hardsigmoid`` (Hardswish)."""
-
-
-def _scaled(label: str, names: Tuple[str, ...], defaults: Kwargs) -> SiteOp:
-    """A smooth activation ``x * s(x)``: a linearized pass keeps the first pass's ``s`` and computes
-    ``x * s``, linear in ``x``; a re-evaluated pass runs the real operation."""
-    real, scale = _SCALES[label]
+def _scaled(label: str, names: Tuple[str, ...], defaults: Kwargs, real: Callable[[Kwargs], Tensor],
+            scale: Callable[[Tensor, Kwargs], Tensor]) -> SiteOp:
+    """A smooth activation ``x * s(x)`` (Sec. 3.3's linearization carried over): a linearized pass
+    keeps the first pass's scale ``s`` and computes ``x * s``, linear in ``x``; a re-evaluated pass
+    runs the real operation."""
 
     def evaluate(p: Kwargs) -> Tuple[Tensor, Tensor]:
         return real(p), scale(p["input"], p).detach()
 
-    def frozen(x: Tensor, s: Tensor, p: Kwargs) -> Tensor:
-        return x * s
-
-    return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen, output=real)
+    return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, _times_state, output=real)
 
 
 def _activation(label: str, names: Tuple[str, ...], defaults: Kwargs, evaluate, frozen) -> SiteOp:
     return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen)
 
 
-_RELU = SiteOp("relu", "activation", ("input", "inplace"), (), _relu_eval, _relu_frozen, masks_input=True,
+_RELU = SiteOp("relu", "activation", ("input", "inplace"), (), _relu_eval, _times_state, masks_input=True,
                output=lambda p: torch.relu(p["input"]))
 _HARDTANH = _activation(
     "hardtanh", ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0},
@@ -148,9 +138,11 @@ _LEAKY = _activation(
     _leaky_eval, _leaky_frozen,
 )
 _PRELU = _activation("prelu", ("input", "weight"), {}, _leaky_eval, _leaky_frozen)
-_SILU = _scaled("silu", ("input", "inplace"), {})
-_GELU = _scaled("gelu", ("input", "approximate"), {"approximate": "none"})
-_HARDSWISH = _scaled("hardswish", ("input", "inplace"), {})
+_SILU = _scaled("silu", ("input", "inplace"), {}, lambda p: F.silu(p["input"]), lambda x, p: torch.sigmoid(x))
+_GELU = _scaled("gelu", ("input", "approximate"), {"approximate": "none"},
+                lambda p: F.gelu(p["input"], approximate=p["approximate"]), _gelu_scale)
+_HARDSWISH = _scaled("hardswish", ("input", "inplace"), {}, lambda p: F.hardswish(p["input"]),
+                     lambda x, p: F.hardsigmoid(x))
 
 
 # ----------------------------------------------------------------------------- max pooling
