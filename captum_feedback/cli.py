@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from captum_feedback.classifiers import Classifier, ModelError, first_line, load_classifier
 from captum_feedback.config import PRESETS, resolve_config
 
 METHODS = ("fsp", "summation", "fsp-fr", "summation-fsp-fr", "fr", "saliency", "integrated-gradients",
@@ -36,143 +36,72 @@ _METHOD_NAMES = {"fsp": "FSP", "summation": "FSP Summation", "fsp-fr": "FSP-FR",
                  "grad-cam": "LayerGradCam"}
 
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU)
-
-
 class CommandError(Exception):
     """A problem to report as one line on stderr."""
 
 
-class Explainer:
-    """A classifier with what ``explain`` needs: preprocessing, class names, and the layers for
-    FSP-FR and Grad-CAM."""
-
-    def __init__(self, model: nn.Module, preprocess: Callable[[Tensor], Tensor], classes: List[str],
-                 middle: nn.Module, last: nn.Module) -> None:
-        self.model, self.preprocess, self.classes, self.middle, self.last = model, preprocess, classes, middle, last
-
-    def targets(self, spec: Sequence[str], logits: Tensor) -> List[int]:
-        """Class indices for ``--target`` values: names, indices, ``auto`` (top class) or ``topK``."""
-        chosen: List[int] = []
-        n = len(self.classes)
-        for item in spec:
-            top = re.fullmatch(r"top(\d+)", item.lower())
-            if item.lower() == "auto":
-                chosen.append(int(logits.argmax()))
-            elif top:
-                k = int(top.group(1))
-                if not 1 <= k <= n:
-                    raise CommandError(f"--target {item}: K must lie in 1..{n} (the model has {n} classes).")
-                chosen += logits.topk(k).indices.tolist()
-            elif item.isdigit():
-                if int(item) >= n:
-                    raise CommandError(f"--target {item}: class index out of range (0..{n - 1}).")
-                chosen.append(int(item))
-            else:
-                chosen.append(self._class_by_name(item))
-        return list(dict.fromkeys(chosen))
-
-    def _class_by_name(self, name: str) -> int:
-        lowered = [c.lower() for c in self.classes]
-        if name.lower() in lowered:
-            return lowered.index(name.lower())
-        close = [c for c in self.classes if name.lower() in c.lower()][:5]
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise CommandError(f"unknown class {name!r}.{hint}")
+def resolve_targets(spec: Sequence[str], logits: Tensor, classes: Sequence[str]) -> List[int]:
+    """Class indices for ``--target`` values: names, indices, ``auto`` (top class) or ``topK``."""
+    chosen: List[int] = []
+    n = len(classes)
+    for item in spec:
+        top = re.fullmatch(r"top(\d+)", item.lower())
+        if item.lower() == "auto":
+            chosen.append(int(logits.argmax()))
+        elif top:
+            k = int(top.group(1))
+            if not 1 <= k <= n:
+                raise CommandError(f"--target {item}: K must lie in 1..{n} (the model has {n} classes).")
+            chosen += logits.topk(k).indices.tolist()
+        elif item.isdigit():
+            if int(item) >= n:
+                raise CommandError(f"--target {item}: class index out of range (0..{n - 1}).")
+            chosen.append(int(item))
+        else:
+            chosen.append(_class_by_name(item, classes))
+    return list(dict.fromkeys(chosen))
 
 
-def embedded_explainer() -> Explainer:
-    from captum_feedback.models import efficientnet_lite0, imagenet_classes, preprocess
-    from captum_feedback.models.efficientnet_lite import feedback_layer
+def _class_by_name(name: str, classes: Sequence[str]) -> int:
+    lowered = [c.lower() for c in classes]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    close = [c for c in classes if name.lower() in c.lower()][:5]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise CommandError(f"unknown class {name!r}.{hint}")
 
-    model = efficientnet_lite0()
-    return Explainer(model, preprocess, imagenet_classes(), feedback_layer(model), model.head_relu)
 
-
-def torchvision_explainer(name: str, weights: Path) -> Explainer:
-    """A torchvision classifier by name, its ImageNet weights read from ``weights``."""
-    import torchvision
-
-    from captum_feedback.models import imagenet_classes
-
-    builder = getattr(torchvision.models, name, None)
-    if builder is None or not callable(builder) or name not in torchvision.models.list_models():
-        raise CommandError(f"unknown torchvision model {name!r}; see torchvision.models.list_models().")
-    model = builder(weights=None)
-    if not weights.is_file():
-        raise CommandError(f"no weights file at {weights}.")
+def classifier(args: argparse.Namespace) -> Classifier:
+    """The ``--model`` / ``--weights`` classifier on ``--device``, or a :class:`CommandError`."""
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a user's file
-        raise CommandError(f"cannot load weights {weights}: not a file of tensors that loads safely "
-                           "(torch.load(weights_only=True) refused it; save model.state_dict()).") from None
-    except Exception as error:  # noqa: BLE001 - any unreadable file
-        raise CommandError(f"cannot load weights {weights}: {_first_line(error)}") from None
+        return load_classifier(args.model, args.weights).to(device(args.device))
+    except ModelError as error:
+        raise CommandError(str(error)) from None
+
+
+def device(name: str) -> torch.device:
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, checked."""
     try:
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    except Exception as error:  # noqa: BLE001 - a state dict of another model, or not a dict
-        raise CommandError(f"cannot load weights {weights} into {name}: {_first_line(error)}") from None
-    model.eval()
-    middle, last = _torchvision_layers(model)
-    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-
-    def preprocess(image: Tensor) -> Tensor:
-        from captum_feedback.models import preprocess as resize_and_scale
-
-        return ((resize_and_scale(image) + 1) / 2 - mean) / std
-
-    return Explainer(model, preprocess, imagenet_classes(), middle, last)
-
-
-def _torchvision_layers(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
-    """The layer for FSP-FR (about two thirds deep) and the one for Grad-CAM (the last), chosen
-    among the submodules that return a ``(B, C, H, W)`` map once per forward pass (a reused
-    ``relu`` module, as in ResNet, has no single output to target)."""
-    calls: List[nn.Module] = []
-    shapes = {}
-
-    def record(module: nn.Module, _inputs: object, output: object) -> None:
-        calls.append(module)
-        shapes[module] = output.dim() if isinstance(output, Tensor) else 0
-
-    handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, 224, 224))
-    finally:
-        for handle in handles:
-            handle.remove()
-    once = [m for m in dict.fromkeys(calls) if calls.count(m) == 1 and shapes[m] == 4]
-    rectified = [m for m in once if isinstance(m, _ACTIVATIONS) or any(True for _ in m.children())]
-    once = rectified or once  # activations and blocks (which end in one) before convs and norms
-    if not once:
-        raise CommandError("the model has no layer with a spatial output to read maps from.")
-    return once[(2 * len(once)) // 3], once[-1]
+        chosen = torch.device(name)
+    except RuntimeError:
+        raise CommandError(f"--device {name}: not a device (cpu, cuda, cuda:N).") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {name}: CUDA is not available on this machine.")
+    return chosen
 
 
 def explain(args: argparse.Namespace) -> List[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
     from tqdm import tqdm
 
-    from captum_feedback.localization import energy_box
     from captum_feedback.methods import MethodMaps
     from captum_feedback.photos import load_image
-    from captum_feedback.segmentation import saliency_cut, superpixel_regularize, superpixels
-    from captum_feedback.visualization import as_image, visualize_energy_map
 
-    if args.model and args.weights is None:
-        raise CommandError("--model needs --weights PATH (weights are never downloaded).")
-    explainer = torchvision_explainer(args.model, args.weights) if args.model else embedded_explainer()
+    model = classifier(args)
     try:
         config = resolve_config(args.config, iterations=args.iterations)
     except ValueError as error:
         raise CommandError(str(error)) from None
-    maps_of = MethodMaps(explainer.model, explainer.middle, explainer.last, ig_steps=32, internal_batch_size=16,
-                         config=config)
-    method = _METHOD_NAMES[args.method]
+    maps_of = MethodMaps(model.model, model.middle, model.last, ig_steps=32, internal_batch_size=16, config=config)
     jobs = []  # every image read and every target resolved before anything is written
     for path in args.images:
         try:
@@ -181,34 +110,62 @@ def explain(args: argparse.Namespace) -> List[Path]:
             raise CommandError(str(error)) from None
         if note:
             print(f"{path}: {note}", file=sys.stderr)
-        x = explainer.preprocess(image)
+        x = model.normalize(model.squeeze(image[None]).to(device(args.device)))
         with torch.no_grad():
-            logits = explainer.model(x)[0]
-        jobs.append((path, x, logits, explainer.targets(args.target, logits)))
+            logits = model.model(x)[0]
+        jobs.append((path, image, x, logits, resolve_targets(args.target, logits, model.classes)))
     make_out_dir(args.out)
     written: List[Path] = []
-    for path, x, logits, targets in tqdm(jobs, desc="explaining", unit="image", disable=len(jobs) < 2):
-        display = torch.from_numpy(as_image(x[0])).permute(2, 0, 1)[None]
-        regions = superpixels(display)
+    for path, image, x, logits, targets in tqdm(jobs, desc="explaining", unit="image", disable=len(jobs) < 2):
         for target in targets:
             try:
-                energy = maps_of(x, target, [method])[method]
+                energy = maps_of(x, target, [_METHOD_NAMES[args.method]])[_METHOD_NAMES[args.method]]
             except ValueError as error:  # a model the method cannot explain (no gate site, ...)
-                raise CommandError(_first_line(error)) from None
-            box = energy_box(energy)
-            mask = saliency_cut(display[0], superpixel_regularize(energy[:, 0], regions)[0])
-            stem = f"{Path(path).stem}_{_slug(explainer.classes[target])}_{args.method}"
-            for problem in _weak_outputs(mask, box, tuple(x.shape[-2:])):
-                print(f"{path}, {explainer.classes[target]}: {problem}", file=sys.stderr)
-            title = f"{explainer.classes[target]} ({logits.softmax(0)[target]:.0%}) - {method}"
-            figure, _ = visualize_energy_map(energy[0], display[0], boxes=box, mask=mask, title=title)
-            figure.savefig(args.out / f"{stem}.png", dpi=110, bbox_inches="tight")
-            plt.close(figure)
-            plt.imsave(args.out / f"{stem}_mask.png", mask.numpy(), cmap="gray")
-            (args.out / f"{stem}_box.json").write_text(json.dumps(
-                {"image": str(path), "class": explainer.classes[target], "method": args.method,
-                 "box_xyxy_on_model_input": box[0].tolist(), "input_size": list(x.shape[-2:])}))
-            written += [args.out / f"{stem}.png", args.out / f"{stem}_mask.png", args.out / f"{stem}_box.json"]
+                raise CommandError(first_line(error)) from None
+            stem = f"{Path(path).stem}_{_slug(model.classes[target])}_{args.method}"
+            title = f"{model.classes[target]} ({logits.softmax(0)[target]:.0%}) - {_METHOD_NAMES[args.method]}"
+            written += write_explanation(args, stem, image, energy.cpu(), title,
+                                         {"image": str(path), "class": model.classes[target], "method": args.method})
+    return written
+
+
+def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy: Tensor, title: str,
+                      about: dict) -> List[Path]:
+    """The overlay, mask, box (and with ``--save-maps`` the map) of one ``(1, 1, s, s)`` map on the
+    model's square input, all in the photo's own pixels: the map is resized to the photo's
+    ``(H, W)`` (the model saw the whole photo, squeezed), the box found on the model's input is
+    scaled, and the mask is cut on the photo."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import torch.nn.functional as F
+    from matplotlib import pyplot as plt
+
+    from captum_feedback.localization import energy_box
+    from captum_feedback.segmentation import saliency_cut, superpixel_regularize, superpixels
+    from captum_feedback.visualization import visualize_energy_map
+
+    height, width = image.shape[-2:]
+    side = energy.shape[-1]
+    box = energy_box(energy)
+    photo_box = (box[0] * torch.tensor([width / side, height / side] * 2)).tolist()
+    photo_map = F.interpolate(energy, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    photo = image.float()[None] / 255
+    mask = saliency_cut(photo[0], superpixel_regularize(photo_map[None], superpixels(photo))[0])
+    for problem in _weak_outputs(mask, box, (side, side)):
+        print(f"{about['image']}, {about['class']}: {problem}", file=sys.stderr)
+    figure, _ = visualize_energy_map(photo_map, photo[0], boxes=torch.tensor([photo_box]), mask=mask, title=title)
+    figure.savefig(args.out / f"{stem}.png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    plt.imsave(args.out / f"{stem}_mask.png", mask.numpy(), cmap="gray")
+    (args.out / f"{stem}_box.json").write_text(json.dumps(
+        {**about, "box_xyxy": photo_box, "image_size": [height, width],
+         "box_xyxy_on_model_input": box[0].tolist(), "input_size": [side, side]}))
+    written = [args.out / f"{stem}.png", args.out / f"{stem}_mask.png", args.out / f"{stem}_box.json"]
+    if args.save_maps:
+        np.save(args.out / f"{stem}_map.npy", photo_map.numpy().astype(np.float32))
+        written.append(args.out / f"{stem}_map.npy")
     return written
 
 
@@ -231,15 +188,6 @@ def make_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CommandError(f"cannot create --out {out}: {error.strerror or error}.") from None
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _first_line(error: BaseException) -> str:
-    """An exception's first line, without terminal colour codes."""
-    text = _ANSI.sub("", str(error)).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _positive(text: str) -> int:
@@ -273,6 +221,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="an embedded model (efficientnet_lite0, the default, or cluttered_vgg) or "
+                        "a torchvision model name")
+    parser.add_argument("--weights", type=Path, help="state dict for a torchvision --model (never downloaded)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="captum-feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -282,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--target", action="append", default=None,
                     help="class name or index, 'auto' (top class) or 'topK'; repeatable (default auto)")
     ex.add_argument("--method", choices=METHODS, default="summation")
-    ex.add_argument("--out", type=Path, default=Path("explanations"))
-    ex.add_argument("--model", help="a torchvision model name (default: the embedded EfficientNet-Lite0)")
-    ex.add_argument("--weights", type=Path, help="state dict for --model")
+    ex.add_argument("--out", type=Path, default=Path("explanations"),
+                    help="folder for the outputs (default: %(default)s)")
+    ex.add_argument("--save-maps", action="store_true",
+                    help="also write each energy map, at the photo's size, as <stem>_map.npy")
+    _model_arguments(ex)
     for command in (ex, commands.add_parser("demo", help="the README's demo: figures for bundled photos")):
         command.add_argument("--config", choices=sorted(PRESETS), default="default",
                              help="the feedback maps' configuration (default: %(default)s)")

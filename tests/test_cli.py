@@ -21,13 +21,21 @@ def cat_jpg(tmp_path_factory):
     return path
 
 
-def test_explain_writes_overlay_mask_and_box_for_the_top_class(cat_jpg, tmp_path, capsys):
-    assert main(["explain", str(cat_jpg), "--method", "fsp", "--iterations", "1", "--out", str(tmp_path)]) == 0
+def test_explain_writes_overlay_mask_box_and_map_in_the_photos_own_pixels(cat_jpg, tmp_path, capsys):
+    argv = ["explain", str(cat_jpg), "--method", "fsp", "--iterations", "1", "--save-maps", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    stem = "cat_egyptian-cat_fsp"  # the top class of the whole photo, squeezed to 224 x 224
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["cat_tiger-cat_fsp.png", "cat_tiger-cat_fsp_box.json", "cat_tiger-cat_fsp_mask.png"]
-    box = json.loads((tmp_path / "cat_tiger-cat_fsp_box.json").read_text())
-    x1, y1, x2, y2 = box["box_xyxy_on_model_input"]
-    assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224 and box["class"] == "tiger cat"
+    assert names == [f"{stem}.png", f"{stem}_box.json", f"{stem}_map.npy", f"{stem}_mask.png"]
+    box = json.loads((tmp_path / f"{stem}_box.json").read_text())
+    height, width = box["image_size"]
+    assert (height, width) == (300, 451) and box["class"] == "Egyptian cat"
+    x1, y1, x2, y2 = box["box_xyxy"]
+    assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+    mx1, my1, mx2, my2 = box["box_xyxy_on_model_input"]
+    assert x1 == pytest.approx(mx1 * width / 224) and y2 == pytest.approx(my2 * height / 224)
+    assert Image.open(tmp_path / f"{stem}_mask.png").size == (width, height)
+    assert np.load(tmp_path / f"{stem}_map.npy").shape == (height, width)
 
 
 def test_a_16_bit_grayscale_photo_is_explained_and_the_conversion_named(cat_jpg, tmp_path, capsys):

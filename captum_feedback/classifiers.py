@@ -1,0 +1,191 @@
+"""Classifiers with what explaining them needs: input size and normalization, class names, and
+the layers the maps read (the middle layer of FSP-FR, Procedure 1 step 5; the last layer of
+Grad-CAM).
+
+The CLI's ``explain`` and ``benchmark`` take their model from :func:`load_classifier`: one of the
+embedded models (weights ship with the packages) or a torchvision classifier by name with a
+weights file that loads with ``torch.load(..., weights_only=True)`` (never downloaded).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EMBEDDED = ("efficientnet_lite0", "cluttered_vgg")
+"""The models that ship with their weights; the first is the default."""
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded: the message is one line for the user."""
+
+
+@dataclass
+class Classifier:
+    """A classifier in ``eval()`` mode and how to feed and read it.
+
+    Attributes:
+        model: the network.
+        classes: its output classes' names, in output order.
+        middle: the layer of the FSP-FR map.
+        last: the layer Grad-CAM reads.
+        size: the side of its square input.
+        normalize: ``(B, C, size, size)`` images in [0, 1] to model input.
+        channels: 3 for RGB, 1 for grayscale models.
+        imagenet: whether the outputs are ImageNet-1k's classes (VOC and COCO classes are then
+            mapped onto groups of them, see :mod:`captum_feedback.data.layouts`).
+    """
+
+    model: nn.Module
+    classes: List[str]
+    middle: nn.Module
+    last: nn.Module
+    size: int
+    normalize: Callable[[Tensor], Tensor]
+    channels: int = 3
+    imagenet: bool = True
+
+    def squeeze(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` uint8 photos resized (without cropping, so that every pixel maps back
+        to the photo) to ``(B, C, size, size)`` in [0, 1]."""
+        images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        resized = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                align_corners=False).clamp(0, 1)
+        return resized.mean(1, keepdim=True) if self.channels == 1 else resized
+
+    def to(self, device: torch.device) -> Classifier:
+        """Moves the model to ``device``; returns ``self``."""
+        self.model.to(device)
+        return self
+
+
+def load_classifier(name: Optional[str] = None, weights: Optional[Path] = None,
+                    num_classes: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> Classifier:
+    """An embedded model (``name`` in :data:`EMBEDDED` or ``None``) or a torchvision classifier.
+
+    Args:
+        name: ``"efficientnet_lite0"`` (the default, ImageNet), ``"cluttered_vgg"`` (Fashion-MNIST
+            scenes) or a name of ``torchvision.models.list_models()``.
+        weights: a state dict for a torchvision model (required for one, never downloaded).
+        num_classes: the torchvision model's number of outputs, for a head trained on other
+            classes than ImageNet's (a multi-label VOC model has 20).
+        classes: the names of those outputs (default: ImageNet's for 1000 outputs).
+
+    Raises:
+        ModelError: an unknown name, a missing or unsafe weights file, weights of another model.
+    """
+    if name in (None, *EMBEDDED):
+        if weights is not None:
+            raise ModelError(f"the embedded model {name or EMBEDDED[0]} ships its weights; --weights is for "
+                             "torchvision models.")
+        return _embedded(name or EMBEDDED[0])
+    return _torchvision(name, weights, num_classes, classes)
+
+
+def _embedded(name: str) -> Classifier:
+    if name == "cluttered_vgg":
+        from captum_feedback.data.fashion_mnist import CLASSES
+        from captum_feedback.models.cluttered_vgg import INPUT_SIZE, cluttered_vgg
+
+        vgg = cluttered_vgg()
+        return Classifier(vgg, list(CLASSES), vgg.middle_layer, vgg.features[24], INPUT_SIZE, lambda x: x,
+                          channels=1, imagenet=False)
+    from captum_feedback.models import efficientnet_lite as lite_module
+
+    lite = lite_module.efficientnet_lite0()
+    return Classifier(lite, lite_module.imagenet_classes(), lite_module.feedback_layer(lite), lite.head_relu,
+                      lite_module.INPUT_SIZE, lambda x: x * 2 - 1)
+
+
+def _torchvision(name: str, weights: Optional[Path], num_classes: Optional[int],
+                 classes: Optional[Sequence[str]]) -> Classifier:
+    import torchvision
+
+    from captum_feedback.models import imagenet_classes
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ModelError(f"unknown torchvision model {name!r}: name an embedded model ({', '.join(EMBEDDED)}) "
+                         "or one of torchvision.models.list_models().")
+    if weights is None:
+        raise ModelError(f"--model needs --weights PATH for {name} (weights are never downloaded).")
+    outputs = num_classes or (len(classes) if classes else 1000)
+    names = list(classes) if classes else imagenet_classes() if outputs == 1000 else [str(i) for i in range(outputs)]
+    if len(names) != outputs:
+        raise ModelError(f"{len(names)} class names for a model with {outputs} outputs.")
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=outputs)
+    except TypeError as error:
+        raise ModelError(f"cannot build {name}: {first_line(error)}") from None
+    try:
+        model.load_state_dict(_read_state_dict(weights, name))
+    except RuntimeError as error:  # a state dict of another model
+        raise ModelError(f"cannot load weights {weights} into {name}: {first_line(error)}") from None
+    model.eval()
+    middle, last = recommended_layers(model)
+    mean, std = torch.tensor(_IMAGENET_MEAN)[:, None, None], torch.tensor(_IMAGENET_STD)[:, None, None]
+    return Classifier(model, names, middle, last, 224, lambda x: (x - mean.to(x)) / std.to(x),
+                      imagenet=outputs == 1000 and not classes)
+
+
+def _read_state_dict(path: Path, name: str) -> dict:
+    if not path.is_file():
+        raise ModelError(f"no weights file at {path}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a user's file
+        raise ModelError(f"cannot load weights {path}: not a file of tensors that loads safely "
+                         "(torch.load(weights_only=True) refused it; save model.state_dict()).") from None
+    except Exception as error:  # noqa: BLE001 - any unreadable file
+        raise ModelError(f"cannot load weights {path}: {first_line(error)}") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ModelError(f"cannot load weights {path} into {name}: the file holds a {type(state).__name__}, "
+                         "not a state dict.")
+    return state
+
+
+def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> Tuple[nn.Module, nn.Module]:
+    """The layer for FSP-FR (about two thirds deep) and the one for Grad-CAM (the last), chosen
+    among the submodules that return a ``(B, C, H, W)`` map once per forward pass (a reused
+    ``relu`` module, as in ResNet, has no single output to target); activations and blocks
+    (which end in one) come before convolutions and norms."""
+    calls: List[nn.Module] = []
+    ranks = {}
+
+    def record(module: nn.Module, _inputs: object, output: object) -> None:
+        calls.append(module)
+        ranks[module] = output.dim() if isinstance(output, Tensor) else 0
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, size, size, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    once = [m for m in dict.fromkeys(calls) if calls.count(m) == 1 and ranks[m] == 4]
+    rectified = [m for m in once if isinstance(m, _ACTIVATIONS) or any(True for _ in m.children())]
+    once = rectified or once
+    if not once:
+        raise ModelError("the model has no layer with a spatial output to read maps from.")
+    return once[(2 * len(once)) // 3], once[-1]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line, without terminal colour codes."""
+    text = _ANSI.sub("", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
