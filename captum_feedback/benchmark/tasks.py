@@ -1,0 +1,295 @@
+"""The paper's three data-set tasks, image by image: what each image's record holds, the counts
+records add up to, and the scores those counts give.
+
+* :class:`Pointing` (Table 2; TorchRay's protocol): for each class in the image, the maximum of
+  the class's map, resized to the photo, hits when it lies within ``tolerance`` pixels of the
+  class's region (0: inside it, the paper's rule). Accuracy is the mean of per-class accuracies,
+  for all pairs and for the "difficult" subset.
+* :class:`Localization` (Table 1, Procedure 1): a box per labelled class (Procedure 1 for
+  ``"FSP two-stage (Procedure 1)"``, the box keeping ``box_fraction`` of the energy for any other
+  map), correct at IoU >= 0.5 with a box of the class; top-1 and top-5 localization errors
+  (ILSVRC's: the class among the top-k predictions and its box correct) and the GT-known accuracy.
+* :class:`Segmentation` (Table 3, Procedure 2): the labelled classes' maps segment the image
+  (:func:`~captum_feedback.segmentation.segment`); a confusion matrix over the data set gives
+  the mean IoU with background.
+
+Every map comes from :class:`~captum_feedback.methods.MethodMaps`, as in ``benchmarks/quality.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from captum_feedback.classifiers import Classifier
+from captum_feedback.config import FeedbackConfig
+from captum_feedback.data.annotations import IGNORE, AnnotatedImage
+from captum_feedback.data.layouts import Layout
+from captum_feedback.data.voc import IMAGENET_CLASSES_OF_VOC
+from captum_feedback.localization import energy_box, two_stage_localization
+from captum_feedback.methods import ALL_METHODS, MethodMaps
+from captum_feedback.metrics import confusion_matrix
+from captum_feedback.segmentation import segment
+
+PROCEDURE_1 = "FSP two-stage (Procedure 1)"
+"""Procedure 1's boxes, a localization method beside the maps of ``ALL_METHODS``."""
+
+COCO_TO_VOC = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "tv": "tvmonitor",
+               "dining table": "diningtable", "potted plant": "pottedplant"}
+"""COCO's names of VOC's classes; the other COCO classes have no ImageNet group here."""
+
+
+class TargetMap:
+    """The model output that stands for each data-set class.
+
+    * an ImageNet model on VOC or COCO: the member of the class's group of ImageNet classes
+      (:data:`~captum_feedback.data.voc.IMAGENET_CLASSES_OF_VOC`) the model scores highest on
+      the image; COCO classes outside VOC's 20 are not scored (``unmapped``);
+    * an ImageNet layout: label ``k`` is output ``k`` (the synset file is in output order);
+    * otherwise, the output of the same name (a model trained on the data set's classes).
+    """
+
+    def __init__(self, classifier: Classifier, layout: Layout) -> None:
+        self.groups: List[Optional[Tensor]] = []
+        names = [c.lower().replace(" ", "") for c in classifier.classes]
+        for k, name in enumerate(layout.classes):
+            if layout.kind == "imagenet":
+                if len(layout.classes) != len(classifier.classes):
+                    raise ValueError(f"The synset list has {len(layout.classes)} classes, the model "
+                                     f"{len(classifier.classes)} outputs.")
+                group: Optional[Sequence[int]] = (k,)
+            elif classifier.imagenet:
+                group = IMAGENET_CLASSES_OF_VOC.get(COCO_TO_VOC.get(name, name))
+            elif name.lower().replace(" ", "") in names:
+                group = (names.index(name.lower().replace(" ", "")),)
+            else:
+                raise ValueError(f"The model has no output named {name!r} (data set class {k}); give its class "
+                                 "names, or use an ImageNet model on VOC or COCO.")
+            self.groups.append(None if group is None else torch.tensor(group))
+        self.unmapped = [c for c, g in zip(layout.classes, self.groups) if g is None]
+
+    def targets(self, labels: Sequence[int], logits: Tensor) -> List[int]:
+        """The output for each (mapped) label on an image with these ``logits``."""
+        groups = [self.groups[label] for label in labels]
+        return [int(g[logits[g.to(logits.device)].argmax()]) for g in groups]
+
+    def mapped(self, labels: Sequence[int]) -> List[int]:
+        """The labels that have an output."""
+        return [label for label in labels if self.groups[label] is not None]
+
+
+@dataclass
+class Context:
+    """What scoring an image needs."""
+
+    classifier: Classifier
+    layout: Layout
+    maps: MethodMaps
+    methods: Sequence[str]
+    device: torch.device
+    config: FeedbackConfig
+    tolerance: int = 15
+    box_fraction: float = 0.99
+
+    def __post_init__(self) -> None:
+        self.target_map = TargetMap(self.classifier, self.layout)
+
+    def inputs(self, image: AnnotatedImage) -> Tensor:
+        """The photo as the model's ``(1, C, s, s)`` input, squeezed whole."""
+        return self.classifier.normalize(self.classifier.squeeze(image.image[None]).to(self.device))
+
+    def class_maps(self, x: Tensor, targets: List[int], method: str) -> Tensor:
+        """``(K, 1, s, s)`` maps of one method for ``K`` targets of one image."""
+        return self.maps(x.expand(len(targets), -1, -1, -1), targets, [method])[method].detach()
+
+
+class Task:
+    """One task: :meth:`score` an image into a JSON-able record, :meth:`counts` of a record per
+    method (vectors that add up over images and processes), :meth:`summary` of the totals."""
+
+    name = ""
+    methods: Sequence[str] = ALL_METHODS
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+
+    def score(self, image: AnnotatedImage, ctx: Context) -> dict:
+        raise NotImplementedError
+
+    def counts(self, record: dict, method: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+        raise NotImplementedError
+
+
+def _rates(hits: np.ndarray, total: np.ndarray, classes: Sequence[str]) -> dict:
+    scored = total > 0
+    per_class = {c: float(h / t) for c, h, t, s in zip(classes, hits, total, scored) if s}
+    return {"hits": int(hits.sum()), "total": int(total.sum()),
+            "accuracy": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+            "per_class": per_class, "per_class_hits": {c: int(h) for c, h, s in zip(classes, hits, scored) if s},
+            "per_class_total": {c: int(t) for c, t, s in zip(classes, total, scored) if s}}
+
+
+class Pointing(Task):
+    """The pointing game (see the module's description)."""
+
+    name = "pointing"
+
+    def score(self, image: AnnotatedImage, ctx: Context) -> dict:
+        labels = ctx.target_map.mapped(image.present())
+        record = {"image": image.name, "labels": labels, "difficult": [image.is_difficult(c) for c in labels],
+                  "hits": {}}
+        if not labels:
+            return {**record, "hits": {m: [] for m in ctx.methods}}
+        x = ctx.inputs(image)
+        with torch.no_grad():
+            targets = ctx.target_map.targets(labels, ctx.classifier.model(x)[0])
+        regions = [image.region(c) for c in labels]
+        for method in ctx.methods:
+            maps = F.interpolate(ctx.class_maps(x, targets, method).float().cpu(), size=image.size, mode="bilinear",
+                                 align_corners=False)[:, 0]
+            record["hits"][method] = [int(point_hits(m, r, ctx.tolerance)) for m, r in zip(maps, regions)]
+        return record
+
+    def counts(self, record: dict, method: str) -> np.ndarray:
+        out = np.zeros((4, self.n_classes))
+        for label, difficult, hit in zip(record["labels"], record["difficult"], record["hits"][method]):
+            out[0, label] += hit
+            out[1, label] += 1
+            out[2, label] += hit * difficult
+            out[3, label] += difficult
+        return out.ravel()
+
+    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+        hits, total, hard_hits, hard_total = totals.reshape(4, -1)
+        return {**_rates(hits, total, classes), "difficult": _rates(hard_hits, hard_total, classes)}
+
+
+def point_hits(energy: Tensor, region: Tensor, tolerance: int) -> bool:
+    """Whether the maximum of ``energy`` (``(H, W)``; the first in row-major order) lies within
+    ``tolerance`` pixels of ``region`` (a pixel of the region at a distance below ``tolerance``,
+    TorchRay's rule), or inside it for ``tolerance = 0``."""
+    height, width = energy.shape
+    peak = int(energy.flatten().argmax())
+    y, x = divmod(peak, width)
+    if tolerance == 0:
+        return bool(region[y, x])
+    top, left = max(y - tolerance, 0), max(x - tolerance, 0)
+    window = region[top:y + tolerance + 1, left:x + tolerance + 1]
+    rows = torch.arange(top, top + window.shape[0])[:, None] - y
+    cols = torch.arange(left, left + window.shape[1])[None, :] - x
+    return bool((window & (rows**2 + cols**2 < tolerance**2)).any())
+
+
+class Localization(Task):
+    """Localization errors (see the module's description)."""
+
+    name = "localization"
+    methods = (PROCEDURE_1,) + tuple(ALL_METHODS)
+
+    def score(self, image: AnnotatedImage, ctx: Context) -> dict:
+        labels = ctx.target_map.mapped(image.present())
+        x = ctx.inputs(image)
+        with torch.no_grad():
+            logits = ctx.classifier.model(x)[0]
+        targets = ctx.target_map.targets(labels, logits)
+        record = {"image": image.name, "labels": labels, "targets": targets,
+                  "top5": logits.topk(min(5, len(logits))).indices.tolist(), "iou": {}}
+        if not labels:
+            return {**record, "iou": {m: [] for m in ctx.methods}}
+        side = x.shape[-1]
+        scale = torch.tensor([image.size[1] / side, image.size[0] / side] * 2)
+        for method in ctx.methods:
+            boxes = self._boxes(x, targets, method, ctx).cpu() * scale
+            record["iou"][method] = [float(box_iou(b[None], image.boxes(c)).max()) for b, c in zip(boxes, labels)]
+        return record
+
+    @staticmethod
+    def _boxes(x: Tensor, targets: List[int], method: str, ctx: Context) -> Tensor:
+        if method == PROCEDURE_1:
+            located = two_stage_localization(ctx.classifier.model, ctx.classifier.middle,
+                                             x.expand(len(targets), -1, -1, -1), targets, fraction=ctx.box_fraction,
+                                             config=ctx.config)
+            return located.boxes
+        return energy_box(ctx.class_maps(x, targets, method), ctx.box_fraction)
+
+    def counts(self, record: dict, method: str) -> np.ndarray:
+        correct = {t: iou >= 0.5 for t, iou in zip(record["targets"], record["iou"][method])}
+        top5 = record["top5"]
+        out = np.zeros(5 + 2 * self.n_classes)
+        out[0] = bool(top5) and correct.get(top5[0], False)
+        out[1] = any(correct.get(t, False) for t in top5)
+        out[2] = bool(top5) and top5[0] in correct
+        out[3] = any(t in correct for t in top5)
+        out[4] = bool(record["labels"])
+        for label, iou in zip(record["labels"], record["iou"][method]):
+            out[5 + label] += iou >= 0.5
+            out[5 + self.n_classes + label] += 1
+        return out
+
+    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+        top1, top5, cls1, cls5, images = totals[:5]
+        known = _rates(totals[5:5 + self.n_classes], totals[5 + self.n_classes:], classes)
+        rate = (lambda v: float(v / images)) if images else (lambda v: float("nan"))
+        return {"hits": int(top1), "total": int(images), "accuracy": rate(top1),
+                "top1_loc_error": 1 - rate(top1), "top5_loc_error": 1 - rate(top5),
+                "top1_cls_error": 1 - rate(cls1), "top5_cls_error": 1 - rate(cls5),
+                "gt_known_accuracy": known["accuracy"],
+                **{k: known[k] for k in ("per_class", "per_class_hits", "per_class_total")}}
+
+
+class Segmentation(Task):
+    """Mean IoU of Procedure 2's segmentation (see the module's description)."""
+
+    name = "segmentation"
+
+    def score(self, image: AnnotatedImage, ctx: Context) -> dict:
+        if image.segmentation is None:
+            raise ValueError(f"Image {image.name} has no class segmentation (SegmentationClass/{image.name}.png).")
+        labels = ctx.target_map.mapped(image.present())
+        x = ctx.inputs(image)
+        display = ctx.classifier.squeeze(image.image[None])
+        with torch.no_grad():
+            targets = ctx.target_map.targets(labels, ctx.classifier.model(x)[0]) if labels else []
+        record = {"image": image.name, "labels": labels, "confusion": {}}
+        for method in ctx.methods:
+            if labels:
+                maps = ctx.class_maps(x, targets, method)[:, 0].float().cpu()
+                predicted = segment(display, [maps], [torch.tensor(labels)])[0]
+            else:
+                predicted = torch.zeros(display.shape[-2:], dtype=torch.long)
+            at_photo = F.interpolate(predicted[None, None].float(), size=image.size, mode="nearest")[0, 0].long()
+            confusion = confusion_matrix(at_photo, image.segmentation, self.n_classes + 1, IGNORE)
+            nonzero = confusion.nonzero()
+            record["confusion"][method] = [[int(i), int(j), int(confusion[i, j])] for i, j in nonzero]
+        return record
+
+    def counts(self, record: dict, method: str) -> np.ndarray:
+        out = np.zeros((self.n_classes + 1, self.n_classes + 1))
+        for i, j, count in record["confusion"][method]:
+            out[i, j] += count
+        return np.append(out.ravel(), 1.0)
+
+    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+        confusion = totals[:-1].reshape(self.n_classes + 1, self.n_classes + 1)
+        tp = np.diag(confusion)
+        union = confusion.sum(0) + confusion.sum(1) - tp
+        names = ("background", *classes)
+        scored = union > 0
+        per_class = {n: float(t / u) for n, t, u, s in zip(names, tp, union, scored) if s}
+        return {"hits": int(tp.sum()), "total": int(confusion.sum()), "images": int(totals[-1]),
+                "accuracy": float(tp.sum() / max(confusion.sum(), 1)),
+                "miou": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+                "per_class": per_class, "per_class_hits": {n: int(t) for n, t, s in zip(names, tp, scored) if s},
+                "per_class_total": {n: int(u) for n, u, s in zip(names, union, scored) if s}}
+
+
+TASKS = {task.name: task for task in (Pointing, Localization, Segmentation)}
