@@ -73,6 +73,9 @@ class TargetMap:
                                  "names, or use an ImageNet model on VOC or COCO.")
             self.groups.append(None if group is None else torch.tensor(group))
         self.unmapped = [c for c, g in zip(layout.classes, self.groups) if g is None]
+        if len(self.unmapped) == len(layout.classes):
+            raise ValueError(f"No class of the data set ({', '.join(layout.classes[:3])}, ...) has an ImageNet group: "
+                             "an ImageNet model maps VOC's and COCO's classes; give a model of the data set's classes.")
 
     def targets(self, labels: Sequence[int], logits: Tensor) -> List[int]:
         """The output for each (mapped) label on an image with these ``logits``."""
