@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from captum_feedback.benchmark.tasks import PROCEDURE_1  # noqa: E402
 from captum_feedback.config import PRESETS, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, bundled_voc_photos, fetch_labelme_photos, imagenet_target  # noqa: E402
@@ -67,7 +68,7 @@ from captum_feedback.models.efficientnet_lite import feedback_layer  # noqa: E40
 from captum_feedback.segmentation import segment, superpixels  # noqa: E402
 from captum_feedback.selection import MeanRatio  # noqa: E402
 
-TWO_STAGE = "FSP two-stage (Procedure 1)"
+TWO_STAGE = PROCEDURE_1
 
 
 class Scores:
