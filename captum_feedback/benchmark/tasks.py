@@ -80,7 +80,7 @@ class TargetMap:
     def targets(self, labels: Sequence[int], logits: Tensor) -> List[int]:
         """The output for each (mapped) label on an image with these ``logits``."""
         groups = [self.groups[label] for label in labels]
-        return [int(g[logits[g.to(logits.device)].argmax()]) for g in groups]
+        return [int(g[int(logits[g.to(logits.device)].argmax())]) for g in groups]
 
     def mapped(self, labels: Sequence[int]) -> List[int]:
         """The labels that have an output."""
