@@ -1,9 +1,15 @@
 # The two commands of the README: `make demo` (the main job) and `make test`.
-# Each installs what it needs first; torch and torchvision are pinned to the builds
-# that lie on this workplace's disk (override TORCH for other machines).
+# Both run in a project virtual environment, .venv, made on first use and reinstalled only when
+# setup.cfg or pyproject.toml change; the system Python is left untouched. The venv sees the
+# system's packages (--system-site-packages), so a machine that already has the pinned torch
+# does not download it again. torch and torchvision are pinned to the builds that lie on this
+# workplace's disk (override TORCH for other machines).
 PYTHON ?= python3
+VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= figures
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
@@ -13,15 +19,21 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 data:
 	@test -d $(FASHION_MNIST) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
-install: data
-	$(PYTHON) -m pip install -q $(TORCH)
-	$(PYTHON) -m pip install -q -e ".[test]"
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(INSTALLED): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(INSTALLED)
+
+install: data $(INSTALLED)
 
 demo: install
-	$(PYTHON) -m captum_feedback.cli demo --out $(OUT)
+	$(PY) -m captum_feedback.cli demo --out $(OUT)
 
 lint: install
-	$(PYTHON) -m ruff check captum_feedback tests examples benchmarks scripts
+	$(PY) -m ruff check captum_feedback tests examples benchmarks scripts
 
 test: lint
-	$(PYTHON) -m pytest
+	$(PY) -m pytest

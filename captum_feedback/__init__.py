@@ -1,32 +1,36 @@
-"""Feedback CNN attributions (Cao et al., TPAMI 2018) for Captum and any PyTorch model."""
+"""Feedback CNN attributions (Cao et al., TPAMI 2018) for Captum and any PyTorch model.
 
-from captum_feedback.config import PRESETS, FeedbackConfig, Stage
-from captum_feedback.energy import energy_map, summation_energy_map, summation_fsp_fr_energy_map
-from captum_feedback.layer import LayerFeedback, NeuronFeedback, rank_channels
-from captum_feedback.pipeline import FeedbackEnergyMaps, FeedbackPipeline
-from captum_feedback.pruning import FSP, FeedbackSelectivePruning
-from captum_feedback.recovering import FR, FeedbackRecovering
-from captum_feedback.selection import MeanRatio
-from captum_feedback.state import FeedbackState
+The names below load their modules (and torch) on first use, so that ``captum-feedback --help``
+and ``import captum_feedback.cli`` start without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, List
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "FR",
-    "FSP",
-    "PRESETS",
-    "FeedbackConfig",
-    "FeedbackEnergyMaps",
-    "FeedbackPipeline",
-    "FeedbackRecovering",
-    "FeedbackSelectivePruning",
-    "FeedbackState",
-    "LayerFeedback",
-    "MeanRatio",
-    "NeuronFeedback",
-    "Stage",
-    "energy_map",
-    "rank_channels",
-    "summation_energy_map",
-    "summation_fsp_fr_energy_map",
-]
+_HOMES = {
+    "captum_feedback.config": ("PRESETS", "FeedbackConfig", "Stage"),
+    "captum_feedback.energy": ("energy_map", "summation_energy_map", "summation_fsp_fr_energy_map"),
+    "captum_feedback.layer": ("LayerFeedback", "NeuronFeedback", "rank_channels"),
+    "captum_feedback.pipeline": ("FeedbackEnergyMaps", "FeedbackPipeline"),
+    "captum_feedback.pruning": ("FSP", "FeedbackSelectivePruning"),
+    "captum_feedback.recovering": ("FR", "FeedbackRecovering"),
+    "captum_feedback.selection": ("MeanRatio",),
+    "captum_feedback.state": ("FeedbackState",),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_HOME_OF)
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME_OF:
+        raise AttributeError(f"module 'captum_feedback' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -124,7 +124,7 @@ def test_the_console_script_is_installed():
 
 
 def test_version_and_notes_for_outputs_that_say_little(capsys):
-    from captum_feedback.cli import _weak_outputs
+    from captum_feedback.commands import _weak_outputs
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
@@ -132,3 +132,22 @@ def test_version_and_notes_for_outputs_that_say_little(capsys):
     empty, full = torch.zeros(10, 10, dtype=torch.bool), torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     assert len(_weak_outputs(empty, full, (10, 10))) == 2
     assert _weak_outputs(~empty, torch.tensor([[2.0, 2.0, 6.0, 6.0]]), (10, 10)) == []
+
+
+def test_help_is_plain_text_with_defaults_and_needs_no_torch():
+    code = ("import sys\nfrom captum_feedback.cli import main\n"
+            "try:\n    main(['benchmark', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    *help_lines, torch_loaded = result.stdout.splitlines()
+    assert torch_loaded == "False"
+    help_text = "\n".join(help_lines)
+    assert "``" not in help_text and "::" not in help_text
+    assert "default 15)" in help_text and "(default: all)" in help_text and "(default: cpu)" in help_text
+
+
+def test_the_cli_names_every_preset():
+    from captum_feedback import PRESETS
+    from captum_feedback.cli import CONFIG_NAMES
+
+    assert sorted(CONFIG_NAMES) == sorted(PRESETS)

@@ -1,0 +1,215 @@
+"""What the ``captum-feedback`` subcommands do (:mod:`captum_feedback.cli` parses their
+arguments and imports this module only to run one, so that ``--help`` starts fast)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from captum_feedback.classifiers import Classifier, ModelError, first_line, load_classifier
+from captum_feedback.cli import _METHOD_NAMES, BENCHMARK_DEFAULTS, CommandError
+from captum_feedback.config import resolve_config
+
+
+def resolve_targets(spec: Sequence[str], logits: Tensor, classes: Sequence[str]) -> List[int]:
+    """Class indices for ``--target`` values: names, indices, ``auto`` (top class) or ``topK``."""
+    chosen: List[int] = []
+    n = len(classes)
+    for item in spec:
+        top = re.fullmatch(r"top(\d+)", item.lower())
+        if item.lower() == "auto":
+            chosen.append(int(logits.argmax()))
+        elif top:
+            k = int(top.group(1))
+            if not 1 <= k <= n:
+                raise CommandError(f"--target {item}: K must lie in 1..{n} (the model has {n} classes).")
+            chosen += logits.topk(k).indices.tolist()
+        elif item.isdigit():
+            if int(item) >= n:
+                raise CommandError(f"--target {item}: class index out of range (0..{n - 1}).")
+            chosen.append(int(item))
+        else:
+            chosen.append(_class_by_name(item, classes))
+    return list(dict.fromkeys(chosen))
+
+
+def _class_by_name(name: str, classes: Sequence[str]) -> int:
+    lowered = [c.lower() for c in classes]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    close = [c for c in classes if name.lower() in c.lower()][:5]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise CommandError(f"unknown class {name!r}.{hint}")
+
+
+def classifier(args: argparse.Namespace) -> Classifier:
+    """The ``--model`` / ``--weights`` classifier on ``--device``, or a :class:`CommandError`."""
+    try:
+        return load_classifier(args.model, args.weights).to(device(args.device))
+    except ModelError as error:
+        raise CommandError(str(error)) from None
+
+
+def device(name: str) -> torch.device:
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        raise CommandError(f"--device {name}: not a device (cpu, cuda, cuda:N).") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {name}: CUDA is not available on this machine.")
+    return chosen
+
+
+def explain(args: argparse.Namespace) -> List[Path]:
+    from tqdm import tqdm
+
+    from captum_feedback.methods import MethodMaps
+    from captum_feedback.photos import load_image
+
+    model = classifier(args)
+    try:
+        config = resolve_config(args.config, iterations=args.iterations)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    maps_of = MethodMaps(model.model, model.middle, model.last, ig_steps=32, internal_batch_size=16, config=config)
+    jobs = []  # every image read and every target resolved before anything is written
+    for path in args.images:
+        try:
+            image, note = load_image(path)
+        except (FileNotFoundError, ValueError) as error:
+            raise CommandError(str(error)) from None
+        if note:
+            print(f"{path}: {note}", file=sys.stderr)
+        x = model.normalize(model.squeeze(image[None]).to(device(args.device)))
+        with torch.no_grad():
+            logits = model.model(x)[0]
+        jobs.append((path, image, x, logits, resolve_targets(args.target, logits, model.classes)))
+    make_out_dir(args.out)
+    written: List[Path] = []
+    for path, image, x, logits, targets in tqdm(jobs, desc="explaining", unit="image", disable=len(jobs) < 2):
+        for target in targets:
+            try:
+                energy = maps_of(x, target, [_METHOD_NAMES[args.method]])[_METHOD_NAMES[args.method]]
+            except ValueError as error:  # a model the method cannot explain (no gate site, ...)
+                raise CommandError(first_line(error)) from None
+            stem = f"{Path(path).stem}_{_slug(model.classes[target])}_{args.method}"
+            title = f"{model.classes[target]} ({logits.softmax(0)[target]:.0%}) - {_METHOD_NAMES[args.method]}"
+            written += write_explanation(args, stem, image, energy.cpu(), title,
+                                         {"image": str(path), "class": model.classes[target], "method": args.method})
+    return written
+
+
+def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy: Tensor, title: str,
+                      about: dict) -> List[Path]:
+    """The overlay, mask, box (and with ``--save-maps`` the map) of one ``(1, 1, s, s)`` map on the
+    model's square input, all in the photo's own pixels: the map is resized to the photo's
+    ``(H, W)`` (the model saw the whole photo, squeezed), the box found on the model's input is
+    scaled, and the mask is cut on the photo."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import torch.nn.functional as F
+    from matplotlib import pyplot as plt
+
+    from captum_feedback.localization import energy_box
+    from captum_feedback.segmentation import saliency_cut, superpixel_regularize, superpixels
+    from captum_feedback.visualization import visualize_energy_map
+
+    height, width = image.shape[-2:]
+    side = energy.shape[-1]
+    box = energy_box(energy)
+    photo_box = (box[0] * torch.tensor([width / side, height / side] * 2)).tolist()
+    photo_map = F.interpolate(energy, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    photo = image.float()[None] / 255
+    mask = saliency_cut(photo[0], superpixel_regularize(photo_map[None], superpixels(photo))[0])
+    for problem in _weak_outputs(mask, box, (side, side)):
+        print(f"{about['image']}, {about['class']}: {problem}", file=sys.stderr)
+    figure, _ = visualize_energy_map(photo_map, photo[0], boxes=torch.tensor([photo_box]), mask=mask, title=title)
+    figure.savefig(args.out / f"{stem}.png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    plt.imsave(args.out / f"{stem}_mask.png", mask.numpy(), cmap="gray")
+    (args.out / f"{stem}_box.json").write_text(json.dumps(
+        {**about, "box_xyxy": photo_box, "image_size": [height, width],
+         "box_xyxy_on_model_input": box[0].tolist(), "input_size": [side, side]}))
+    written = [args.out / f"{stem}.png", args.out / f"{stem}_mask.png", args.out / f"{stem}_box.json"]
+    if args.save_maps:
+        np.save(args.out / f"{stem}_map.npy", photo_map.numpy().astype(np.float32))
+        written.append(args.out / f"{stem}_map.npy")
+    return written
+
+
+def demo(args: argparse.Namespace) -> List[Path]:
+    """``captum-feedback demo``: the README's figures (:func:`captum_feedback.demo.run`)."""
+    from captum_feedback.demo import run
+
+    return run(args.out, config=resolve_config(args.config, iterations=args.iterations))
+
+
+def benchmark(args: argparse.Namespace) -> List[Path]:
+    """``captum-feedback benchmark``: one task over a data set folder (:mod:`captum_feedback.benchmark`)."""
+    from captum_feedback.benchmark import run_benchmark
+    from captum_feedback.benchmark.runner import rank_device
+    from captum_feedback.data.layouts import open_layout
+
+    split = args.split or ("test" if args.dataset == "voc" and args.task == "pointing" else "val")
+    try:
+        layout = open_layout(args.dataset, args.root, split, args.year, args.task == "segmentation", args.synsets)
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(first_line(error)) from None
+    if args.num_classes not in (None, len(layout.classes)):
+        raise CommandError(f"--num-classes {args.num_classes}, but the data set has {len(layout.classes)} classes.")
+    try:
+        named = layout.classes if args.num_classes else None
+        model = load_classifier(args.model, args.weights, args.num_classes, named).to(rank_device(device(args.device)))
+        config = resolve_config(args.config, iterations=args.iterations)
+    except (ModelError, ValueError) as error:
+        raise CommandError(first_line(error)) from None
+    methods = [_METHOD_NAMES.get(m, m) for m in args.methods or BENCHMARK_DEFAULTS[args.task]]
+    make_out_dir(args.out)
+    settings = {"dataset": args.dataset, "root": str(args.root.resolve()), "split": split, "year": args.year,
+                "model": args.model or "efficientnet_lite0", "weights": str(args.weights)}
+    try:
+        summary = run_benchmark(args.task, layout, model, methods, args.out, config, args.tolerance, args.box_fraction,
+                                args.limit, settings=settings)
+    except ValueError as error:
+        raise CommandError(first_line(error)) from None
+    if summary is None:  # a rank other than 0 of torchrun
+        return []
+    for method, scores in summary.items():
+        headline = f"mIoU {scores['miou']:.3f}" if "miou" in scores else f"accuracy {scores['accuracy']:.3f}"
+        print(f"{method}: {headline} ({scores['hits']} / {scores['total']})")
+    return [args.out / name for name in ("summary.json", "per_class.csv", "per_class.png", "run.json")]
+
+
+def _weak_outputs(mask: Tensor, box: Tensor, size: Tuple[int, int]) -> List[str]:
+    """Notes for outputs that say little: an empty mask, a box over nearly the whole image."""
+    notes = []
+    if not mask.any():
+        notes.append("the mask is empty (the map has no region that stands out).")
+    x1, y1, x2, y2 = box[0].tolist()
+    if (x2 - x1) * (y2 - y1) >= 0.9 * size[0] * size[1]:
+        notes.append("the box covers over 90% of the image: the map is too diffuse for a box.")
+    return notes
+
+
+def make_out_dir(out: Path) -> None:
+    """Creates ``--out``, or says in one line why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot create --out {out}: {error.strerror or error}.") from None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
