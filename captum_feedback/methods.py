@@ -69,9 +69,10 @@ class MethodMaps:
 
     Args:
         model: The classifier, in ``eval()`` mode.
-        layer: Middle layer for the FSP-FR map (the paper's ``conv5_2``).
+        layer: Middle layer for the FSP-FR map (the paper's ``conv5_2``); default: the first of
+            :func:`~captum_feedback.classifiers.recommended_layers`.
         gradcam_layer: The layer Grad-CAM and Guided Grad-CAM read (the last convolutional
-            block, as usual).
+            block, as usual); default: the second of ``recommended_layers``.
         ig_steps: Integrated Gradients' ``n_steps`` (zero baseline).
         internal_batch_size: Integrated Gradients' ``internal_batch_size``.
         config: The feedback maps' configuration (a preset name or a
@@ -79,13 +80,18 @@ class MethodMaps:
 
     Example::
 
-        maps = MethodMaps(model, model.middle_layer, model.features[24])
+        maps = MethodMaps(model)   # the layers of recommended_layers(model)
         out = maps(images, target=[3, 7], methods=("FSP Summation", "IntegratedGradients"))
         out["FSP Summation"].shape   # (2, 1, H, W)
     """
 
-    def __init__(self, model: nn.Module, layer: nn.Module, gradcam_layer: nn.Module, ig_steps: int = 50,
-                 internal_batch_size: Optional[int] = None, config: ConfigLike = None) -> None:
+    def __init__(self, model: nn.Module, layer: Optional[nn.Module] = None, gradcam_layer: Optional[nn.Module] = None,
+                 ig_steps: int = 50, internal_batch_size: Optional[int] = None, config: ConfigLike = None) -> None:
+        if layer is None or gradcam_layer is None:
+            from captum_feedback.classifiers import recommended_layers
+
+            middle, last = recommended_layers(model)
+            layer, gradcam_layer = layer or middle, gradcam_layer or last
         self.model, self.gradcam_layer = model, gradcam_layer
         self.ig_steps, self.internal_batch_size = ig_steps, internal_batch_size
         self.pipeline = FeedbackPipeline(model, layer, config)

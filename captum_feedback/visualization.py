@@ -84,8 +84,9 @@ def visualize_energy_map(
     alpha_overlay: float = 0.5,
     cmap: str = "jet",
     box_colors: Sequence[str] = ("lime", "red", "cyan", "yellow"),
+    show_colorbar: bool = True,
 ) -> Tuple[Figure, Axes]:
-    """An energy map blended over its image, with boxes and a mask outline.
+    """An energy map blended over its image, with boxes, a mask outline and a colorbar.
 
     Args:
         energy: The map, e.g. ``summation_energy_map(state)[i]``.
@@ -98,6 +99,7 @@ def visualize_energy_map(
         outlier_perc: Captum's option: the brightest ``outlier_perc`` percent of the map saturate.
         alpha_overlay: Opacity of the map.
         cmap: Colour map of the energy (``"jet"``, as Grad-CAM and TorchRay show maps).
+        show_colorbar: Draw the energy's colorbar under the image (Captum's option).
 
     Returns:
         ``(figure, axes)``.
@@ -109,6 +111,7 @@ def visualize_energy_map(
     viz.visualize_image_attr(
         heat[..., None], picture, method="blended_heat_map", sign="absolute_value", outlier_perc=outlier_perc,
         alpha_overlay=alpha_overlay, cmap=cmap, plt_fig_axis=(figure, axis), use_pyplot=False, title=title,
+        show_colorbar=show_colorbar,
     )
     if mask is not None:
         axis.contour(as_map(np.asarray(_numpy(mask), dtype=np.float32)), levels=[0.5], colors="white", linewidths=1.5)
@@ -128,7 +131,8 @@ def plot_fsp_iterations(
     title: Optional[str] = None,
     plt_fig_axis: Optional[Tuple[Figure, Axes]] = None,
 ) -> Tuple[Figure, Axes]:
-    """The paper's Fig. 6: every class score over FSP's passes, the target in red.
+    """The paper's Fig. 6: every class score over FSP's passes, the target in thick red, each other
+    class in a colour of its own.
 
     Args:
         state: From :meth:`FeedbackSelectivePruning.select`; ``state.outputs`` is
@@ -136,7 +140,7 @@ def plot_fsp_iterations(
         target: The class FSP ran for.
         class_names: Labels for the legend.
         sample: Which image of the batch.
-        others: How many other classes to draw (those scoring highest before FSP), in blue.
+        others: How many other classes to draw (those scoring highest before FSP).
     """
     outputs = state.outputs[:, sample].detach().cpu()
     if not 0 <= target < outputs.shape[1]:
@@ -145,8 +149,10 @@ def plot_fsp_iterations(
     figure, axis = _figure(plt_fig_axis, figsize=(7, 4))
     steps = np.arange(outputs.shape[0])
     leading = [c for c in outputs[0].topk(min(others + 1, outputs.shape[1])).indices.tolist() if c != target]
-    for c in leading[:others]:
-        axis.plot(steps, outputs[:, c].numpy(), color="tab:blue", alpha=0.6, marker=".", label=names[c])
+    palette = [colour for k, colour in enumerate(plt.get_cmap("tab20").colors) if k not in (6, 7)]  # no reds
+    for k, c in enumerate(leading[:others]):
+        axis.plot(steps, outputs[:, c].numpy(), color=palette[k % len(palette)], alpha=0.8, marker=".",
+                  linewidth=1.2, label=names[c])
     axis.plot(steps, outputs[:, target].numpy(), color="tab:red", linewidth=2.5, marker="o",
               label=f"{names[target]} (target)")
     if outputs.abs().max() > 1e3:  # linearized ReLU6 scores grow by orders of magnitude
@@ -172,7 +178,8 @@ def compare_methods(
         images: ``(B, C, H, W)`` (or one ``(C, H, W)``) images.
         maps: ``{method: (B, 1, H, W) maps}``, e.g. from :class:`captum_feedback.methods.MethodMaps`.
         row_titles: A label per image (e.g. the target class).
-        outlier_perc: The brightest percent of each map saturates, as in Captum.
+        outlier_perc: The brightest percent of each map saturates, as in Captum; every panel is
+            scaled to its own ``100 - outlier_perc`` percentile, which the shared colorbar reads.
 
     Returns:
         ``(figure, axes)`` with axes of shape ``(B, 1 + len(maps))``.
@@ -184,14 +191,26 @@ def compare_methods(
         axes[row, 0].imshow(as_image(batch[row]).squeeze(), cmap="gray")
         axes[row, 0].set_title(row_titles[row] if row_titles else "input", fontsize=8)
         for col, (method, method_maps) in enumerate(maps.items(), start=1):
-            heat = as_map(method_maps[row])
-            top = np.percentile(np.abs(heat), 100 - outlier_perc) or None
-            axes[row, col].imshow(np.abs(heat), cmap="inferno", vmin=0, vmax=top)
+            shown = _percentile_scaled(as_map(method_maps[row]), 100 - outlier_perc, axes[row, col])
             axes[row, col].set_title(method, fontsize=8)
     for axis in axes.flat:
         axis.axis("off")
     figure.tight_layout()
+    _shared_colorbar(figure, axes, shown, f"energy / its {100 - outlier_perc:g}th percentile")
     return figure, axes
+
+
+def _percentile_scaled(heat: np.ndarray, percentile: float, axis: Axes) -> Any:
+    """Shows ``|heat|`` divided by its percentile (saturating above 1)."""
+    energy = np.abs(heat)
+    top = np.percentile(energy, percentile)
+    return axis.imshow(energy / top if top > 0 else energy, cmap="inferno", vmin=0, vmax=1)
+
+
+def _shared_colorbar(figure: Figure, axes: np.ndarray, image: Any, label: str) -> None:
+    colorbar = figure.colorbar(image, ax=list(axes.flat), fraction=0.015, pad=0.01)
+    colorbar.set_label(label, fontsize=7)
+    colorbar.ax.tick_params(labelsize=7)
 
 
 def visualize_top_neurons(
@@ -230,13 +249,23 @@ def visualize_top_neurons(
             return (output * chosen.to(output)).flatten(1).sum(1)
 
         attribution = neuron_feedback.attribute(inputs, neurons, threshold=pipeline.config.fr_rule)
-        heat = attribution.detach().abs().sum(1)[0].cpu().numpy()
-        axis.imshow(heat, cmap="inferno", vmin=0, vmax=np.percentile(heat, 99) or None)
+        shown = _percentile_scaled(attribution.detach().abs().sum(1)[0].cpu().numpy(), 99, axis)
         axis.set_title(f"channel {channel}\ncontribution {score:.3g}", fontsize=8)
     for axis in axes.flat:
         axis.axis("off")
     figure.tight_layout()
+    _shared_colorbar(figure, axes, shown, "FR energy / its 99th percentile")
     return figure, axes
+
+
+def outline_legend(axis: Axes, outlines: Dict[str, Dict[str, Any]], **legend: Any) -> None:
+    """A legend for boxes and contours drawn on an image: ``{label: line style}`` (e.g.
+    ``{"99%-energy box": {"color": "lime"}, "ground truth": {"color": "white", "linestyle": ":"}}``),
+    on a grey background so that white outlines show."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linewidth=2, **style) for style in outlines.values()]
+    axis.legend(handles, list(outlines), facecolor="0.45", framealpha=0.9, labelcolor="white", fontsize=7, **legend)
 
 
 def plot_channel_ranking(

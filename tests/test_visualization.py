@@ -13,6 +13,7 @@ from captum_feedback.visualization import (
     as_image,
     as_map,
     compare_methods,
+    outline_legend,
     plot_channel_ranking,
     plot_fsp_iterations,
     visualize_energy_map,
@@ -63,6 +64,8 @@ def test_energy_overlay_draws_boxes_and_mask_onto_captums_heat_map():
     assert axis.get_title() == "cat" and axis.images  # the blended heat map
     assert sum(isinstance(p, Rectangle) for p in axis.patches) == 1
     assert axis.collections  # the mask contour
+    assert len(figure.axes) == 2  # and the energy's colorbar
+    assert len(visualize_energy_map(torch.rand(1, 16, 16), torch.rand(3, 16, 16), show_colorbar=False)[0].axes) == 1
     with pytest.raises(ValueError, match="differ in size"):
         visualize_energy_map(torch.rand(1, 8, 8), torch.rand(3, 16, 16))
 
@@ -74,6 +77,8 @@ def test_iteration_curves_highlight_the_target():
     target_line = [line for line in axis.lines if line.get_label() == "c (target)"]
     assert len(target_line) == 1 and target_line[0].get_color() == "tab:red"
     assert len(axis.lines) == 4 and len(target_line[0].get_xdata()) == state.outputs.shape[0]
+    others = [line.get_color() for line in axis.lines if line is not target_line[0]]
+    assert len(set(others)) == 3  # every other class has a colour of its own
     with pytest.raises(ValueError, match="outputs"):
         plot_fsp_iterations(state, 9)
 
@@ -83,6 +88,14 @@ def test_method_grid_has_one_row_per_image_and_one_column_per_method():
     figure, axes = compare_methods(torch.rand(2, 3, 8, 8), maps, row_titles=["a", "b"])
     assert axes.shape == (2, 3)
     assert [ax.get_title() for ax in axes[1]] == ["b", "FSP", "Saliency"]
+    colorbar = [ax for ax in figure.axes if ax not in axes.flat]
+    assert len(colorbar) == 1 and "percentile" in colorbar[0].get_ylabel()
+
+
+def test_outline_legend_names_each_outline():
+    figure, axis = plt.subplots()
+    outline_legend(axis, {"box": {"color": "lime"}, "ground truth": {"color": "white", "linestyle": ":"}})
+    assert [t.get_text() for t in axis.get_legend().get_texts()] == ["box", "ground truth"]
 
 
 def test_top_neurons_and_channel_ranking():
