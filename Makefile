@@ -30,7 +30,7 @@ $(INSTALLED): $(PY) setup.cfg pyproject.toml
 install: data $(INSTALLED)
 
 demo: install
-	$(PY) -m captum_feedback.cli demo --out $(OUT)
+	$(PY) -m captum_feedback demo --out $(OUT)
 
 lint: install
 	$(PY) -m ruff check captum_feedback tests examples benchmarks scripts

@@ -32,9 +32,9 @@ import torch
 
 from captum_feedback import FSP
 from captum_feedback.data import ClutteredScenes
+from captum_feedback.data.photos import bundled_photos
 from captum_feedback.models import efficientnet_lite0, preprocess
 from captum_feedback.models.cluttered_vgg import cluttered_vgg
-from captum_feedback.photos import bundled_photos
 
 sys.path.insert(0, str(Path(__file__).parent))
 import quality  # noqa: E402

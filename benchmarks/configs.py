@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from captum_feedback import FSP, PRESETS, FeedbackConfig, MeanRatio, Stage, summation_energy_map
 from captum_feedback.data import ClutteredScenes
-from captum_feedback.methods import MethodMaps
-from captum_feedback.metrics import boxes_to_masks, energy_coverage, pointing_game
 from captum_feedback.models.cluttered_vgg import cluttered_vgg
+from captum_feedback.wsol.methods import MethodMaps
+from captum_feedback.wsol.metrics import boxes_to_masks, energy_coverage, pointing_game
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import other_items  # noqa: E402

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from labelme_photos import fetch_labelme_photos
+
 from captum_feedback.data import FASHION_MNIST_CLASSES
 from captum_feedback.data.layouts import KINDS, cluttered_images, voc_photos, write_layout
-from captum_feedback.data.voc import VOC_CLASSES, fetch_labelme_photos
+from captum_feedback.data.voc import VOC_CLASSES
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ import torch
 from captum.attr import Saliency
 
 from captum_feedback import FSP, energy_map, summation_energy_map
+from captum_feedback.data.photos import bundled_photos
 from captum_feedback.models import efficientnet_lite0, preprocess
-from captum_feedback.photos import bundled_photos
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

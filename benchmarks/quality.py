@@ -1,6 +1,6 @@
 """Localization and segmentation quality of FSP, FR and Captum's methods (Secs. 4.3-4.5).
 
-Two test beds, every method scored with the same metrics (``captum_feedback.metrics``):
+Two test beds, every method scored with the same metrics (``captum_feedback.wsol.metrics``):
 
 * **Cluttered scenes**: the packaged VGG-style classifier (trained on image labels only) on
   ``--scenes`` test scenes (seed ``--seed``); one attribution per item, with the item's
@@ -44,17 +44,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from labelme_photos import fetch_labelme_photos  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from captum_feedback.benchmark.tasks import PROCEDURE_1  # noqa: E402
-from captum_feedback.classifiers import recommended_layers  # noqa: E402
-from captum_feedback.config import PRESETS, FeedbackConfig, resolve_config  # noqa: E402
+from captum_feedback.core.config import PRESETS, FeedbackConfig, resolve_config  # noqa: E402
+from captum_feedback.core.selection import MeanRatio  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
-from captum_feedback.data.voc import VOC_CLASSES, bundled_voc_photos, fetch_labelme_photos, imagenet_target  # noqa: E402
-from captum_feedback.localization import energy_box, two_stage_localization  # noqa: E402
-from captum_feedback.methods import ALL_METHODS, MethodMaps  # noqa: E402
-from captum_feedback.metrics import (  # noqa: E402
+from captum_feedback.data.voc import VOC_CLASSES, bundled_voc_photos, imagenet_target  # noqa: E402
+from captum_feedback.models import efficientnet_lite0  # noqa: E402
+from captum_feedback.models.classifiers import recommended_layers  # noqa: E402
+from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: E402
+from captum_feedback.wsol.localization import energy_box, two_stage_localization  # noqa: E402
+from captum_feedback.wsol.methods import ALL_METHODS, MethodMaps  # noqa: E402
+from captum_feedback.wsol.metrics import (  # noqa: E402
     box_accuracy,
     boxes_to_masks,
     confusion_matrix,
@@ -63,10 +67,7 @@ from captum_feedback.metrics import (  # noqa: E402
     mean_iou,
     pointing_game,
 )
-from captum_feedback.models import efficientnet_lite0  # noqa: E402
-from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: E402
-from captum_feedback.segmentation import segment, superpixels  # noqa: E402
-from captum_feedback.selection import MeanRatio  # noqa: E402
+from captum_feedback.wsol.segmentation import segment, superpixels  # noqa: E402
 
 TWO_STAGE = PROCEDURE_1
 
@@ -421,7 +422,7 @@ def main() -> None:
                         help="configurations reported as extra FSP rows beside the default: presets and "
                              "ablations (ABLATION_CONFIGS)")
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS, metavar="METHOD",
-                        help="methods to score (default: all of captum_feedback.methods.ALL_METHODS)")
+                        help="methods to score (default: all of captum_feedback.wsol.methods.ALL_METHODS)")
     parser.add_argument("--ig-steps", type=int, default=20)
     parser.add_argument("--superpixels", type=int, default=150)
     parser.add_argument("--sanity-pairs", type=int, default=64)

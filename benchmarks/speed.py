@@ -35,7 +35,7 @@ import torchvision
 from captum.attr import GuidedBackprop, IntegratedGradients, LayerGradCam, Saliency
 
 from captum_feedback import PRESETS, FeedbackConfig, FeedbackRecovering, FeedbackSelectivePruning
-from captum_feedback.config import resolve_config
+from captum_feedback.core.config import resolve_config
 
 
 def _gradcam_layer(name: str, model: torch.nn.Module) -> torch.nn.Module:

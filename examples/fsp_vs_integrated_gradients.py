@@ -13,8 +13,8 @@ from captum.attr import IntegratedGradients  # noqa: E402
 from captum.attr import visualization as viz  # noqa: E402
 
 from captum_feedback import FSP, energy_map, summation_energy_map  # noqa: E402
+from captum_feedback.data.photos import bundled_photos  # noqa: E402
 from captum_feedback.models import efficientnet_lite0, imagenet_classes, preprocess, to_display  # noqa: E402
-from captum_feedback.photos import bundled_photos  # noqa: E402
 
 
 def main() -> None:

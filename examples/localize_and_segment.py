@@ -17,12 +17,12 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
+from captum_feedback.app.visualization import visualize_energy_map  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
-from captum_feedback.localization import two_stage_localization  # noqa: E402
-from captum_feedback.metrics import box_accuracy, confusion_matrix, mean_iou  # noqa: E402
 from captum_feedback.models.cluttered_vgg import cluttered_vgg  # noqa: E402
-from captum_feedback.segmentation import feedback_segmentation  # noqa: E402
-from captum_feedback.visualization import visualize_energy_map  # noqa: E402
+from captum_feedback.wsol.localization import two_stage_localization  # noqa: E402
+from captum_feedback.wsol.metrics import box_accuracy, confusion_matrix, mean_iou  # noqa: E402
+from captum_feedback.wsol.segmentation import feedback_segmentation  # noqa: E402
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from captum_feedback.data import ClutteredScenes, collate
-from captum_feedback.metrics import mean_average_precision
 from captum_feedback.models.cluttered_vgg import WEIGHTS, ClutteredVGG
+from captum_feedback.wsol.metrics import mean_average_precision
 
 
 @torch.no_grad()

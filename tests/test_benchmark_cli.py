@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from captum_feedback import FSP
+from captum_feedback.app.cli import main
 from captum_feedback.benchmark.tasks import point_hits
-from captum_feedback.cli import main
 from captum_feedback.data import FASHION_MNIST_CLASSES
 from captum_feedback.data.layouts import cluttered_images, open_layout, write_layout
 
@@ -39,7 +39,7 @@ def _benchmark(task, dataset, root, out, *extra):
 
 def _torchrun(*argv, **kwargs):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "--module", "captum_feedback.cli", *argv]
+               "--module", "captum_feedback", *argv]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, **kwargs})
 
 
@@ -106,7 +106,7 @@ def test_coco_layout_and_two_torchrun_processes_give_the_same_summary(tmp_path, 
 def test_a_killed_run_resumes_where_it_stopped_and_gives_the_same_result(tmp_path, voc):
     reference = _benchmark("pointing", "voc", voc, tmp_path / "reference", *POINTING)
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "captum_feedback.cli", "benchmark", "pointing", "--dataset", "voc",
+    command = [sys.executable, "-m", "captum_feedback", "benchmark", "pointing", "--dataset", "voc",
                "--root", str(voc), "--out", str(out), *POINTING]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard = out / "records" / "rank-000-of-001.jsonl"
@@ -153,7 +153,7 @@ def test_localization_and_segmentation_summaries(tmp_path):
         (["--dataset", "voc", "--root", "{nowhere}"], "holds no Pascal VOC folder"),
         (["--dataset", "voc", "--root", "{voc}", "--split", "train"], "No image list"),
         (["--dataset", "imagenet", "--root", "{voc}"], "No synset list"),
-        (["--dataset", "voc", "--root", "{voc}", "--methods", "Magic"], "Unknown method(s) ['Magic']"),
+        (["--dataset", "voc", "--root", "{voc}", "--methods", "Magic"], "Unknown method 'Magic'"),
         (["--dataset", "voc", "--root", "{voc}", "--model", "efficientnet_lite0"], "No class of the data set"),
         (["--dataset", "voc", "--root", "{voc}", "--num-classes", "3"], "the data set has 10 classes"),
         (["--dataset", "voc", "--root", "{voc}", "--device", "cuda:7"], "--device cuda:7"),

@@ -10,8 +10,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from captum_feedback.cli import main
-from captum_feedback.photos import bundled_photos
+from captum_feedback.app.cli import main
+from captum_feedback.data.photos import bundled_photos
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +119,12 @@ def test_a_torchvision_model_with_a_weights_file(cat_jpg, tmp_path, name):
 
 
 def test_the_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "captum_feedback.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "captum_feedback", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "explain" in result.stdout and "demo" in result.stdout
 
 
 def test_version_and_notes_for_outputs_that_say_little(capsys):
-    from captum_feedback.commands import _weak_outputs
+    from captum_feedback.app.commands import _weak_outputs
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
@@ -135,7 +135,7 @@ def test_version_and_notes_for_outputs_that_say_little(capsys):
 
 
 def test_help_is_plain_text_with_defaults_and_needs_no_torch():
-    code = ("import sys\nfrom captum_feedback.cli import main\n"
+    code = ("import sys\nfrom captum_feedback.app.cli import main\n"
             "try:\n    main(['benchmark', '--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -148,6 +148,6 @@ def test_help_is_plain_text_with_defaults_and_needs_no_torch():
 
 def test_the_cli_names_every_preset():
     from captum_feedback import PRESETS
-    from captum_feedback.cli import CONFIG_NAMES
+    from captum_feedback.app.cli import CONFIG_NAMES
 
     assert sorted(CONFIG_NAMES) == sorted(PRESETS)

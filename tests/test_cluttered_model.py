@@ -5,8 +5,8 @@ import torch
 
 from captum_feedback import FSP
 from captum_feedback.data import ClutteredScenes
-from captum_feedback.metrics import mean_average_precision
 from captum_feedback.models.cluttered_vgg import ClutteredVGG, cluttered_vgg
+from captum_feedback.wsol.metrics import mean_average_precision
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from captum_feedback import FSP
-from captum_feedback.engine import GatePolicy, GatingSession
+from captum_feedback.core.engine import GatePolicy, GatingSession
+from captum_feedback.data.photos import bundled_photos
 from captum_feedback.models import class_index, efficientnet_lite0, imagenet_classes, preprocess
-from captum_feedback.photos import bundled_photos
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from nets import ResNetish, VGGish, seeded
 from torch import nn
 
 from captum_feedback import FSP, FeedbackPipeline, LayerFeedback, MeanRatio, NeuronFeedback, rank_channels
-from captum_feedback.config import resolve_config
+from captum_feedback.core.config import resolve_config
 
 
 def test_fr_from_one_neuron_is_neuron_guided_backprop_on_a_relu_net():

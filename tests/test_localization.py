@@ -5,8 +5,8 @@ import torch
 from nets import VGGish, seeded
 from test_errors import assert_untouched, snapshot
 
-from captum_feedback.config import resolve_config
-from captum_feedback.localization import _uncrop, crop_and_resize, energy_box, two_stage_localization
+from captum_feedback.core.config import resolve_config
+from captum_feedback.wsol.localization import _uncrop, crop_and_resize, energy_box, two_stage_localization
 
 
 def test_energy_box_gives_up_a_faint_speck_far_away():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from captum_feedback.metrics import (
+from captum_feedback.wsol.metrics import (
     box_accuracy,
     boxes_to_masks,
     confusion_matrix,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_feedback.photos import load_image, read_image
+from captum_feedback.data.photos import load_image, read_image
 
 RAMP = np.linspace(0, 1, 64).reshape(8, 8)
 

@@ -247,7 +247,7 @@ def test_captum_basic_models_run():
 
 @pytest.mark.parametrize("shape", [(1, 8), (2, 16), (3, 64), (2, 8 * 37)])
 def test_gates_pack_eight_to_a_byte_in_unit_order(shape):
-    from captum_feedback.pruning import pack_bits
+    from captum_feedback.core.gate_store import pack_bits
 
     gates = torch.rand(shape) > 0.5
     packed = pack_bits(gates)
@@ -256,11 +256,11 @@ def test_gates_pack_eight_to_a_byte_in_unit_order(shape):
 
 
 def test_site_bytes_tell_per_sample_whether_any_gate_changed_since_the_last_pass():
-    from captum_feedback.engine import Site
-    from captum_feedback.pruning import _SiteBytes
+    from captum_feedback.core.engine import Site
+    from captum_feedback.core.gate_store import GateStore
 
     sites = [Site(0, "conv", "activation", (2, 3, 5)), Site(1, "pool", "pool", (2, 4))]
-    store = _SiteBytes(sites, 2, torch.device("cpu"), keep_history=False)
+    store = GateStore(sites, 2, torch.device("cpu"), keep_history=False)
     assert store.changed().tolist() == [False, False]  # all open, as before the first update
     store.slot(sites[1])[1, 3] = 0
     assert store.changed().tolist() == [False, True]

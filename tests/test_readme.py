@@ -1,5 +1,5 @@
-"""The README's Python code runs as written: its blocks, in order, in one namespace (a later
-block may use what an earlier one made), so that none can rot."""
+"""The Python code of the README and of the gate-rule guide runs as written: each file's blocks,
+in order, in one namespace (a later block may use what an earlier one made), so none can rot."""
 
 import re
 from pathlib import Path
@@ -7,24 +7,27 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = ("README.md", "docs/gate_rules.md")
 
 
-def test_the_readme_has_python_blocks():
-    assert len(BLOCKS) >= 3
+def python_blocks(document: str):
+    return re.findall(r"^```python\n(.*?)^```", (ROOT / document).read_text(), flags=re.S | re.M)
 
 
-def test_every_python_block_of_the_readme_runs(monkeypatch):
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_python_block_runs(document, monkeypatch):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     monkeypatch.setattr(plt, "show", lambda *args, **kwargs: None)
-    namespace = {"__name__": "readme"}
-    for number, block in enumerate(BLOCKS, start=1):
+    blocks = python_blocks(document)
+    assert len(blocks) >= 2
+    namespace = {"__name__": "docs"}
+    for number, block in enumerate(blocks, start=1):
         try:
-            exec(compile(block, f"README.md python block {number}", "exec"), namespace)
+            exec(compile(block, f"{document} python block {number}", "exec"), namespace)
         except Exception as error:  # noqa: BLE001 - name the block that failed
-            pytest.fail(f"README python block {number} fails: {type(error).__name__}: {error}")
+            pytest.fail(f"{document} python block {number} fails: {type(error).__name__}: {error}")
         finally:
             plt.close("all")

@@ -11,7 +11,7 @@ from test_errors import assert_untouched, snapshot
 from torch import nn
 
 from captum_feedback import FSP, PRESETS, FeedbackConfig, FeedbackPipeline, MeanRatio, Stage
-from captum_feedback.selection import SelectionRule, as_rule
+from captum_feedback.core.selection import SelectionRule, as_rule
 
 
 def mlp(seed: int) -> nn.Sequential:

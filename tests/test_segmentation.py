@@ -4,8 +4,8 @@ import pytest
 import torch
 from nets import VGGish, seeded
 
-from captum_feedback.config import resolve_config
-from captum_feedback.segmentation import (
+from captum_feedback.core.config import resolve_config
+from captum_feedback.wsol.segmentation import (
     feedback_segmentation,
     saliency_cut,
     segment,

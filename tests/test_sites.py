@@ -7,7 +7,7 @@ from nets import FunctionalVGGish, ResNetish, VGGish, seeded
 from torch import nn
 
 from captum_feedback import FSP
-from captum_feedback.engine import GatePolicy, GatingSession
+from captum_feedback.core.engine import GatePolicy, GatingSession
 
 
 def site_names(model, x):

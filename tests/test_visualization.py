@@ -8,8 +8,7 @@ from matplotlib.patches import Rectangle
 from nets import VGGish, seeded
 
 from captum_feedback import FSP, FeedbackPipeline, LayerFeedback
-from captum_feedback.config import resolve_config
-from captum_feedback.visualization import (
+from captum_feedback.app.visualization import (
     as_image,
     as_map,
     compare_methods,
@@ -19,6 +18,7 @@ from captum_feedback.visualization import (
     visualize_energy_map,
     visualize_top_neurons,
 )
+from captum_feedback.core.config import resolve_config
 
 
 @pytest.fixture(autouse=True)

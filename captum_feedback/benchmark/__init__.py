@@ -25,10 +25,10 @@ from captum_feedback.benchmark.runner import (
     totals,
 )
 from captum_feedback.benchmark.tasks import PROCEDURE_1, TASKS, Context, TargetMap
-from captum_feedback.classifiers import Classifier
-from captum_feedback.config import ConfigLike, resolve_config
+from captum_feedback.core.config import ConfigLike, resolve_config
 from captum_feedback.data.layouts import Layout
-from captum_feedback.methods import MethodMaps
+from captum_feedback.models.classifiers import Classifier
+from captum_feedback.wsol.methods import MethodMaps
 
 __all__ = ["PROCEDURE_1", "TASKS", "TargetMap", "run_benchmark"]
 

@@ -10,10 +10,10 @@ records add up to, and the scores those counts give.
   map), correct at IoU >= 0.5 with a box of the class; top-1 and top-5 localization errors
   (ILSVRC's: the class among the top-k predictions and its box correct) and the GT-known accuracy.
 * :class:`Segmentation` (Table 3, Procedure 2): the labelled classes' maps segment the image
-  (:func:`~captum_feedback.segmentation.segment`); a confusion matrix over the data set gives
+  (:func:`~captum_feedback.wsol.segmentation.segment`); a confusion matrix over the data set gives
   the mean IoU with background.
 
-Every map comes from :class:`~captum_feedback.methods.MethodMaps`, as in ``benchmarks/quality.py``.
+Every map comes from :class:`~captum_feedback.wsol.methods.MethodMaps`, as in ``benchmarks/quality.py``.
 """
 
 from __future__ import annotations
@@ -27,17 +27,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from captum_feedback.classifiers import Classifier
-from captum_feedback.config import FeedbackConfig
+from captum_feedback.core.config import FeedbackConfig
 from captum_feedback.data.annotations import IGNORE, AnnotatedImage
 from captum_feedback.data.layouts import Layout
 from captum_feedback.data.voc import IMAGENET_CLASSES_OF_VOC
-from captum_feedback.localization import energy_box, two_stage_localization
-from captum_feedback.methods import ALL_METHODS, MethodMaps
-from captum_feedback.metrics import confusion_matrix
-from captum_feedback.segmentation import segment
+from captum_feedback.models.classifiers import Classifier
+from captum_feedback.wsol.localization import energy_box, two_stage_localization
+from captum_feedback.wsol.methods import ALL_METHODS, MethodMaps
+from captum_feedback.wsol.metrics import confusion_matrix
+from captum_feedback.wsol.registry import names
+from captum_feedback.wsol.segmentation import segment
 
-PROCEDURE_1 = "FSP two-stage (Procedure 1)"
+PROCEDURE_1 = names("boxes")[0]
 """Procedure 1's boxes, a localization method beside the maps of ``ALL_METHODS``."""
 
 COCO_TO_VOC = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "tv": "tvmonitor",

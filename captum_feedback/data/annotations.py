@@ -79,7 +79,7 @@ class AnnotatedImage:
             return self.segmentation == label + 1
         region = np.zeros((height, width), dtype=bool)
         for instance in objects:
-            region |= _polygon_mask(instance.polygons, self.size) if instance.polygons else _box_mask(instance.box,
+            region |= _polygon_mask(instance.polygons, self.size) if instance.polygons else box_mask(instance.box,
                                                                                                       self.size)
         return torch.from_numpy(region)
 
@@ -95,7 +95,8 @@ class AnnotatedImage:
         return bool(others) and float(self.region(label).float().mean()) < 0.25
 
 
-def _box_mask(box: Sequence[float], size: Tuple[int, int]) -> np.ndarray:
+def box_mask(box: Sequence[float], size: Tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool: the pixels whose centres lie inside an ``(x1, y1, x2, y2)`` box."""
     height, width = size
     x1, y1, x2, y2 = box
     rows = np.arange(height)[:, None] + 0.5

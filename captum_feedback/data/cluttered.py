@@ -45,7 +45,7 @@ class Scene:
     @property
     def label_map(self) -> Tensor:
         """``(H, W)`` long segmentation ground truth: 0 is background, class ``c`` is ``c + 1``
-        (Pascal VOC's convention, as :func:`captum_feedback.segmentation.segment` returns)."""
+        (Pascal VOC's convention, as :func:`captum_feedback.wsol.segmentation.segment` returns)."""
         labels = torch.zeros(self.masks.shape[-2:], dtype=torch.long)
         for mask, cls in zip(self.masks, self.classes):
             labels[mask] = int(cls) + 1

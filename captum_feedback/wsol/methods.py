@@ -26,26 +26,26 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from captum_feedback._compat import TargetType
-from captum_feedback.config import ConfigLike
-from captum_feedback.energy import energy_map, l2_normalize, summation_energy_map
-from captum_feedback.pipeline import FeedbackPipeline
-from captum_feedback.pruning import FeedbackSelectivePruning
-from captum_feedback.recovering import FeedbackRecovering
+from captum_feedback.core._compat import TargetType
+from captum_feedback.core.config import ConfigLike
+from captum_feedback.core.pruning import FeedbackSelectivePruning
+from captum_feedback.core.recovering import FeedbackRecovering
+from captum_feedback.wsol.energy import energy_map, l2_normalize, summation_energy_map
+from captum_feedback.wsol.pipeline import FeedbackPipeline
+from captum_feedback.wsol.registry import names
 
-PIPELINE_METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR")
+PIPELINE_METHODS = names("pipeline")
 """The maps one :class:`~captum_feedback.FeedbackPipeline` run gives."""
-FEEDBACK_METHODS = PIPELINE_METHODS + ("FR",)
-ABLATION_SUMS = {"Summation, no FSP": None, "Summation abs(gradient), no FSP": "cw",
-                 "Summation gradient x activation, no FSP": "contribution"}
+FEEDBACK_METHODS = PIPELINE_METHODS + names("feedback")
+ABLATION_SUMS = dict(zip(names("ablation"), (None, "cw", "contribution")))
 """Summation Energy Maps of the plain network (every gate open), keyed by name: the
 configuration's quantity, the absolute gradients ``|alpha|`` of the summed sites, and their
 gradient x activation ``alpha x``. Beside FSP's maps they show what its selection adds."""
-ABLATIONS = tuple(ABLATION_SUMS)
-CAPTUM_METHODS = ("Saliency", "IntegratedGradients", "GuidedBackprop", "Deconvolution", "GuidedGradCam",
-                  "LayerGradCam", "InputXGradient", "DeepLift", "LRP")
-BASELINES = ("Center",)
-ALL_METHODS = FEEDBACK_METHODS + ABLATIONS + CAPTUM_METHODS + BASELINES
+ABLATIONS = names("ablation")
+CAPTUM_METHODS = names("captum")
+BASELINES = names("baseline")
+ALL_METHODS = names()
+"""Every method with a map, in :data:`~captum_feedback.wsol.registry.REGISTRY`'s order."""
 
 
 def center_map(inputs: Tensor, sigma: float = 0.25) -> Tensor:
@@ -70,7 +70,7 @@ class MethodMaps:
     Args:
         model: The classifier, in ``eval()`` mode.
         layer: Middle layer for the FSP-FR map (the paper's ``conv5_2``); default: the first of
-            :func:`~captum_feedback.classifiers.recommended_layers`.
+            :func:`~captum_feedback.models.classifiers.recommended_layers`.
         gradcam_layer: The layer Grad-CAM and Guided Grad-CAM read (the last convolutional
             block, as usual); default: the second of ``recommended_layers``.
         ig_steps: Integrated Gradients' ``n_steps`` (zero baseline).
@@ -88,7 +88,7 @@ class MethodMaps:
     def __init__(self, model: nn.Module, layer: Optional[nn.Module] = None, gradcam_layer: Optional[nn.Module] = None,
                  ig_steps: int = 50, internal_batch_size: Optional[int] = None, config: ConfigLike = None) -> None:
         if layer is None or gradcam_layer is None:
-            from captum_feedback.classifiers import recommended_layers
+            from captum_feedback.models.classifiers import recommended_layers
 
             middle, last = recommended_layers(model)
             layer, gradcam_layer = layer or middle, gradcam_layer or last

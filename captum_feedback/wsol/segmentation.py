@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_feedback.config import ConfigLike
-from captum_feedback.pipeline import FeedbackPipeline
+from captum_feedback.core.config import ConfigLike
+from captum_feedback.wsol.pipeline import FeedbackPipeline
 
 
 def _check_images(images: Tensor) -> None:

@@ -1,7 +1,7 @@
 """The gating engine shared by every feedback method.
 
 A :class:`GatingSession` runs forward passes of a model in which every call of a gate-site
-operation (:mod:`captum_feedback.sites`) is intercepted by a ``torch.overrides.TorchFunctionMode``
+operation (:mod:`captum_feedback.core.sites`) is intercepted by a ``torch.overrides.TorchFunctionMode``
 -- never by patching torch -- so modules, reused modules, in-place and functional calls are all
 seen, in execution order. Each call becomes a :class:`Site`. A :class:`GatePolicy` decides the
 binary feedback gate of each site in the forward pass and how the contribution weight (CW,
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
-from captum_feedback.sites import SITE_OPS, SiteOp
+from captum_feedback.core.sites import SITE_OPS, SiteOp
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Gate(NamedTuple):
     """``z`` as 0/1 values in the activation's dtype; the engine overwrites it with ``z * x``."""
     within_active: bool = False
     """Whether ``z`` is already zero wherever ``x`` is: then the engine need not close the gates
-    of a re-evaluated ReLU's inactive units itself (:func:`~captum_feedback.selection.keep_mask`
+    of a re-evaluated ReLU's inactive units itself (:func:`~captum_feedback.core.selection.keep_mask`
     gives such gates)."""
 
     @classmethod

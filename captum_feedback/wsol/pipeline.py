@@ -13,13 +13,13 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from captum_feedback._compat import TargetType, TensorOrTuple
-from captum_feedback.config import ConfigLike, FeedbackConfig, resolve_config
-from captum_feedback.energy import energy_map, summation_energy_map, summation_fsp_fr_energy_map
-from captum_feedback.layer import NeuronFeedback, check_layer, layer_contribution
-from captum_feedback.pruning import FeedbackSelectivePruning
-from captum_feedback.selection import MeanRatio, SelectionRule, keep_mask
-from captum_feedback.state import FeedbackState
+from captum_feedback.core._compat import TargetType, TensorOrTuple
+from captum_feedback.core.config import ConfigLike, FeedbackConfig, resolve_config
+from captum_feedback.core.layer import NeuronFeedback, check_layer, layer_contribution
+from captum_feedback.core.pruning import FeedbackSelectivePruning
+from captum_feedback.core.selection import MeanRatio, SelectionRule, keep_mask
+from captum_feedback.core.state import FeedbackState
+from captum_feedback.wsol.energy import energy_map, summation_energy_map, summation_fsp_fr_energy_map
 
 
 class FeedbackEnergyMaps(NamedTuple):

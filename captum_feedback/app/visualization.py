@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from captum_feedback.layer import NeuronFeedback, layer_contribution, rank_channels
-from captum_feedback.pipeline import FeedbackPipeline
-from captum_feedback.state import FeedbackState
+from captum_feedback.core.layer import NeuronFeedback, layer_contribution, rank_channels
+from captum_feedback.core.state import FeedbackState
+from captum_feedback.wsol.pipeline import FeedbackPipeline
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -92,7 +92,7 @@ def visualize_energy_map(
         energy: The map, e.g. ``summation_energy_map(state)[i]``.
         image: The image it explains (a normalized model input is fine).
         boxes: ``(K, 4)`` boxes ``(x1, y1, x2, y2)`` in pixel edges, e.g. from
-            :func:`captum_feedback.localization.energy_box`; drawn in ``box_colors`` order.
+            :func:`captum_feedback.wsol.localization.energy_box`; drawn in ``box_colors`` order.
         mask: ``(H, W)`` boolean mask, outlined in white.
         title: Axes title.
         plt_fig_axis: ``(figure, axes)`` to draw into.
@@ -176,7 +176,7 @@ def compare_methods(
 
     Args:
         images: ``(B, C, H, W)`` (or one ``(C, H, W)``) images.
-        maps: ``{method: (B, 1, H, W) maps}``, e.g. from :class:`captum_feedback.methods.MethodMaps`.
+        maps: ``{method: (B, 1, H, W) maps}``, e.g. from :class:`captum_feedback.wsol.methods.MethodMaps`.
         row_titles: A label per image (e.g. the target class).
         outlier_perc: The brightest percent of each map saturates, as in Captum; every panel is
             scaled to its own ``100 - outlier_perc`` percentile, which the shared colorbar reads.

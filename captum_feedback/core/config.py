@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple, Union
 
-from captum_feedback.selection import MeanRatio, SelectionRule, Threshold, as_rule
+from captum_feedback.core.selection import MeanRatio, SelectionRule, Threshold, as_rule
 
 SUMMATIONS = ("cw", "activation", "contribution")
 """What the Summation Energy Map sums per kept unit: the CW ``z |alpha|`` (the paper's text),
@@ -66,7 +66,7 @@ class FeedbackConfig:
     """Everything the FSP -> FR pipeline can be told, validated once.
 
     Attributes:
-        threshold: FSP's threshold (:data:`~captum_feedback.selection.Threshold`).
+        threshold: FSP's threshold (:data:`~captum_feedback.core.selection.Threshold`).
         drop_edges: Close the outermost row and column of every spatial map (released code).
         stages: FSP's stages, run in order (:class:`Stage`); one stage of 5 updates is Alg. 2.
         linearize: Freeze ReLU states and max-pool choices after the first pass (Sec. 3.3).

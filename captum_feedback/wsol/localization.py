@@ -8,10 +8,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from captum_feedback._compat import TargetType, per_sample_targets
-from captum_feedback.config import ConfigLike
-from captum_feedback.energy import energy_map, summation_energy_map
-from captum_feedback.pipeline import FeedbackPipeline
+from captum_feedback.core._compat import TargetType, per_sample_targets
+from captum_feedback.core.config import ConfigLike
+from captum_feedback.wsol.energy import energy_map, summation_energy_map
+from captum_feedback.wsol.pipeline import FeedbackPipeline
 
 
 def energy_box(maps: Tensor, fraction: float = 0.99) -> Tensor:

@@ -22,12 +22,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-METHODS = ("fsp", "summation", "fsp-fr", "summation-fsp-fr", "fr", "saliency", "integrated-gradients",
-           "guided-backprop", "grad-cam")
-_METHOD_NAMES = {"fsp": "FSP", "summation": "FSP Summation", "fsp-fr": "FSP-FR",
-                 "summation-fsp-fr": "Summation-FSP-FR", "fr": "FR", "saliency": "Saliency",
-                 "integrated-gradients": "IntegratedGradients", "guided-backprop": "GuidedBackprop",
-                 "grad-cam": "LayerGradCam"}
+from captum_feedback.wsol.registry import REGISTRY
+
+MAP_SLUGS = tuple(m.slug for m in REGISTRY if m.family != "boxes")
 
 
 BENCHMARK_DEFAULTS = {"pointing": ("FSP Summation", "LayerGradCam", "Saliency", "Center"),
@@ -98,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("images", nargs="+", type=Path)
     ex.add_argument("--target", action="append", default=None,
                     help="class name or index, 'auto' (top class) or 'topK'; repeatable (default auto)")
-    ex.add_argument("--method", choices=METHODS, default="summation", help="the map (default: %(default)s)")
+    ex.add_argument("--method", choices=MAP_SLUGS, default="summation", metavar="METHOD",
+                    help="the map: " + ", ".join(MAP_SLUGS) + " (default: %(default)s)")
     ex.add_argument("--out", type=Path, default=Path("explanations"),
                     help="folder for the outputs (default: %(default)s)")
     ex.add_argument("--save-maps", action="store_true",
@@ -123,7 +121,7 @@ def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--split", help="image list (default: test for VOC pointing, else val)")
     bench.add_argument("--synsets", type=Path, help="ImageNet's 'wnid name' list in output order "
                        "(default: ROOT/LOC_synset_mapping.txt)")
-    bench.add_argument("--methods", nargs="+", help="method names (default per task: "
+    bench.add_argument("--methods", nargs="+", help="method names or CLI spellings (default per task: "
                        + "; ".join(f"{t}: {', '.join(m)}" for t, m in BENCHMARK_DEFAULTS.items()) + ")")
     bench.add_argument("--limit", type=_positive, help="score only the first N images (default: all)")
     bench.add_argument("--out", type=Path, required=True, help="folder of records and report; a rerun resumes")

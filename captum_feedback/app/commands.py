@@ -1,4 +1,4 @@
-"""What the ``captum-feedback`` subcommands do (:mod:`captum_feedback.cli` parses their
+"""What the ``captum-feedback`` subcommands do (:mod:`captum_feedback.app.cli` parses their
 arguments and imports this module only to run one, so that ``--help`` starts fast)."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from captum_feedback.classifiers import Classifier, ModelError, first_line, load_classifier
-from captum_feedback.cli import _METHOD_NAMES, BENCHMARK_DEFAULTS, CommandError
-from captum_feedback.config import resolve_config
+from captum_feedback.app.cli import BENCHMARK_DEFAULTS, CommandError
+from captum_feedback.core.config import resolve_config
+from captum_feedback.models.classifiers import Classifier, ModelError, first_line, load_classifier
+from captum_feedback.wsol.registry import method_name
 
 
 def resolve_targets(spec: Sequence[str], logits: Tensor, classes: Sequence[str]) -> List[int]:
@@ -71,8 +72,8 @@ def device(name: str) -> torch.device:
 def explain(args: argparse.Namespace) -> List[Path]:
     from tqdm import tqdm
 
-    from captum_feedback.methods import MethodMaps
-    from captum_feedback.photos import load_image
+    from captum_feedback.data.photos import load_image
+    from captum_feedback.wsol.methods import MethodMaps
 
     model = classifier(args)
     try:
@@ -97,11 +98,11 @@ def explain(args: argparse.Namespace) -> List[Path]:
     for path, image, x, logits, targets in tqdm(jobs, desc="explaining", unit="image", disable=len(jobs) < 2):
         for target in targets:
             try:
-                energy = maps_of(x, target, [_METHOD_NAMES[args.method]])[_METHOD_NAMES[args.method]]
+                energy = maps_of(x, target, [method_name(args.method)])[method_name(args.method)]
             except ValueError as error:  # a model the method cannot explain (no gate site, ...)
                 raise CommandError(first_line(error)) from None
             stem = f"{Path(path).stem}_{_slug(model.classes[target])}_{args.method}"
-            title = f"{model.classes[target]} ({logits.softmax(0)[target]:.0%}) - {_METHOD_NAMES[args.method]}"
+            title = f"{model.classes[target]} ({logits.softmax(0)[target]:.0%}) - {method_name(args.method)}"
             written += write_explanation(args, stem, image, energy.cpu(), title,
                                          {"image": str(path), "class": model.classes[target], "method": args.method})
     return written
@@ -120,9 +121,9 @@ def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy
     import torch.nn.functional as F
     from matplotlib import pyplot as plt
 
-    from captum_feedback.localization import energy_box
-    from captum_feedback.segmentation import saliency_cut, superpixel_regularize, superpixels
-    from captum_feedback.visualization import visualize_energy_map
+    from captum_feedback.app.visualization import visualize_energy_map
+    from captum_feedback.wsol.localization import energy_box
+    from captum_feedback.wsol.segmentation import saliency_cut, superpixel_regularize, superpixels
 
     height, width = image.shape[-2:]
     side = energy.shape[-1]
@@ -148,8 +149,8 @@ def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy
 
 
 def demo(args: argparse.Namespace) -> List[Path]:
-    """``captum-feedback demo``: the README's figures (:func:`captum_feedback.demo.run`)."""
-    from captum_feedback.demo import run
+    """``captum-feedback demo``: the README's figures (:func:`captum_feedback.app.demo.run`)."""
+    from captum_feedback.app.demo import run
 
     return run(args.out, config=resolve_config(args.config, iterations=args.iterations))
 
@@ -173,7 +174,10 @@ def benchmark(args: argparse.Namespace) -> List[Path]:
         config = resolve_config(args.config, iterations=args.iterations)
     except (ModelError, ValueError) as error:
         raise CommandError(first_line(error)) from None
-    methods = [_METHOD_NAMES.get(m, m) for m in args.methods or BENCHMARK_DEFAULTS[args.task]]
+    try:
+        methods = [method_name(m) for m in args.methods or BENCHMARK_DEFAULTS[args.task]]
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     make_out_dir(args.out)
     settings = {"dataset": args.dataset, "root": str(args.root.resolve()), "split": split, "year": args.year,
                 "model": args.model or "efficientnet_lite0", "weights": str(args.weights)}

@@ -2,107 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_feedback._compat import TargetType, TensorOrTuple, format_output, select_targets
-from captum_feedback.attribution import Batch, FeedbackAttribution, input_gradients
-from captum_feedback.config import ConfigLike, FeedbackConfig, Stage, resolve_config
-from captum_feedback.engine import Gate, GatePolicy, GatingSession, Site
-from captum_feedback.selection import SelectionRule, Threshold, keep_mask
-from captum_feedback.state import FeedbackState, digest
-
-_GATHER_BITS = 0x0102040810204080
-"""Multiplying eight 0/1 bytes, read as one little-endian int64, by this constant gathers
-them into the top byte (byte ``i`` becomes bit ``i``) without carries."""
-_SCRATCH_WORDS = 1 << 17
-"""Words of int64 scratch space for packing gates: 1 MiB."""
-
-
-def pack_bits(gate: Tensor) -> Tensor:
-    """A boolean gate ``(B, n)``, ``n`` a multiple of 8, as ``(B, n / 8)`` bytes: unit ``8j + i``
-    is bit ``i`` of byte ``j``."""
-    return (gate.view(torch.int64) * _GATHER_BITS).bitwise_right_shift_(56).to(torch.uint8)
-
-
-def unpack_bits(packed: Tensor) -> Tensor:
-    """The inverse of :func:`pack_bits`: ``(B, m)`` bytes as ``(B, 8 m)`` 0/1 bytes."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) >> shifts) & 1).view(len(packed), -1)
-
-
-class _SiteBytes:
-    """One byte per unit of every site, in one ``(B, units)`` buffer; a site's bytes are a view.
-
-    A site's bytes hold its gates once the forward pass has reached it, and its CW selector
-    (:meth:`~captum_feedback.selection.SelectionRule.selector`) once the backward pass has left it. The
-    selector is made after the gates' last use and used before the new gates are set, so
-    between passes FSP holds one byte a unit. One buffer also lets a pass pack all gates
-    eight to a byte and compare them with the previous pass's in a handful of kernels, where
-    a tensor per site would need a handful per site.
-    """
-
-    def __init__(self, sites: Sequence[Site], batch_size: int, device: torch.device, keep_history: bool) -> None:
-        self._slices: Dict[int, slice] = {}
-        units = 0
-        for site in sites:  # each site starts on a byte of the packed gates
-            size = math.prod(site.shape[1:])
-            self._slices[site.index] = slice(units, units + size)
-            units += size + -size % 8
-        # Padding units are open gates that never change.
-        self.buffer = torch.ones((batch_size, units), dtype=torch.int8, device=device)
-        self.packed = torch.full((batch_size, units // 8), 255, dtype=torch.uint8, device=device)
-        """The gates as of the last :meth:`changed`, eight units a byte."""
-        self.history: List[Tensor] = []
-        """The packed gates as of each earlier call to :meth:`changed`, oldest first (kept only
-        with ``keep_history``: one bit a unit per pass)."""
-        self.keep_history = keep_history
-        self._slots = {site.index: self.buffer[:, self._slices[site.index]].view(site.shape) for site in sites}
-
-    def slot(self, site: Site) -> Tensor:
-        """The site's bytes, ``site.shape``, as a writable view."""
-        return self._slots[site.index]
-
-    def packed_gates(self, site: Site) -> Tensor:
-        """The site's gates as of the last :meth:`changed`, as 0/1 bytes of ``site.shape``."""
-        units = self._slices[site.index]
-        bits = unpack_bits(self.packed[:, units.start // 8 : -(-units.stop // 8)])
-        return bits[:, : units.stop - units.start].view(site.shape)
-
-    def changed(self) -> Tensor:
-        """Per sample, whether any gate changed since the last call (or since all were open).
-
-        It packs and compares a slice of the gates at a time, at most 16 slices, so that its
-        scratch space stays at 1 MiB or a sixteenth of the gates' bytes: it runs at the end of
-        a forward pass, when memory use is at its peak.
-        """
-        gates = self.buffer.view(torch.bool)
-        changed = torch.zeros(len(gates), dtype=torch.bool, device=gates.device)
-        if self.keep_history:
-            self.history.append(self.packed.clone())
-        step = 8 * max(1, _SCRATCH_WORDS // len(gates), -(-gates.shape[1] // 128))
-        for start in range(0, gates.shape[1], step):
-            packed = pack_bits(gates[:, start : start + step])
-            words = slice(start // 8, (start + step) // 8)
-            changed |= (packed != self.packed[:, words]).any(1)
-            self.packed[:, words].copy_(packed)
-        return changed
-
-    def revert(self, rows: Tensor, depth: int) -> Tensor:
-        """Gives the samples ``rows`` (booleans) the gates they had ``depth`` passes before the
-        last; returns the samples whose gates this changed."""
-        if depth > len(self.history):
-            return torch.zeros_like(rows)
-        earlier = self.history[-depth]
-        rows = rows.to(self.packed.device) & (self.packed != earlier).any(1)
-        if rows.any():
-            self.packed[rows] = earlier[rows]
-            self.buffer[rows] = unpack_bits(earlier[rows]).to(torch.int8)
-        return rows.cpu()
+from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output, select_targets
+from captum_feedback.core.attribution import Batch, FeedbackAttribution, input_gradients
+from captum_feedback.core.config import ConfigLike, FeedbackConfig, Stage, resolve_config
+from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
+from captum_feedback.core.gate_store import GateStore
+from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
+from captum_feedback.core.state import FeedbackState, digest
 
 
 class _PruningPolicy(GatePolicy):
@@ -123,7 +35,7 @@ class _PruningPolicy(GatePolicy):
         self.wants_on_states = rule.prunes_only
         self.sites = sites
         """The session's sites, all known once the first pass is done."""
-        self.bytes: Optional[_SiteBytes] = None
+        self.bytes: Optional[GateStore] = None
         self.updating: Optional[Set[int]] = None
         """Sites whose gates the next backward pass updates; ``None`` before the sites are known."""
         self.selected: set = set()
@@ -218,7 +130,7 @@ class _PruningPolicy(GatePolicy):
             return cw
         if not self.final_pass and self.needs_cw(site):  # the site's gates have been used: its
             if self.bytes is None:  # bytes take the selector
-                self.bytes = _SiteBytes(self.sites, len(self.active), cw.device, keep_history=self.rule.prunes_only)
+                self.bytes = GateStore(self.sites, len(self.active), cw.device, keep_history=self.rule.prunes_only)
             slot = self.bytes.slot(site)
             slot.copy_(self.rule.selector(cw, self._open_units(site, slot), signed=not site.nonnegative))
             if site.support is not None:  # a frozen ReLU's gates stay within its support
@@ -313,7 +225,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             threshold: ``"zero"`` (Algorithm 2; guarantees a non-decreasing score when
                 linearized), ``"positive_mean"`` or a :class:`~captum_feedback.MeanRatio` (the
                 authors' released code, per sample and site), a number, or a callable; see
-                :data:`captum_feedback.selection.Threshold`. ``None`` takes the configuration's.
+                :data:`captum_feedback.core.selection.Threshold`. ``None`` takes the configuration's.
             linearize: Freeze ReLU states and max-pool choices after the first forward pass
                 (Sec. 3.3); ``None`` takes the configuration's.
             config: A preset name (``"default"``, ``"paper"``, ``"released_code"``) or a

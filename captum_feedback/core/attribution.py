@@ -8,16 +8,19 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from captum.attr import GradientAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_feedback._compat import (
+from captum_feedback.core._compat import (
     TargetType,
     TensorOrTuple,
     format_additional_args,
     format_inputs,
+    format_output,
     per_sample_targets,
+    select_targets,
 )
-from captum_feedback.engine import GatePolicy, GatingSession, check_depends_on_inputs
+from captum_feedback.core.engine import GatePolicy, GatingSession, check_depends_on_inputs
 
 
 @dataclass
@@ -123,3 +126,56 @@ class FeedbackAttribution(GradientAttribution):
             )
         return output, tapped
 
+
+    def gated_gradients(
+        self,
+        batch: Batch,
+        policy: GatePolicy,
+        score: Callable[[Tensor, dict], Tensor],
+        taps: Sequence[nn.Module] = (),
+        linearize: bool = False,
+    ) -> Tuple[Tensor, ...]:
+        """One forward pass with ``policy``'s gates and one backward pass from ``score(output,
+        tapped layers' outputs)`` (one value per sample) to the inputs: FR, and any custom rule."""
+        session = self._session(batch, linearize)
+        with session.installed():
+            output, tapped = self._forward(session, batch, policy, taps)
+            return input_gradients(score(output, tapped), batch.inputs)
+
+
+class GatePolicyAttribution(FeedbackAttribution):
+    r"""Input attribution under your own gate rule: one forward pass in which ``policy`` sets
+    the gate of every ReLU-like and max-pooling site (:meth:`GatePolicy.gate`), and one backward
+    pass in which it sees, and may change, each site's contribution weight on the way down
+    (:meth:`GatePolicy.backward`). FR is this with its top-down rule; ``docs/gate_rules.md``
+    writes a rule from scratch.
+
+    Args:
+        forward_func: The model (``nn.Module`` or callable), in ``eval()`` mode.
+        policy: The rule, a :class:`~captum_feedback.core.engine.GatePolicy`; it must not carry
+            state from one ``attribute`` call to the next.
+        linearize: Freeze the first pass's activation states (Sec. 3.3), which a one-pass rule
+            rarely needs.
+        output_selector: As for :class:`FeedbackAttribution`.
+
+    Example::
+
+        >>> attribution = GatePolicyAttribution(model.eval(), MyRule()).attribute(images, target=3)
+    """
+
+    def __init__(self, forward_func: Callable, policy: GatePolicy, linearize: bool = False,
+                 output_selector: Optional[Callable[[Any], Tensor]] = None) -> None:
+        if not isinstance(policy, GatePolicy):
+            raise TypeError(f"policy must be a GatePolicy, got {type(policy).__name__}.")
+        super().__init__(forward_func, output_selector)
+        self.policy, self.linearize = policy, linearize
+
+    @log_usage()
+    def attribute(self, inputs: TensorOrTuple, target: TargetType = None,
+                  additional_forward_args: Any = None) -> TensorOrTuple:
+        """The gradients of the target with respect to each input under the policy's gates,
+        the same shapes as ``inputs`` (Captum's conventions, as ``Saliency``)."""
+        batch = self._batch(inputs, target, additional_forward_args)
+        grads = self.gated_gradients(batch, self.policy, lambda output, _: select_targets(output, batch.targets),
+                                     linearize=self.linearize)
+        return format_output(batch.is_tuple, grads)

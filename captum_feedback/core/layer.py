@@ -19,12 +19,13 @@ from captum.attr import LayerAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_feedback._compat import TargetType, TensorOrTuple, format_output
-from captum_feedback.attribution import FeedbackAttribution
-from captum_feedback.config import ConfigLike, resolve_config
-from captum_feedback.recovering import FeedbackRecovering
-from captum_feedback.selection import Threshold, as_rule
-from captum_feedback.state import FeedbackState
+from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output
+from captum_feedback.core.attribution import FeedbackAttribution
+from captum_feedback.core.config import ConfigLike, resolve_config
+from captum_feedback.core.pruning import FeedbackSelectivePruning
+from captum_feedback.core.recovering import FeedbackRecovering
+from captum_feedback.core.selection import Threshold, as_rule
+from captum_feedback.core.state import FeedbackState
 
 NeuronSelector = Union[int, Tuple[Any, ...], slice, Callable[[Tensor], Tensor]]
 
@@ -94,7 +95,7 @@ class NeuronFeedback(NeuronAttribution, FeedbackAttribution):
                 layer's output without its batch dimension (slices select sets, which are
                 summed), or a callable mapping the layer output to one score per sample.
             additional_forward_args: Further arguments to the model, after the inputs.
-            threshold: FR's selection threshold (:data:`~captum_feedback.selection.Threshold`).
+            threshold: FR's selection threshold (:data:`~captum_feedback.core.selection.Threshold`).
 
         Returns:
             Gradients of the selected neurons with respect to each input under FR's gates.
@@ -162,11 +163,9 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
             return NeuronFeedback(self.forward_func, self.layer).attribute(
                 inputs, neuron_selector, additional_forward_args, threshold or "zero")
         if state is None:
-            from captum_feedback.pipeline import FeedbackPipeline  # the pipeline builds on this module
-
             settings = resolve_config(config, iterations, threshold, linearize)
-            pipeline = FeedbackPipeline(self.forward_func, self.layer, settings)
-            state = pipeline.select(inputs, target, additional_forward_args, keep_cws=False)
+            state = FeedbackSelectivePruning(self.forward_func).select(
+                inputs, target, additional_forward_args, config=settings, keep_cws=False, layers=(self.layer,))
         state.check_inputs(inputs)
         return layer_contribution(state, self._layer_name)
 

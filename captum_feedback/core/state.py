@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_feedback.config import FeedbackConfig
+from captum_feedback.core.config import FeedbackConfig
 
 
 @dataclass

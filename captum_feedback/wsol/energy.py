@@ -18,8 +18,8 @@ from typing import List, Optional, Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_feedback.config import SUMMATIONS
-from captum_feedback.state import FeedbackState
+from captum_feedback.core.config import SUMMATIONS
+from captum_feedback.core.state import FeedbackState
 
 
 def l2_normalize(maps: Tensor, eps: float = 1e-12) -> Tensor:

@@ -1,0 +1,38 @@
+"""Your own gate rule as a Captum attribution: GatePolicyAttribution runs any GatePolicy."""
+
+import pytest
+import torch
+from nets import VGGish, seeded
+
+from captum_feedback import FR, Gate, GatePolicy, GatePolicyAttribution
+from captum_feedback.core.recovering import RecoveringPolicy
+from captum_feedback.core.selection import as_rule
+
+
+def test_with_every_gate_open_it_is_the_plain_gradient():
+    model = seeded(VGGish())
+    x = torch.rand(3, 3, 16, 16)
+    inputs = x.clone().requires_grad_()
+    expected = torch.autograd.grad(model(inputs)[torch.arange(3), [0, 2, 4]].sum(), inputs)[0]
+    assert torch.allclose(GatePolicyAttribution(model, GatePolicy()).attribute(x, target=[0, 2, 4]), expected)
+
+
+def test_with_fr_s_rule_it_is_fr_and_a_forward_rule_changes_the_gradient():
+    model = seeded(VGGish())
+    x = torch.rand(2, 3, 16, 16)
+    recovered = GatePolicyAttribution(model, RecoveringPolicy(as_rule("zero"))).attribute(x, target=1)
+    assert torch.equal(recovered, FR(model).attribute(x, target=1))
+
+    class ClosedBelowMean(GatePolicy):
+        def gate(self, site, x):
+            return Gate.of(x > x.mean(), x) if site.kind == "activation" else None
+
+    gated = GatePolicyAttribution(model, ClosedBelowMean()).attribute(x, target=1)
+    assert gated.shape == x.shape and not torch.allclose(gated, GatePolicyAttribution(model, GatePolicy())
+                                                         .attribute(x, target=1))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_policy_must_be_a_gate_policy():
+    with pytest.raises(TypeError, match="policy must be a GatePolicy"):
+        GatePolicyAttribution(seeded(VGGish()), lambda site, x: None)
