@@ -151,3 +151,14 @@ def test_the_cli_names_every_preset():
     from captum_feedback.app.cli import CONFIG_NAMES
 
     assert sorted(CONFIG_NAMES) == sorted(PRESETS)
+
+
+def test_a_portrait_photo_gets_a_mask_of_its_own_size_and_a_box_inside_it(cat_jpg, tmp_path):
+    photo = tmp_path / "portrait.jpg"
+    Image.open(cat_jpg).resize((810, 1080)).save(photo)  # 810 wide, 1080 high
+    argv = ["explain", str(photo), "--method", "saliency", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    (mask,) = (tmp_path / "out").glob("*_mask.png")
+    assert Image.open(mask).size == (810, 1080)
+    x1, y1, x2, y2 = json.loads(next((tmp_path / "out").glob("*_box.json")).read_text())["box_xyxy"]
+    assert 0 <= x1 < x2 <= 810 and 0 <= y1 < y2 <= 1080
