@@ -1,0 +1,33 @@
+"""torchvision's classifiers (weights=None) through FSP and FR: finite input-shaped maps, no
+hook or mode left, the model's state untouched, batch == per sample, and the linearized target
+score never falling. CI runs a small model of each convolutional family; `--slow` adds the
+transformers; `python benchmarks/zoo.py` runs all 80 (the table is in docs/benchmarks.md)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import zoo  # noqa: E402
+
+CONVOLUTIONAL = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0", "googlenet",
+                 "regnet_x_400mf"]
+TRANSFORMERS = ["convnext_tiny", "vit_b_32", "maxvit_t"]
+
+
+def _holds(name):
+    finding = zoo.check(zoo.build(name), zoo.input_size(name))
+    assert finding["sites"] > 0 and zoo.passes(finding), finding
+    return finding
+
+
+@pytest.mark.parametrize("name", CONVOLUTIONAL)
+def test_a_convolutional_classifier_holds_the_contract(name):
+    _holds(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_a_transformer_holds_the_contract(name):
+    _holds(name)
