@@ -120,9 +120,11 @@ class FeedbackAttribution(GradientAttribution):
         if not isinstance(output, Tensor):
             raise TypeError(f"output_selector must return a tensor, got {type(output).__name__}.")
         if not session.sites:
+            unbatched = (f" ({len(session.unbatched)} such calls, e.g. '{session.unbatched[0]}', do not have the "
+                         "batch as their first dimension: run the model batch-first)") if session.unbatched else ""
             raise ValueError(
                 "The model has no gate site: no ReLU-like or smooth activation (relu, relu6, hardtanh, "
-                "leaky_relu, prelu, silu, gelu, hardswish) or max-pooling was called in its forward pass."
+                f"leaky_relu, prelu, silu, gelu, hardswish) or max-pooling was called in its forward pass{unbatched}."
             )
         return output, tapped
 

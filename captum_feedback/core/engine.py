@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
-from captum_feedback.core.sites import SITE_OPS, SiteOp
+from captum_feedback.core.sites import FROZEN_OPS, SITE_OPS, FrozenOp, SiteOp
 
 
 @dataclass
@@ -244,16 +244,20 @@ def preserved_state(model: Any) -> Iterator[None]:
 
 
 class _SiteMode(TorchFunctionMode):
-    def __init__(self, on_site: Callable[[SiteOp, tuple, dict], Any]) -> None:
+    def __init__(self, on_site: Callable[[Callable, SiteOp, tuple, dict], Any],
+                 on_frozen: Optional[Callable[[Callable, FrozenOp, tuple, dict], Any]]) -> None:
         super().__init__()
-        self.on_site = on_site
+        self.on_site, self.on_frozen = on_site, on_frozen
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         op = SITE_OPS.get(func)
-        if op is None:
-            return func(*args, **kwargs)
-        return self.on_site(op, args, kwargs)
+        if op is not None:
+            return self.on_site(func, op, args, kwargs)
+        frozen = FROZEN_OPS.get(func) if self.on_frozen is not None else None
+        if frozen is not None:
+            return self.on_frozen(func, frozen, args, kwargs)
+        return func(*args, **kwargs)
 
 
 class GatingSession:
@@ -283,6 +287,13 @@ class GatingSession:
         """A scalar leaf that every gated site takes as an input (:class:`_Gate`); the first
         pass makes it, gradient-requiring, on the inputs' device."""
         self._inputs: Tuple[Tensor, ...] = ()
+        self.unbatched: List[str] = []
+        """Calls of gate-site operations whose first dimension is not the batch (computed from
+        parameters alone): the first pass leaves them ungated and names them here."""
+        self._frozen: List[Tuple[FrozenOp, Any]] = []
+        """Per call of a frozen operation in the first pass: the operation and its state
+        (``None`` where the call is not frozen)."""
+        self._frozen_calls = 0
         self._open: List[Tuple[Site, GradientEdge]] = []
         """The ungated sites of the last pass whose output autograd reaches, in execution order,
         with the edge of their output: where :meth:`propagate_cws` may stop."""
@@ -313,8 +324,14 @@ class GatingSession:
         return name if seen[name] == 1 else f"{name}#{seen[name]}"
 
     # ------------------------------------------------------------------ the intercepted call
-    def _on_site(self, op: SiteOp, args: tuple, kwargs: dict) -> Any:
+    def _on_site(self, func: Callable, op: SiteOp, args: tuple, kwargs: dict) -> Any:
         params = op.bind(args, kwargs)
+        if params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size:
+            # Not per sample (Swin V2's position-bias MLP runs on a table of the parameters):
+            # no gate, and not counted among the sites.
+            if self.passes == 0:
+                self.unbatched.append(self._site_name(op, Counter()))
+            return func(*args, **kwargs)
         index = self._calls
         self._calls += 1
         if self.passes == 0:
@@ -329,6 +346,21 @@ class GatingSession:
             output, state = self._later_pass(site, params)
         gated = self._apply_gate(site, params["input"], output)
         return (gated, state) if op.returns_indices(params) else gated
+
+    def _on_frozen(self, func: Callable, op: FrozenOp, args: tuple, kwargs: dict) -> Any:
+        """A nonlinearity that is not a gate site, in a linearized session: the first pass
+        records its state, later passes evaluate it frozen (:class:`~.sites.FrozenOp`)."""
+        params = op.bind(args, kwargs)
+        index = self._frozen_calls
+        self._frozen_calls += 1
+        if self.passes == 0:
+            output, state = op.evaluate(params) if op.applies(params) else (None, None)
+            self._frozen.append((op, state))
+            return output if state is not None else func(*args, **kwargs)
+        if index >= len(self._frozen) or self._frozen[index][0] is not op:
+            raise self._changed(None, f"called {op.label} as frozen operation {index}, unlike the first")
+        state = self._frozen[index][1]
+        return op.frozen(params, state) if state is not None else func(*args, **kwargs)
 
     def _later_pass(self, site: Site, params: dict) -> Tuple[Tensor, Any]:
         """The site's operation after the first pass: frozen when linearized (Sec. 3.3)."""
@@ -377,7 +409,6 @@ class GatingSession:
         site.frozen = state if self.linearize else None
         if op.masks_input and (self.linearize or self._policy.wants_on_states):
             site.on_states = state
-        self._check_batch(site)
         self.sites.append(site)
         return site
 
@@ -397,13 +428,6 @@ class GatingSession:
             "randomness or data-dependent branches: call model.eval(), fix random choices)."
         )
 
-    def _check_batch(self, site: Site) -> None:
-        if not site.shape or site.shape[0] != self.batch_size:
-            raise ValueError(
-                f"Gate site '{site.name}' has shape {site.shape}, whose first dimension is not "
-                f"the batch size {self.batch_size}; feedback gates are chosen per sample."
-            )
-
     # ------------------------------------------------------------------ public
     def module_name(self, module: nn.Module) -> str:
         """The module's path in the model, or its class name when it is not a submodule."""
@@ -422,6 +446,7 @@ class GatingSession:
         ``Site`` whose ``kind`` is ``"layer"``.
         """
         self._policy, self._calls, self._stack, self._names_seen = policy, 0, [], Counter()
+        self._frozen_calls = 0
         self._inputs, self._open = inputs, []
         tapped: Dict[nn.Module, Tensor] = {}
         handles = [self._tap(module, tapped) for module in taps]
@@ -429,7 +454,7 @@ class GatingSession:
             handles += self._naming_hooks()
             self._anchor = torch.zeros((), device=inputs[0].device, requires_grad=True)
         try:
-            with _SiteMode(self._on_site):
+            with _SiteMode(self._on_site, self._on_frozen if self.linearize else None):
                 output = self.forward_func(*inputs, *additional_forward_args)
         finally:
             for handle in handles:

@@ -1,0 +1,80 @@
+"""Linearized passes freeze the nonlinearities that are not gate sites (Sec. 3.3 carried over):
+attention weights, squeeze-excitation scales, the division of LayerNorm / GroupNorm / RMSNorm
+and F.normalize, tanh. The first pass is the model itself; later passes are linear in the gated
+activations, so the zero-threshold target score never falls on transformer-like blocks."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from captum_feedback import FSP
+
+
+class Block(nn.Module):
+    """Patch embedding, a pre-norm attention block (nn.MultiheadAttention and an explicit
+    softmax attention), an MLP with GELU, a squeeze-excitation gate, GroupNorm and a tanh head."""
+
+    def __init__(self, dim: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.group = nn.GroupNorm(4, dim)
+        self.excite = nn.Sequential(nn.Linear(dim, dim), nn.Sigmoid())
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, classes))
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        h = self.norm1(tokens)
+        tokens = tokens + self.attention(h, h, h, need_weights=False)[0]
+        q, k, v = self.qkv(self.norm2(tokens)).chunk(3, -1)
+        tokens = tokens + (q @ k.transpose(1, 2) / 4).softmax(-1) @ v
+        tokens = tokens + self.mlp(tokens)
+        maps = self.group(tokens.transpose(1, 2))
+        maps = maps * self.excite(maps.mean(2))[:, :, None]
+        return self.head(F.normalize(maps, dim=1).mean(2))
+
+
+def _block():
+    torch.manual_seed(0)
+    return Block().eval()
+
+
+def test_the_first_pass_is_the_model_and_the_linearized_score_never_falls():
+    model, x = _block(), torch.rand(4, 3, 16, 16)
+    state = FSP(model).select(x, target=[0, 1, 2, 3], config="paper", iterations=5, keep_cws=False)
+    with torch.no_grad():
+        assert torch.allclose(state.outputs[0], model(x), atol=1e-5)
+    scores = state.target_scores
+    assert (scores[1:] >= scores[:-1] - 1e-5 * scores.abs().amax(0)).all(), scores
+    assert (scores[-1] > scores[0]).all()
+
+
+def test_re_evaluated_passes_freeze_nothing():
+    model, x = _block(), torch.rand(2, 3, 16, 16)
+    fsp = FSP(model)
+    released = fsp.select(x, target=1, config="released_code", keep_cws=False)
+    with torch.no_grad():
+        assert torch.allclose(released.outputs[0], model(x), atol=1e-6)
+
+
+def test_an_output_softmax_is_not_frozen_so_the_score_still_depends_on_the_inputs():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3), nn.Softmax(1)).eval()
+    attribution = FSP(model).attribute(torch.rand(2, 3, 8, 8), target=1, config="paper")
+    assert attribution.abs().sum() > 0
+
+
+def test_a_site_that_is_not_per_sample_is_left_ungated():
+    class TableBias(nn.Module):  # as Swin V2's position-bias MLP: a ReLU over a parameter table
+        def __init__(self):
+            super().__init__()
+            self.table, self.conv = nn.Parameter(torch.randn(1, 4, 6, 6)), nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return (torch.relu(self.conv(x)) + torch.relu(self.table)).flatten(1)
+
+    model = TableBias().eval()
+    state = FSP(model).select(torch.rand(3, 3, 8, 8), target=0, keep_cws=False)
+    assert list(state.gates) == ["relu"]  # the per-sample call; the table's relu is not a site
