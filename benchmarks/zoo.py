@@ -45,9 +45,20 @@ def input_size(name: str) -> int:
 
 
 def build(name: str) -> nn.Module:
+    """The model with random weights, made informative: torchvision starts ViT's head at zero
+    (every logit 0, every gradient 0) and ConvNeXt's layer scales at 1e-6 (every block almost
+    skipped); those start at N(0, 0.02) and 1 here."""
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and not module.weight.any():
+                nn.init.normal_(module.weight, std=0.02)
+        for parameter_name, parameter in model.named_parameters():
+            if parameter_name.endswith("layer_scale"):
+                parameter.fill_(1.0)
+    return model
 
 
 def _snapshot(model: nn.Module) -> List[torch.Tensor]:

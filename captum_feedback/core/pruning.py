@@ -15,6 +15,7 @@ from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
 from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
 from captum_feedback.core.state import FeedbackState, digest
+from captum_feedback.core.tokens import default_reshape_transform
 
 
 class _PruningPolicy(GatePolicy):
@@ -388,6 +389,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             layer_cws=dict(policy.layer_cws),
             config=config,
             input_digest=digest(inputs),
+            reshape_transform=default_reshape_transform(session.forward_func),
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -44,6 +44,10 @@ class FeedbackState:
             drawn from this state follow it.
         input_digest: Per input, its shape and per-sample sums of values and of squares (float64,
             on the CPU): what :meth:`check_inputs` compares a later call's inputs with.
+        reshape_transform: Turns a site's activation into ``(B, C, H, W)`` for the Summation
+            Energy Map: :func:`~captum_feedback.core.tokens.default_reshape_transform` of the model
+            (torchvision's ViT tokens, ConvNeXt's and Swin's channels-last MLPs), ``None`` for
+            convolutional networks.
     """
 
     attributions: Tuple[Tensor, ...]
@@ -60,6 +64,7 @@ class FeedbackState:
     layer_cws: Dict[str, Tensor] = field(default_factory=dict)
     config: FeedbackConfig = field(default_factory=FeedbackConfig)
     input_digest: Optional[Tuple[Tuple[Tuple[int, ...], Tensor], ...]] = None
+    reshape_transform: Optional[Callable[[Tensor], Tensor]] = None
 
     def check_inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> None:
         """Raises ``ValueError`` unless ``inputs`` are the inputs this state was made for.

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from captum_feedback.core.config import SUMMATIONS
 from captum_feedback.core.state import FeedbackState
+from captum_feedback.core.tokens import ReshapeTransform
 
 
 def l2_normalize(maps: Tensor, eps: float = 1e-12) -> Tensor:
@@ -48,6 +49,7 @@ def summation_energy_map(
     size: Optional[Sequence[int]] = None,
     sites: Optional[Sequence[str]] = None,
     summation: Optional[str] = None,
+    reshape_transform: Optional[ReshapeTransform] = None,
 ) -> Tensor:
     """The Summation Energy Map of Sec. 4.3: the units FSP kept, over all layers.
 
@@ -72,6 +74,10 @@ def summation_energy_map(
             share of the spatial activation sites (all of them when ``None``).
         summation: Overrides the configuration's quantity (``"cw"``, ``"activation"``,
             ``"contribution"``).
+        reshape_transform: Turns a site's ``(B, ...)`` activation into ``(B, C, H, W)``
+            (pytorch-grad-cam's convention); default: the state's, which FSP sets for
+            torchvision's ViT (tokens) and ConvNeXt and Swin (channels last). A site whose
+            transformed activation is not 4-D is not summed.
 
     Returns:
         ``(B, 1, H, W)``.
@@ -82,12 +88,13 @@ def summation_energy_map(
     if quantity not in SUMMATIONS:
         raise ValueError(f"Unknown summation {quantity!r}; use one of {SUMMATIONS}.")
     size = tuple(size or state.input_size)
-    names = list(sites) if sites is not None else summation_sites(state)
+    transform = reshape_transform or state.reshape_transform or (lambda activation: activation)
+    names = list(sites) if sites is not None else summation_sites(state, transform)
     if not names:
         raise ValueError("The model has no spatial (B, C, H, W) ReLU-like site to sum.")
     total: Optional[Tensor] = None
     for name in names:
-        kept = _site_map(state, name, quantity)
+        kept = _site_map(state, name, quantity, transform)
         if state.config.normalize_sites:
             kept = kept / kept.flatten(1).amax(1).clamp(min=1e-30).view(-1, 1, 1, 1)
         resized = F.interpolate(kept, size=size, mode="bilinear", align_corners=False)
@@ -95,16 +102,19 @@ def summation_energy_map(
     return l2_normalize(total.clamp(min=0))
 
 
-def summation_sites(state: FeedbackState) -> List[str]:
-    """The spatial activation sites the state's configuration sums, in execution order."""
-    names = [name for name, kind in state.site_kinds.items() if kind == "activation" and state.cws[name].dim() == 4]
+def summation_sites(state: FeedbackState, reshape_transform: Optional[ReshapeTransform] = None) -> List[str]:
+    """The spatial activation sites (``(B, C, H, W)`` after ``reshape_transform``, default the
+    state's) the state's configuration sums, in execution order."""
+    transform = reshape_transform or state.reshape_transform or (lambda activation: activation)
+    names = [name for name, kind in state.site_kinds.items()
+             if kind == "activation" and transform(state.cws[name]).dim() == 4]
     if state.config.summation_sites is None:
         return names
     start, stop = state.config.summation_sites
     return names[round(start * len(names)):max(round(stop * len(names)), round(start * len(names)) + 1)]
 
 
-def _site_map(state: FeedbackState, name: str, quantity: str) -> Tensor:
+def _site_map(state: FeedbackState, name: str, quantity: str, transform: ReshapeTransform) -> Tensor:
     """One site's ``(B, 1, h, w)`` map of the kept units, non-negative."""
     if quantity == "cw":
         kept = state.gates[name] * state.cws[name].abs()
@@ -112,7 +122,7 @@ def _site_map(state: FeedbackState, name: str, quantity: str) -> Tensor:
         kept = state.site_outputs[name]
     else:
         kept = state.cws[name] * state.site_outputs[name]
-    return kept.clamp(min=0).sum(1, keepdim=True)
+    return transform(kept).clamp(min=0).sum(1, keepdim=True)
 
 
 def summation_fsp_fr_energy_map(summation: Tensor, fsp_fr: Tensor) -> Tensor:

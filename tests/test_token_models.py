@@ -1,0 +1,56 @@
+"""Token and channels-last models: FSP's maps on EfficientNet, MobileNetV3, ConvNeXt, Swin and
+ViT (torchvision, random weights made informative as in benchmarks/zoo.py) differ from the
+gradient and from one class to another; the Summation Energy Map reads their tokens and
+channels-last activations as (B, C, H, W) maps."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_feedback import FSP, summation_energy_map
+from captum_feedback.core.tokens import channels_last_to_maps, tokens_to_maps
+from captum_feedback.wsol.energy import energy_map
+from captum_feedback.wsol.metrics import map_cosine
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import zoo  # noqa: E402
+
+
+def test_tokens_and_channels_last_become_maps():
+    tokens = torch.arange(2 * 50 * 3.0).view(2, 50, 3)  # a class token and a 7 x 7 grid
+    maps = tokens_to_maps(tokens)
+    assert maps.shape == (2, 3, 7, 7) and torch.equal(maps[1, 2, 0, 1], tokens[1, 2, 2])
+    assert tokens_to_maps(torch.rand(2, 35, 3)).shape == (2, 35, 3)  # 10 tokens past a 5 x 5 grid: no grid
+    assert channels_last_to_maps(torch.rand(2, 5, 6, 3)).shape == (2, 3, 5, 6)
+
+
+def _maps(name):
+    model = zoo.build(name)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        two = model(x[:1]).topk(2).indices[0].tolist()
+    state = FSP(model).select(x, two)
+    inputs = x.clone().requires_grad_()
+    gradient = torch.autograd.grad(model(inputs)[[0, 1], two].sum(), inputs)[0]
+    return state, energy_map(state.attributions[0]), summation_energy_map(state), energy_map(gradient)
+
+
+def _class_specific_and_not_the_gradient(name):
+    state, fsp, summation, gradient = _maps(name)
+    assert summation.shape == (2, 1, 224, 224) and torch.isfinite(summation).all() and summation.sum() > 0
+    assert state.reshape_transform is not None or name.startswith(("efficientnet", "mobilenet"))
+    assert float(map_cosine(fsp[:1], gradient[:1])) < 0.99  # FSP is not the gradient
+    assert float(map_cosine(fsp[:1], fsp[1:])) < 0.99  # two classes, two maps
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "swin_t", "vit_b_32"])
+def test_fsp_maps_are_class_specific_and_not_the_gradient(name):
+    _class_specific_and_not_the_gradient(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["convnext_tiny", "vit_b_16"])
+def test_fsp_maps_of_the_larger_token_models(name):
+    _class_specific_and_not_the_gradient(name)
