@@ -54,3 +54,16 @@ def test_fsp_maps_are_class_specific_and_not_the_gradient(name):
 @pytest.mark.parametrize("name", ["convnext_tiny", "vit_b_16"])
 def test_fsp_maps_of_the_larger_token_models(name):
     _class_specific_and_not_the_gradient(name)
+
+
+def test_layer_feedback_on_a_vit_block_gives_a_channel_map_with_tokens_to_maps():
+    from captum_feedback import LayerFeedback, rank_channels
+
+    model = zoo.build("vit_b_32")
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    layer = model.encoder.layers[-1]
+    raw = LayerFeedback(model, layer).attribute(x, target=3)
+    maps = LayerFeedback(model, layer, reshape_transform=tokens_to_maps).attribute(x, target=3)
+    assert raw.shape == (1, 50, 768) and maps.shape == (1, 768, 7, 7)
+    assert torch.equal(maps.flatten(2).transpose(1, 2), raw[:, 1:])
+    assert rank_channels(maps, 3)[1].shape == (1, 3)

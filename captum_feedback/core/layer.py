@@ -26,6 +26,7 @@ from captum_feedback.core.pruning import FeedbackSelectivePruning
 from captum_feedback.core.recovering import FeedbackRecovering
 from captum_feedback.core.selection import Threshold, as_rule
 from captum_feedback.core.state import FeedbackState
+from captum_feedback.core.tokens import ReshapeTransform
 
 NeuronSelector = Union[int, Tuple[Any, ...], slice, Callable[[Tensor], Tensor]]
 
@@ -120,12 +121,22 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
     Args:
         forward_func: The model, an ``nn.Module`` in ``eval()`` mode.
         layer: A submodule of the model, called once per forward pass, returning a tensor.
+        reshape_transform: Turns the layer's output shape into ``(B, C, H, W)`` for channel
+            ranking and maps (pytorch-grad-cam's convention), e.g.
+            :func:`~captum_feedback.core.tokens.tokens_to_maps` for a ViT encoder block or
+            ``default_reshape_transform(model)``; ``None`` returns the layer's own shape.
+
+    Example::
+
+        >>> layer_map = LayerFeedback(vit, vit.encoder.layers[-1], reshape_transform=tokens_to_maps)
+        >>> layer_map.attribute(images, target=3).shape   # (B, 768, 14, 14) for vit_b_16
     """
 
-    def __init__(self, forward_func: nn.Module, layer: nn.Module) -> None:
+    def __init__(self, forward_func: nn.Module, layer: nn.Module,
+                 reshape_transform: Optional[ReshapeTransform] = None) -> None:
         self._layer_name = check_layer(forward_func, layer)
         FeedbackAttribution.__init__(self, forward_func)
-        self.layer = layer
+        self.layer, self.reshape_transform = layer, reshape_transform
 
     @log_usage()
     def attribute(
@@ -155,7 +166,8 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
                 :meth:`FeedbackSelectivePruning.attribute`.
 
         Returns:
-            ``dS/dh * h`` under FSP's final gates, shaped like the layer's output.
+            ``dS/dh * h`` under FSP's final gates, shaped like the layer's output (after the
+            ``reshape_transform``, if any).
         """
         if neuron_selector is not None:
             warnings.warn("LayerFeedback.attribute(neuron_selector=...) is deprecated; use NeuronFeedback.",
@@ -167,7 +179,8 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
             state = FeedbackSelectivePruning(self.forward_func).select(
                 inputs, target, additional_forward_args, config=settings, keep_cws=False, layers=(self.layer,))
         state.check_inputs(inputs)
-        return layer_contribution(state, self._layer_name)
+        contribution = layer_contribution(state, self._layer_name)
+        return self.reshape_transform(contribution) if self.reshape_transform else contribution
 
     def contribution(self, inputs: TensorOrTuple, target: TargetType = None, **kwargs: Any) -> Tensor:
         """Deprecated name of :meth:`attribute`."""
