@@ -31,15 +31,18 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
-import torchvision
+import zoo
 from captum.attr import GuidedBackprop, IntegratedGradients, LayerGradCam, Saliency
 
 from captum_feedback import PRESETS, FeedbackConfig, FeedbackRecovering, FeedbackSelectivePruning
 from captum_feedback.core.config import resolve_config
+from captum_feedback.models.classifiers import recommended_layers
 
 
 def _gradcam_layer(name: str, model: torch.nn.Module) -> torch.nn.Module:
-    return model.features[28] if name == "vgg16" else model.layer4
+    if name in ("vgg16", "resnet50"):  # the layers of the earlier tables
+        return model.features[28] if name == "vgg16" else model.layer4
+    return recommended_layers(model)[1]
 
 
 def fsp_label(config: FeedbackConfig, name: str) -> str:
@@ -117,7 +120,7 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, configs: Dict[s
         device: torch.device, ig_repeats: int) -> List[Tuple]:
     rows = []
     for name in models:
-        model = getattr(torchvision.models, name)(weights=None).eval().to(device)
+        model = zoo.build(name).to(device)  # ViT's zero head and ConvNeXt's tiny layer scales made informative
         for batch in batch_sizes:
             torch.manual_seed(0)
             x = torch.randn(batch, 3, 224, 224, device=device)
