@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Sequence
 __version__ = "0.2.0"
 
 _HOMES = {
-    "captum_feedback.core.attribution": ("GatePolicyAttribution",),
+    "captum_feedback.core.attribution": ("GatePolicyAttribution", "ungated_share"),
     "captum_feedback.core.config": ("PRESETS", "FeedbackConfig", "Stage"),
     "captum_feedback.core.engine": ("Gate", "GatePolicy", "Site"),
     "captum_feedback.wsol.energy": ("energy_map", "summation_energy_map", "summation_fsp_fr_energy_map"),

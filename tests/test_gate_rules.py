@@ -36,3 +36,25 @@ def test_with_fr_s_rule_it_is_fr_and_a_forward_rule_changes_the_gradient():
 def test_a_policy_must_be_a_gate_policy():
     with pytest.raises(TypeError, match="policy must be a GatePolicy"):
         GatePolicyAttribution(seeded(VGGish()), lambda site, x: None)
+
+
+def test_the_ungated_share_is_zero_when_every_path_has_a_gate_and_high_around_a_plain_skip():
+    from torch import nn
+
+    from captum_feedback import ungated_share
+    from captum_feedback.app.commands import bypass_note
+
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(ungated_share(seeded(VGGish()), x, target=1), torch.zeros(2))
+
+    class Skip(nn.Module):  # a residual stream without activations, as in a transformer
+        def __init__(self):
+            super().__init__()
+            self.block, self.head = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()), nn.Linear(3 * 256, 4)
+
+        def forward(self, x):
+            return self.head((x + 0.1 * self.block(x)).flatten(1))
+
+    share = ungated_share(Skip().eval(), x, target=1)
+    assert (share > 0.5).all() and (share < 1.5).all()
+    assert "passes no gate site" in bypass_note(0.9) and bypass_note(0.2) == ""

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from captum_feedback.app.cli import BENCHMARK_DEFAULTS, CommandError
+from captum_feedback.core.attribution import ungated_share
 from captum_feedback.core.config import resolve_config
 from captum_feedback.models.classifiers import Classifier, ModelError, first_line, load_classifier
 from captum_feedback.wsol.registry import method_name
@@ -93,6 +94,9 @@ def explain(args: argparse.Namespace) -> List[Path]:
         with torch.no_grad():
             logits = model.model(x)[0]
         jobs.append((path, image, x, logits, resolve_targets(args.target, logits, model.classes)))
+    note = bypass_note(float(ungated_share(model.model, jobs[0][2], jobs[0][4][0])))
+    if note:
+        print(f"captum-feedback: note: {note}", file=sys.stderr)
     make_out_dir(args.out)
     written: List[Path] = []
     for path, image, x, logits, targets in tqdm(jobs, desc="explaining", unit="image", disable=len(jobs) < 2):
@@ -192,6 +196,14 @@ def benchmark(args: argparse.Namespace) -> List[Path]:
         headline = f"mIoU {scores['miou']:.3f}" if "miou" in scores else f"accuracy {scores['accuracy']:.3f}"
         print(f"{method}: {headline} ({scores['hits']} / {scores['total']})")
     return [args.out / name for name in ("summary.json", "per_class.csv", "per_class.png", "run.json")]
+
+
+def bypass_note(share: float) -> str:
+    """A note for a model whose gradient mostly passes no gate site (:func:`ungated_share`)."""
+    if share <= 0.5:
+        return ""
+    return (f"{share:.0%} of the target's input gradient passes no gate site (a residual stream without "
+            "activations, as in transformers): FSP's maps stay close to the gradient there.")
 
 
 def _weak_outputs(mask: Tensor, box: Tensor, size: Tuple[int, int]) -> List[str]:

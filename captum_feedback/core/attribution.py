@@ -20,7 +20,7 @@ from captum_feedback.core._compat import (
     per_sample_targets,
     select_targets,
 )
-from captum_feedback.core.engine import GatePolicy, GatingSession, check_depends_on_inputs
+from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site, check_depends_on_inputs
 
 
 @dataclass
@@ -181,3 +181,29 @@ class GatePolicyAttribution(FeedbackAttribution):
         grads = self.gated_gradients(batch, self.policy, lambda output, _: select_targets(output, batch.targets),
                                      linearize=self.linearize)
         return format_output(batch.is_tuple, grads)
+
+
+class _EveryGateClosed(GatePolicy):
+    def gate(self, site: Site, x: Tensor) -> Gate:
+        return Gate.of(torch.zeros_like(x, dtype=torch.bool), x)
+
+
+def ungated_share(model: Callable, inputs: TensorOrTuple, target: TargetType = None,
+                  additional_forward_args: Any = None) -> Tensor:
+    """Per sample, how much of the target's input gradient passes no gate site: the norm of the
+    gradient with every gate closed over the norm of the plain gradient (Sec. 3.1's gates
+    ``z = 0`` everywhere).
+
+    0 for a network whose every path from the input to the output runs through a ReLU-like or
+    max-pooling site (VGG, ResNet); close to 1 where most of the gradient takes a path without
+    one, such as a transformer's residual stream, where FSP's gates can change little and its
+    map stays close to the gradient. The CLI warns above one half.
+
+    Returns:
+        ``(B,)`` shares (0 where the plain gradient is zero).
+    """
+    closed = GatePolicyAttribution(model, _EveryGateClosed()).attribute(inputs, target, additional_forward_args)
+    plain = GatePolicyAttribution(model, GatePolicy()).attribute(inputs, target, additional_forward_args)
+    closed, plain = (closed, plain) if isinstance(closed, tuple) else ((closed,), (plain,))
+    norm = lambda grads: torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)  # noqa: E731
+    return torch.where(norm(plain) > 0, norm(closed) / norm(plain).clamp_min(1e-30), torch.zeros(()))
