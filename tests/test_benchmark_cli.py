@@ -209,3 +209,21 @@ def test_the_embedded_imagenet_model_points_at_voc_classes_through_their_imagene
     photo = voc_photos()[0]
     assert summary["Saliency"]["total"] == len(photo.present()) == 4  # bottle, chair, dining table, person
     assert set(summary["Saliency"]["per_class"]) == {VOC_CLASSES[c] for c in photo.present()}
+
+
+def test_coco_classes_map_to_the_imagenet_classes_that_depict_them():
+    from types import SimpleNamespace
+
+    from captum_feedback.benchmark.tasks import COCO_IMAGENET_NAMES, TargetMap
+    from captum_feedback.models import imagenet_classes
+
+    names = imagenet_classes()
+    assert all(n in names for group in COCO_IMAGENET_NAMES.values() for n in group)
+    model = SimpleNamespace(classes=names, imagenet=True)
+    layout = SimpleNamespace(kind="coco", classes=("cat", "zebra", "giraffe", "traffic light"))
+    mapping = TargetMap(model, layout)
+    assert mapping.unmapped == ["giraffe"] and mapping.mapped([0, 1, 2, 3]) == [0, 1, 3]
+    logits = torch.zeros(1000)
+    logits[names.index("Egyptian cat")] = 1.0
+    assert mapping.targets([0, 1, 3], logits) == [names.index("Egyptian cat"), names.index("zebra"),
+                                                  names.index("traffic light")]

@@ -43,7 +43,29 @@ PROCEDURE_1 = names("boxes")[0]
 
 COCO_TO_VOC = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "tv": "tvmonitor",
                "dining table": "diningtable", "potted plant": "pottedplant"}
-"""COCO's names of VOC's classes; the other COCO classes have no ImageNet group here."""
+"""COCO's names of VOC's classes, which take VOC's ImageNet groups."""
+
+COCO_IMAGENET_NAMES = {
+    "truck": ("trailer truck", "garbage truck", "pickup", "moving van", "tow truck", "fire engine"),
+    "traffic light": ("traffic light",), "stop sign": ("street sign",), "parking meter": ("parking meter",),
+    "bench": ("park bench",), "elephant": ("Indian elephant", "African elephant", "tusker"),
+    "bear": ("brown bear", "American black bear", "ice bear", "sloth bear"), "zebra": ("zebra",),
+    "backpack": ("backpack",), "umbrella": ("umbrella",), "tie": ("Windsor tie",), "skis": ("ski",),
+    "sports ball": ("soccer ball", "tennis ball", "basketball", "volleyball", "baseball", "rugby ball",
+                    "golf ball", "croquet ball"),
+    "tennis racket": ("racket",), "wine glass": ("goblet",), "cup": ("cup",), "spoon": ("wooden spoon",),
+    "knife": ("cleaver",), "bowl": ("soup bowl", "mixing bowl"), "banana": ("banana",), "orange": ("orange",),
+    "broccoli": ("broccoli",), "hot dog": ("hotdog",), "pizza": ("pizza",), "donut": ("bagel",),
+    "sandwich": ("cheeseburger",), "laptop": ("laptop",), "mouse": ("mouse",), "remote": ("remote control",),
+    "keyboard": ("computer keyboard",), "cell phone": ("cellular telephone",), "microwave": ("microwave",),
+    "oven": ("Dutch oven", "stove"), "toaster": ("toaster",), "sink": ("washbasin",),
+    "refrigerator": ("refrigerator",), "book": ("book jacket", "comic book"),
+    "clock": ("analog clock", "digital clock", "wall clock"), "vase": ("vase",), "teddy bear": ("teddy",),
+    "hair drier": ("hand blower",), "toilet": ("toilet seat",), "bed": ("four-poster",),
+}
+"""ImageNet classes (by name) that depict COCO classes outside VOC's 20. COCO classes in
+neither table (giraffe, kite, frisbee, skateboard, ...) have no ImageNet counterpart and are not
+scored with an ImageNet model (``run.json`` lists them)."""
 
 
 class TargetMap:
@@ -66,7 +88,8 @@ class TargetMap:
                                      f"{len(classifier.classes)} outputs.")
                 group: Optional[Sequence[int]] = (k,)
             elif classifier.imagenet:
-                group = IMAGENET_CLASSES_OF_VOC.get(COCO_TO_VOC.get(name, name))
+                group = IMAGENET_CLASSES_OF_VOC.get(COCO_TO_VOC.get(name, name)) or _by_name(
+                    COCO_IMAGENET_NAMES.get(name, ()), classifier.classes)
             elif name.lower().replace(" ", "") in names:
                 group = (names.index(name.lower().replace(" ", "")),)
             else:
@@ -86,6 +109,11 @@ class TargetMap:
     def mapped(self, labels: Sequence[int]) -> List[int]:
         """The labels that have an output."""
         return [label for label in labels if self.groups[label] is not None]
+
+
+def _by_name(names: Sequence[str], classes: Sequence[str]) -> Optional[Sequence[int]]:
+    indices = [classes.index(n) for n in names if n in classes]
+    return indices or None
 
 
 @dataclass
