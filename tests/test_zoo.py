@@ -31,3 +31,22 @@ def test_a_convolutional_classifier_holds_the_contract(name):
 @pytest.mark.parametrize("name", TRANSFORMERS)
 def test_a_transformer_holds_the_contract(name):
     _holds(name)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "regnet_y_1_6gf"])
+def test_batch_invariant_maps_equal_each_image_alone_in_float32(name):
+    from dataclasses import replace
+
+    import torch
+
+    from captum_feedback import FSP, PRESETS
+
+    model = zoo.build(name)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    fsp, invariant = FSP(model), replace(PRESETS["default"], batch_invariant=True)
+    alone = torch.cat([fsp.attribute(x[i:i + 1], target[i], config=invariant) for i in range(2)])
+    batch = fsp.attribute(x, target, config=invariant)
+    assert (batch - alone).abs().amax() <= 1e-6 * batch.abs().amax()  # float rounding, no gate flipped
+    assert torch.backends.mkldnn.enabled  # switched back on after the call

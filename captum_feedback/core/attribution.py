@@ -109,8 +109,8 @@ class FeedbackAttribution(GradientAttribution):
             per_sample_targets(target, batch_size),
         )
 
-    def _session(self, batch: Batch, linearize: bool) -> GatingSession:
-        return GatingSession(self.forward_func, linearize, batch.size)
+    def _session(self, batch: Batch, linearize: bool, batch_invariant: bool = False) -> GatingSession:
+        return GatingSession(self.forward_func, linearize, batch.size, batch_invariant)
 
     def _forward(
         self, session: GatingSession, batch: Batch, policy: GatePolicy, taps: Sequence[nn.Module] = ()

@@ -78,6 +78,11 @@ class FeedbackConfig:
             share of the layer's mean positive CW (``mean_thd.m``); 0 keeps every neuron with a
             positive contribution.
         fr_threshold: The threshold of the FR pass of the FSP-FR map.
+        batch_invariant: Make a batch's maps equal each image's alone in float32 on the CPU
+            (FSP's passes run without oneDNN, whose batched convolutions round differently and
+            flip gates at the threshold's rounding level). On the models measured
+            (``benchmarks/zoo.py``) no gate flips and the maps agree within 1e-7 of their scale
+            (most exactly); 1.0-1.5 x slower on most, 3 x on ConvNeXt-L.
     """
 
     threshold: Threshold = "zero"
@@ -90,6 +95,7 @@ class FeedbackConfig:
     normalize_sites: bool = False
     neuron_ratio: float = 0.0
     fr_threshold: Threshold = "zero"
+    batch_invariant: bool = False
     rule: SelectionRule = field(init=False, repr=False, compare=False)
     fr_rule: SelectionRule = field(init=False, repr=False, compare=False)
 

@@ -293,7 +293,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         keep_cws: bool, layers: Sequence[nn.Module], updates: Optional[int] = None,
     ) -> Tuple[GatingSession, _PruningPolicy, _Passes]:
         batch = self._batch(inputs, target, additional_forward_args)
-        session = self._session(batch, config.linearize)
+        session = self._session(batch, config.linearize, config.batch_invariant)
         policy = _PruningPolicy(config.rule, session.sites, batch.size, keep_cws)
         with session.installed():
             iterations = config.iterations if updates is None else updates
