@@ -67,3 +67,14 @@ def test_layer_feedback_on_a_vit_block_gives_a_channel_map_with_tokens_to_maps()
     assert raw.shape == (1, 50, 768) and maps.shape == (1, 768, 7, 7)
     assert torch.equal(maps.flatten(2).transpose(1, 2), raw[:, 1:])
     assert rank_channels(maps, 3)[1].shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", ["vit_b_32", "swin_t"])
+def test_grad_cam_reads_token_and_channels_last_layers_as_maps(name):
+    from captum_feedback.wsol.methods import MethodMaps
+
+    model = zoo.build(name)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3)).expand(2, -1, -1, -1)
+    maps = MethodMaps(model)(x, [1, 2], ["LayerGradCam"])["LayerGradCam"]
+    assert maps.shape == (2, 1, 224, 224) and maps.std() > 0  # not constant (a ViT's last block gives 0)
+    assert float(map_cosine(maps[:1], maps[1:])) < 0.99

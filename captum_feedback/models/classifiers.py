@@ -160,7 +160,10 @@ def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> 
     Grad-CAM (the last convolutional block), as ``(middle, last)``.
 
     The embedded models have theirs (EfficientNet-Lite0: the last depthwise ReLU6 at 14 x 14 and
-    the head's ReLU6; the cluttered VGG: ``middle_layer`` and the ReLU before the last pool).
+    the head's ReLU6; the cluttered VGG: ``middle_layer`` and the ReLU before the last pool);
+    torchvision's ViT takes the encoder block two thirds deep and the norm before the last
+    block's attention, as pytorch-grad-cam advises (token outputs, which the maps read through
+    :func:`~captum_feedback.core.tokens.tokens_to_maps`).
     For any other model they are found by a forward pass of a ``(1, channels, size, size)`` zero
     image: among the submodules that return a ``(B, C, H, W)`` map once per pass (a reused
     ``relu`` module, as in ResNet, has no single output to target), activations and blocks
@@ -178,6 +181,13 @@ def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> 
         return feedback_layer(model), model.head_relu
     if isinstance(model, ClutteredVGG):
         return model.middle_layer, model.features[24]
+    from torchvision.models import VisionTransformer
+
+    if isinstance(model, VisionTransformer):  # token layers: read through tokens_to_maps
+        blocks = model.encoder.layers
+        # The last block's output reaches the head through the class token alone (its patch
+        # tokens have no gradient); the norm before its attention still mixes them in.
+        return blocks[(2 * len(blocks)) // 3], blocks[-1].ln_1
     return _traced_layers(model, size, channels)
 
 

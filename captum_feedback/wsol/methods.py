@@ -26,10 +26,11 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
-from captum_feedback.core._compat import TargetType
+from captum_feedback.core._compat import TargetType, per_sample_targets, select_targets
 from captum_feedback.core.config import ConfigLike
 from captum_feedback.core.pruning import FeedbackSelectivePruning
 from captum_feedback.core.recovering import FeedbackRecovering
+from captum_feedback.core.tokens import default_reshape_transform
 from captum_feedback.wsol.energy import energy_map, l2_normalize, summation_energy_map
 from captum_feedback.wsol.pipeline import FeedbackPipeline
 from captum_feedback.wsol.registry import names
@@ -56,6 +57,30 @@ def center_map(inputs: Tensor, sigma: float = 0.25) -> Tensor:
     xs = (torch.arange(width, device=inputs.device) + 0.5) / width - 0.5
     gauss = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
     return l2_normalize(gauss.expand(inputs.shape[0], 1, height, width).clone())
+
+
+class _TokenGradCam:
+    """Grad-CAM (Selvaraju et al.) of a token or channels-last layer: its output and gradient
+    read as ``(B, C, H, W)`` through the model's reshape transform, channel weights the spatial
+    mean of the gradient, as Captum's ``LayerGradCam`` on a convolutional layer."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, transform: Callable[[Tensor], Tensor]) -> None:
+        self.model, self.layer, self.transform = model, layer, transform
+
+    def attribute(self, inputs: Tensor, target: TargetType) -> Tensor:
+        outputs: list = []
+        handle = self.layer.register_forward_hook(lambda _m, _i, output: outputs.append(output))
+        try:
+            with torch.enable_grad():
+                scores = select_targets(self.model(inputs), per_sample_targets(target, len(inputs)))
+                (gradient,) = torch.autograd.grad(scores.sum(), outputs[0])
+        finally:
+            handle.remove()
+        activation, gradient = self.transform(outputs[0].detach()), self.transform(gradient)
+        if activation.dim() != 4:
+            raise ValueError(f"Grad-CAM's layer gives {tuple(outputs[0].shape)}, not a (B, C, H, W) map after the "
+                             "model's reshape transform.")
+        return (gradient.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True)
 
 
 def _layer_map(layer_attribution: Tensor, size: Sequence[int]) -> Tensor:
@@ -129,7 +154,9 @@ class MethodMaps:
         def input_attribution(method: Any, **kwargs: Any) -> Callable[[Tensor, TargetType], Tensor]:
             return lambda x, t: energy_map(method.attribute(x, target=t, **kwargs))
 
-        gradcam = LayerGradCam(model, self.gradcam_layer)
+        transform = default_reshape_transform(model)
+        gradcam = LayerGradCam(model, self.gradcam_layer) if transform is None else _TokenGradCam(
+            model, self.gradcam_layer, transform)
         return {
             "FR": input_attribution(FeedbackRecovering(model)),
             "Saliency": input_attribution(Saliency(model), abs=True),
