@@ -35,7 +35,7 @@ from captum_feedback.data.annotations import (
     voc_xml,
     write_label_png,
 )
-from captum_feedback.data.voc import VOC_CLASSES
+from captum_feedback.data.voc import VOC_CLASSES, voc_folder
 
 PathLike = Union[str, Path]
 KINDS = ("voc", "coco", "imagenet")
@@ -73,7 +73,7 @@ class VOCLayout(Layout):
 
     def __init__(self, root: PathLike, year: Optional[int] = None, split: str = "test",
                  segmentation: bool = False) -> None:
-        folder = _voc_folder(Path(root), year)
+        folder = voc_folder(Path(root), year)
         listing = folder / "ImageSets" / ("Segmentation" if segmentation else "Main") / f"{split}.txt"
         if not listing.is_file():
             raise FileNotFoundError(f"No image list {listing} (split {split!r}).")
@@ -90,15 +90,6 @@ class VOCLayout(Layout):
         instances = read_voc_xml(xml, self.classes) if xml.is_file() else ()
         labels = read_label_png(self.root / "SegmentationClass" / f"{name}.png") if self.segmentation else None
         return AnnotatedImage(name, read_image(self.root / "JPEGImages" / f"{name}.jpg"), instances, labels)
-
-
-def _voc_folder(root: Path, year: Optional[int]) -> Path:
-    pattern = f"VOC{year}" if year else "VOC*"
-    candidates = [root, *sorted(root.glob(pattern)), *sorted(root.glob(f"VOCdevkit/{pattern}"))]
-    found = [c for c in candidates if (c / "JPEGImages").is_dir()]
-    if not found:
-        raise FileNotFoundError(f"{root} holds no Pascal VOC folder ({pattern}/JPEGImages/ or JPEGImages/).")
-    return found[0]
 
 
 class COCOLayout(Layout):

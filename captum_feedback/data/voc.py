@@ -103,11 +103,16 @@ class VOCSample:
         return torch.from_numpy(region)
 
 
-def _voc_root(root: Path) -> Path:
-    for candidate in (root, *sorted(root.glob("VOCdevkit/VOC*"))):
-        if (candidate / "JPEGImages").is_dir():
-            return candidate
-    raise FileNotFoundError(f"{root} has no JPEGImages/ folder (Pascal VOC layout) nor VOCdevkit/VOC*/JPEGImages/.")
+def voc_folder(root: Path, year: Optional[int] = None) -> Path:
+    """The Pascal VOC folder under ``root``: ``root`` itself, ``root/VOC<year>`` or
+    ``root/VOCdevkit/VOC<year>`` (any year when ``year`` is ``None``), the first with ``JPEGImages/``."""
+    pattern = f"VOC{year}" if year else "VOC*"
+    candidates = [root, *sorted(root.glob(pattern)), *sorted(root.glob(f"VOCdevkit/{pattern}"))]
+    found = [c for c in candidates if (c / "JPEGImages").is_dir()]
+    if not found:
+        raise FileNotFoundError(f"{root} holds no Pascal VOC folder (JPEGImages/ in it, in {pattern}/ or in "
+                                f"VOCdevkit/{pattern}/).")
+    return found[0]
 
 
 def read_voc_boxes(path: Path) -> Tuple[Tensor, Tensor]:
@@ -128,7 +133,7 @@ class VOCPhotos(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: Union[str, Path], image_set: Optional[str] = None) -> None:
-        self.root = _voc_root(Path(root))
+        self.root = voc_folder(Path(root))
         if image_set is None:
             self.names = sorted(p.stem for p in (self.root / "JPEGImages").glob("*.jpg"))
         else:
