@@ -67,7 +67,7 @@ def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, method
     count = len(layout) if limit is None else min(limit, len(layout))
     check_settings(out, {**(settings or {}), "task": task_name, "methods": list(methods), "images": count,
                          "tolerance": tolerance, "box_fraction": box_fraction, "config": repr(config)}, shard)
-    mine = score_images(task, ctx, out, shard, limit, progress)
+    mine = score_images(task, ctx, out, shard, count, progress)
     sums = totals(task, out, [layout.names[i] for i in mine], methods, shard)
     scored = {int(s[-1]) for s in sums.values()}
     if scored != {count}:
@@ -75,7 +75,7 @@ def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, method
     summary = None
     if shard.rank == 0:
         summary = {m: task.summary(sums[m][:-1], layout.classes) for m in methods}
-        records = list(read_records(out).values())
+        records = list(read_records(out).values())  # every rank's, complete after the all_reduce
         write_report(task_name, summary, layout.classes, out,
                      {**run_stats(records, shard.world), "unmapped_classes": ctx.target_map.unmapped})
     barrier(shard)

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -108,12 +108,11 @@ class RecordFile:
         self.file.close()
 
 
-def score_images(task: Task, ctx: Context, out: Path, shard: Shard, limit: Optional[int] = None,
-                 progress: bool = True) -> List[int]:
-    """Scores this rank's images that have no record yet; returns the indices it owns."""
+def score_images(task: Task, ctx: Context, out: Path, shard: Shard, count: int, progress: bool = True) -> List[int]:
+    """Scores this rank's share of the first ``count`` images, those without a record yet;
+    returns the indices it owns."""
     from tqdm import tqdm
 
-    count = len(ctx.layout) if limit is None else min(limit, len(ctx.layout))
     mine = list(shard.images(count))
     done = read_records(out)
     todo = [i for i in mine if ctx.layout.names[i] not in done]
@@ -142,7 +141,7 @@ def totals(task: Task, out: Path, names: Sequence[str], methods: Sequence[str], 
     sums = {}
     for method in methods:
         own = [task.counts(records[n], method) for n in names if n in records]
-        total = np.sum(own, axis=0) if own else np.zeros_like(_zero_counts(task, method))
+        total = np.sum(own, axis=0) if own else np.zeros(task.width)
         sums[method] = np.append(total, len(own))
     if shard.world > 1:
         flat = torch.from_numpy(np.concatenate([sums[m] for m in methods]))
@@ -150,12 +149,6 @@ def totals(task: Task, out: Path, names: Sequence[str], methods: Sequence[str], 
         pieces = np.split(flat.numpy(), np.cumsum([len(sums[m]) for m in methods])[:-1])
         sums = dict(zip(methods, pieces))
     return sums
-
-
-def _zero_counts(task: Task, method: str) -> np.ndarray:
-    empty = {"labels": [], "difficult": [], "targets": [], "top5": [], "hits": {method: []}, "iou": {method: []},
-             "confusion": {method: []}}
-    return task.counts(empty, method) * 0
 
 
 def barrier(shard: Shard) -> None:

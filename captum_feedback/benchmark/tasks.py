@@ -157,6 +157,11 @@ class Task:
     def counts(self, record: dict, method: str) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def width(self) -> int:
+        """The length of :meth:`counts`' vectors."""
+        raise NotImplementedError
+
     def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
         raise NotImplementedError
 
@@ -177,19 +182,23 @@ class Pointing(Task):
 
     def score(self, image: AnnotatedImage, ctx: Context) -> dict:
         labels = ctx.target_map.mapped(image.present())
-        record = {"image": image.name, "labels": labels, "difficult": [image.is_difficult(c) for c in labels],
-                  "hits": {}}
+        regions = [image.region(c) for c in labels]
+        record = {"image": image.name, "labels": labels,
+                  "difficult": [image.is_difficult(c, r) for c, r in zip(labels, regions)], "hits": {}}
         if not labels:
             return {**record, "hits": {m: [] for m in ctx.methods}}
         x = ctx.inputs(image)
         with torch.no_grad():
             targets = ctx.target_map.targets(labels, ctx.classifier.model(x)[0])
-        regions = [image.region(c) for c in labels]
         for method in ctx.methods:
             maps = F.interpolate(ctx.class_maps(x, targets, method).float().cpu(), size=image.size, mode="bilinear",
                                  align_corners=False)[:, 0]
             record["hits"][method] = [int(point_hits(m, r, ctx.tolerance)) for m, r in zip(maps, regions)]
         return record
+
+    @property
+    def width(self) -> int:
+        return 4 * self.n_classes
 
     def counts(self, record: dict, method: str) -> np.ndarray:
         out = np.zeros((4, self.n_classes))
@@ -253,10 +262,14 @@ class Localization(Task):
             return located.boxes
         return energy_box(ctx.class_maps(x, targets, method), ctx.box_fraction)
 
+    @property
+    def width(self) -> int:
+        return 5 + 2 * self.n_classes
+
     def counts(self, record: dict, method: str) -> np.ndarray:
         correct = {t: iou >= 0.5 for t, iou in zip(record["targets"], record["iou"][method])}
         top5 = record["top5"]
-        out = np.zeros(5 + 2 * self.n_classes)
+        out = np.zeros(self.width)
         out[0] = bool(top5) and correct.get(top5[0], False)
         out[1] = any(correct.get(t, False) for t in top5)
         out[2] = bool(top5) and top5[0] in correct
@@ -303,6 +316,10 @@ class Segmentation(Task):
             nonzero = confusion.nonzero()
             record["confusion"][method] = [[int(i), int(j), int(confusion[i, j])] for i, j in nonzero]
         return record
+
+    @property
+    def width(self) -> int:
+        return (self.n_classes + 1) ** 2 + 1  # the confusion matrix and the image
 
     def counts(self, record: dict, method: str) -> np.ndarray:
         out = np.zeros((self.n_classes + 1, self.n_classes + 1))

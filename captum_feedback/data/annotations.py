@@ -87,12 +87,14 @@ class AnnotatedImage:
         """``(K, 4)`` boxes of class ``label``."""
         return torch.tensor([i.box for i in self.instances if i.label == label], dtype=torch.float32).reshape(-1, 4)
 
-    def is_difficult(self, label: int) -> bool:
+    def is_difficult(self, label: int, region: Optional[Tensor] = None) -> bool:
         """Whether ``(image, class)`` is in the "difficult" subset of Zhang et al. (Excitation
         Backprop, which TorchRay's pointing game reports): the class covers less than a quarter
-        of the image and another class is in it too."""
+        of the image and another class is in it too. ``region``: the class's :meth:`region`,
+        when the caller has it already."""
         others = set(self.present()) - {label}
-        return bool(others) and float(self.region(label).float().mean()) < 0.25
+        region = self.region(label) if region is None else region
+        return bool(others) and float(region.float().mean()) < 0.25
 
 
 def box_mask(box: Sequence[float], size: Tuple[int, int]) -> np.ndarray:
