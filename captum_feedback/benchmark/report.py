@@ -10,7 +10,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -27,7 +27,7 @@ def write_report(task_name: str, summary: Dict[str, dict], classes: Sequence[str
 
 def _rows(task_name: str, summary: Dict[str, dict], classes: Sequence[str]) -> List[list]:
     rows = []
-    names = ("background", *classes) if task_name == "segmentation" else tuple(classes)
+    names = _row_names(task_name, classes)
     for method, scores in summary.items():
         subsets = [("all", scores)] + ([("difficult", scores["difficult"])] if "difficult" in scores else [])
         for subset, part in subsets:
@@ -36,6 +36,11 @@ def _rows(task_name: str, summary: Dict[str, dict], classes: Sequence[str]) -> L
                     hits, total = part["per_class_hits"][name], part["per_class_total"][name]
                     rows.append([method, subset, class_id, name, hits, total - hits, part["per_class"][name]])
     return rows
+
+
+def _row_names(task_name: str, classes: Sequence[str]) -> Tuple[str, ...]:
+    """The classes a task scores: segmentation scores the background too."""
+    return ("background", *classes) if task_name == "segmentation" else tuple(classes)
 
 
 def _write_csv(task_name: str, summary: Dict[str, dict], classes: Sequence[str], path: Path) -> None:
@@ -54,7 +59,7 @@ def _plot(task_name: str, summary: Dict[str, dict], classes: Sequence[str], path
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    names = ("background", *classes) if task_name == "segmentation" else tuple(classes)
+    names = _row_names(task_name, classes)
     shown = [n for n in names if any(n in s["per_class"] for s in summary.values())]
     figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(shown) * max(1, len(summary)) / 2), 3.6))
     width = 0.8 / max(len(summary), 1)

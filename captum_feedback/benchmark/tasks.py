@@ -79,19 +79,19 @@ class TargetMap:
     """
 
     def __init__(self, classifier: Classifier, layout: Layout) -> None:
+        if layout.kind == "imagenet" and len(layout.classes) != len(classifier.classes):
+            raise ValueError(f"The synset list has {len(layout.classes)} classes, the model "
+                             f"{len(classifier.classes)} outputs.")
         self.groups: List[Optional[Tensor]] = []
-        names = [c.lower().replace(" ", "") for c in classifier.classes]
+        keys = [_key(c) for c in classifier.classes]
         for k, name in enumerate(layout.classes):
             if layout.kind == "imagenet":
-                if len(layout.classes) != len(classifier.classes):
-                    raise ValueError(f"The synset list has {len(layout.classes)} classes, the model "
-                                     f"{len(classifier.classes)} outputs.")
                 group: Optional[Sequence[int]] = (k,)
             elif classifier.imagenet:
                 group = IMAGENET_CLASSES_OF_VOC.get(COCO_TO_VOC.get(name, name)) or _by_name(
                     COCO_IMAGENET_NAMES.get(name, ()), classifier.classes)
-            elif name.lower().replace(" ", "") in names:
-                group = (names.index(name.lower().replace(" ", "")),)
+            elif _key(name) in keys:
+                group = (keys.index(_key(name)),)
             else:
                 raise ValueError(f"The model has no output named {name!r} (data set class {k}); give its class "
                                  "names, or use an ImageNet model on VOC or COCO.")
@@ -109,6 +109,11 @@ class TargetMap:
     def mapped(self, labels: Sequence[int]) -> List[int]:
         """The labels that have an output."""
         return [label for label in labels if self.groups[label] is not None]
+
+
+def _key(name: str) -> str:
+    """A class name compared case- and space-insensitively."""
+    return name.lower().replace(" ", "")
 
 
 def _by_name(names: Sequence[str], classes: Sequence[str]) -> Optional[Sequence[int]]:

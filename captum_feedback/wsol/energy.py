@@ -88,7 +88,7 @@ def summation_energy_map(
     if quantity not in SUMMATIONS:
         raise ValueError(f"Unknown summation {quantity!r}; use one of {SUMMATIONS}.")
     size = tuple(size or state.input_size)
-    transform = reshape_transform or state.reshape_transform or (lambda activation: activation)
+    transform = _transform(state, reshape_transform)
     names = list(sites) if sites is not None else summation_sites(state, transform)
     if not names:
         raise ValueError("The model has no spatial (B, C, H, W) ReLU-like site to sum.")
@@ -105,13 +105,18 @@ def summation_energy_map(
 def summation_sites(state: FeedbackState, reshape_transform: Optional[ReshapeTransform] = None) -> List[str]:
     """The spatial activation sites (``(B, C, H, W)`` after ``reshape_transform``, default the
     state's) the state's configuration sums, in execution order."""
-    transform = reshape_transform or state.reshape_transform or (lambda activation: activation)
+    transform = _transform(state, reshape_transform)
     names = [name for name, kind in state.site_kinds.items()
              if kind == "activation" and transform(state.cws[name]).dim() == 4]
     if state.config.summation_sites is None:
         return names
     start, stop = state.config.summation_sites
     return names[round(start * len(names)):max(round(stop * len(names)), round(start * len(names)) + 1)]
+
+
+def _transform(state: FeedbackState, reshape_transform: Optional[ReshapeTransform]) -> ReshapeTransform:
+    """The given transform, else the state's, else none."""
+    return reshape_transform or state.reshape_transform or (lambda activation: activation)
 
 
 def _site_map(state: FeedbackState, name: str, quantity: str, transform: ReshapeTransform) -> Tensor:
