@@ -258,10 +258,14 @@ def _constant(real: Callable[[Kwargs], Tensor]) -> Tuple[Callable, Callable]:
     return evaluate, lambda p, state: state
 
 
-def _normalized(x: Tensor, dims: Tuple[int, ...], eps: float, centred: bool) -> Tuple[Tensor, Tensor]:
-    """``x`` centred (if ``centred``) over ``dims``, and ``1 / sqrt(var + eps)`` (``1 / rms``)."""
+def _normalized(x: Tensor, dims: Tuple[int, ...], eps: float, centred: bool, scale: Optional[Tensor]
+                ) -> Tuple[Tensor, Tensor]:
+    """``x`` centred (if ``centred``) over ``dims``, and its scale ``1 / sqrt(var + eps)``
+    (``1 / rms``): ``scale`` when given (a frozen pass), else this input's, detached."""
     centre = x - x.mean(dims, keepdim=True) if centred else x
-    return centre, torch.rsqrt(centre.pow(2).mean(dims, keepdim=True) + eps)
+    if scale is None:
+        scale = torch.rsqrt(centre.pow(2).mean(dims, keepdim=True) + eps).detach()
+    return centre, scale
 
 
 def _affine(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], shape: Tuple[int, ...]) -> Tensor:
@@ -269,32 +273,37 @@ def _affine(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], shape: 
     return y + bias.reshape(shape) if bias is not None else y
 
 
-def _layer_norm_parts(p: Kwargs) -> Tuple[Tensor, Tuple[int, ...], Tuple[int, ...]]:
-    x = p["input"]
-    dims = tuple(range(x.dim() - len(p["normalized_shape"]), x.dim()))
-    return x, dims, tuple(p["normalized_shape"])
+def _rescaled(run: Callable[[Kwargs, Optional[Tensor]], Tuple[Tensor, Tensor]]) -> Tuple[Callable, Callable]:
+    """A :class:`FrozenOp`'s ``evaluate`` and ``frozen`` from ``run(params, scale)``, which
+    returns the output and the scale it used: the first pass's own scale, later the frozen one."""
+    return (lambda p: run(p, None)), (lambda p, scale: run(p, scale)[0])
 
 
-def _layer_norm(centred: bool) -> Tuple[Callable, Callable]:
+def _layer_norm(centred: bool) -> Callable[[Kwargs, Optional[Tensor]], Tuple[Tensor, Tensor]]:
     """LayerNorm (``centred``) or RMSNorm: the division by the standard deviation (the root
     mean square) is frozen; centring and the affine map are linear."""
 
     def run(p: Kwargs, scale: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        x, dims, shape = _layer_norm_parts(p)
-        centre, rstd = _normalized(x, dims, p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps, centred)
-        rstd = rstd.detach() if scale is None else scale
-        return _affine(centre * rstd, p.get("weight"), p.get("bias"), shape), rstd
+        x, shape = p["input"], tuple(p["normalized_shape"])
+        eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
+        centre, scale = _normalized(x, tuple(range(x.dim() - len(shape), x.dim())), eps, centred, scale)
+        return _affine(centre * scale, p.get("weight"), p.get("bias"), shape), scale
 
-    return (lambda p: run(p, None)), (lambda p, state: run(p, state)[0])
+    return run
 
 
 def _group_norm(p: Kwargs, scale: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    x, groups = p["input"], p["num_groups"]
-    grouped = x.reshape(x.shape[0], groups, -1)
-    centre, rstd = _normalized(grouped, (2,), p["eps"], True)
-    rstd = rstd.detach() if scale is None else scale
+    x = p["input"]
+    centre, scale = _normalized(x.reshape(x.shape[0], p["num_groups"], -1), (2,), p["eps"], True, scale)
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    return _affine((centre * rstd).view_as(x), p.get("weight"), p.get("bias"), shape), rstd
+    return _affine((centre * scale).view_as(x), p.get("weight"), p.get("bias"), shape), scale
+
+
+def _normalize(p: Kwargs, norm: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    x = p["input"]
+    if norm is None:
+        norm = x.norm(p["p"], p["dim"], keepdim=True).clamp_min(p["eps"]).detach()
+    return x / norm, norm
 
 
 def _attention_weights(p: Kwargs) -> Tensor:
@@ -329,14 +338,13 @@ _SIGMOID = FrozenOp("sigmoid", ("input",), (), _inside, *_constant(lambda p: tor
 _HARDSIGMOID = FrozenOp("hardsigmoid", ("input", "inplace"), (), _inside,
                         *_constant(lambda p: F.hardsigmoid(p["input"])))
 _LAYER_NORM = FrozenOp("layer_norm", ("input", "normalized_shape", "weight", "bias", "eps"),
-                       (("weight", None), ("bias", None), ("eps", 1e-5)), lambda p: True, *_layer_norm(True))
+                       (("weight", None), ("bias", None), ("eps", 1e-5)), lambda p: True, *_rescaled(_layer_norm(True)))
 _RMS_NORM = FrozenOp("rms_norm", ("input", "normalized_shape", "weight", "eps"), (("weight", None), ("eps", None)),
-                     lambda p: True, *_layer_norm(False))
+                     lambda p: True, *_rescaled(_layer_norm(False)))
 _GROUP_NORM = FrozenOp("group_norm", ("input", "num_groups", "weight", "bias", "eps"),
-                       (("weight", None), ("bias", None), ("eps", 1e-5)), lambda p: True,
-                       lambda p: _group_norm(p, None), lambda p, state: _group_norm(p, state)[0])
+                       (("weight", None), ("bias", None), ("eps", 1e-5)), lambda p: True, *_rescaled(_group_norm))
 _NORMALIZE = FrozenOp("normalize", ("input", "p", "dim", "eps", "out"), (("p", 2.0), ("dim", 1), ("eps", 1e-12)),
-                      _inside, lambda p: _normalize(p, None), lambda p, state: _normalize(p, state)[0])
+                      _inside, *_rescaled(_normalize))
 _ATTENTION = FrozenOp("scaled_dot_product_attention",
                       ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"),
                       (("attn_mask", None), ("dropout_p", 0.0), ("is_causal", False), ("scale", None),
@@ -384,13 +392,6 @@ def _tanh_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
     x = p["input"]
     y = torch.tanh(x)
     return y, torch.where(x == 0, torch.ones_like(x), y / x).detach()
-
-
-def _normalize(p: Kwargs, norm: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    x = p["input"]
-    if norm is None:
-        norm = x.norm(p["p"], p["dim"], keepdim=True).clamp_min(p["eps"]).detach()
-    return x / norm, norm
 
 
 def _frozen_table() -> Dict[Callable, FrozenOp]:
