@@ -8,14 +8,14 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from captum_feedback.app.cli import BENCHMARK_DEFAULTS, CommandError
 from captum_feedback.core.attribution import ungated_share
-from captum_feedback.core.config import resolve_config
+from captum_feedback.core.config import FeedbackConfig, resolve_config
 from captum_feedback.models.classifiers import Classifier, ModelError, first_line, load_classifier
 from captum_feedback.wsol.registry import method_name
 
@@ -51,11 +51,24 @@ def _class_by_name(name: str, classes: Sequence[str]) -> int:
     raise CommandError(f"unknown class {name!r}.{hint}")
 
 
-def classifier(args: argparse.Namespace) -> Classifier:
-    """The ``--model`` / ``--weights`` classifier on ``--device``, or a :class:`CommandError`."""
+def classifier(args: argparse.Namespace, classes: Optional[Sequence[str]] = None) -> Classifier:
+    """The ``--model`` / ``--weights`` classifier (``--num-classes`` outputs named ``classes``,
+    where the command has them) on ``--device`` (this process's GPU under torchrun), or a
+    :class:`CommandError`."""
+    from captum_feedback.benchmark.runner import rank_device
+
     try:
-        return load_classifier(args.model, args.weights).to(device(args.device))
+        model = load_classifier(args.model, args.weights, getattr(args, "num_classes", None), classes)
     except ModelError as error:
+        raise CommandError(str(error)) from None
+    return model.to(rank_device(device(args.device)))
+
+
+def config(args: argparse.Namespace) -> FeedbackConfig:
+    """The ``--config`` preset with ``--iterations``, or a :class:`CommandError`."""
+    try:
+        return resolve_config(args.config, iterations=args.iterations)
+    except ValueError as error:
         raise CommandError(str(error)) from None
 
 
@@ -77,11 +90,8 @@ def explain(args: argparse.Namespace) -> List[Path]:
     from captum_feedback.wsol.methods import MethodMaps
 
     model = classifier(args)
-    try:
-        config = resolve_config(args.config, iterations=args.iterations)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
-    maps_of = MethodMaps(model.model, model.middle, model.last, ig_steps=32, internal_batch_size=16, config=config)
+    maps_of = MethodMaps(model.model, model.middle, model.last, ig_steps=32, internal_batch_size=16,
+                         config=config(args))
     jobs = []  # every image read and every target resolved before anything is written
     for path in args.images:
         try:
@@ -156,13 +166,12 @@ def demo(args: argparse.Namespace) -> List[Path]:
     """``captum-feedback demo``: the README's figures (:func:`captum_feedback.app.demo.run`)."""
     from captum_feedback.app.demo import run
 
-    return run(args.out, config=resolve_config(args.config, iterations=args.iterations))
+    return run(args.out, config=config(args))
 
 
 def benchmark(args: argparse.Namespace) -> List[Path]:
     """``captum-feedback benchmark``: one task over a data set folder (:mod:`captum_feedback.benchmark`)."""
     from captum_feedback.benchmark import run_benchmark
-    from captum_feedback.benchmark.runner import rank_device
     from captum_feedback.data.layouts import open_layout
 
     split = args.split or ("test" if args.dataset == "voc" and args.task == "pointing" else "val")
@@ -172,12 +181,7 @@ def benchmark(args: argparse.Namespace) -> List[Path]:
         raise CommandError(first_line(error)) from None
     if args.num_classes not in (None, len(layout.classes)):
         raise CommandError(f"--num-classes {args.num_classes}, but the data set has {len(layout.classes)} classes.")
-    try:
-        named = layout.classes if args.num_classes else None
-        model = load_classifier(args.model, args.weights, args.num_classes, named).to(rank_device(device(args.device)))
-        config = resolve_config(args.config, iterations=args.iterations)
-    except (ModelError, ValueError) as error:
-        raise CommandError(first_line(error)) from None
+    model = classifier(args, layout.classes if args.num_classes else None)
     try:
         methods = [method_name(m) for m in args.methods or BENCHMARK_DEFAULTS[args.task]]
     except ValueError as error:
@@ -186,8 +190,8 @@ def benchmark(args: argparse.Namespace) -> List[Path]:
     settings = {"dataset": args.dataset, "root": str(args.root.resolve()), "split": split, "year": args.year,
                 "model": args.model or "efficientnet_lite0", "weights": str(args.weights)}
     try:
-        summary = run_benchmark(args.task, layout, model, methods, args.out, config, args.tolerance, args.box_fraction,
-                                args.limit, settings=settings)
+        summary = run_benchmark(args.task, layout, model, methods, args.out, config(args), args.tolerance,
+                                args.box_fraction, args.limit, settings=settings)
     except ValueError as error:
         raise CommandError(first_line(error)) from None
     if summary is None:  # a rank other than 0 of torchrun
