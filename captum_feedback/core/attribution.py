@@ -144,6 +144,15 @@ class FeedbackAttribution(GradientAttribution):
             output, tapped = self._forward(session, batch, policy, taps)
             return input_gradients(score(output, tapped), batch.inputs)
 
+    def target_gradients(self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any,
+                         policy: GatePolicy, linearize: bool = False) -> TensorOrTuple:
+        """:meth:`gated_gradients` of the target score, shaped as ``inputs`` (Captum's
+        ``attribute`` contract): FR's and :class:`GatePolicyAttribution`'s attribution."""
+        batch = self._batch(inputs, target, additional_forward_args)
+        grads = self.gated_gradients(batch, policy, lambda output, _: select_targets(output, batch.targets),
+                                     linearize=linearize)
+        return format_output(batch.is_tuple, grads)
+
 
 class GatePolicyAttribution(FeedbackAttribution):
     r"""Input attribution under your own gate rule: one forward pass in which ``policy`` sets
@@ -177,10 +186,7 @@ class GatePolicyAttribution(FeedbackAttribution):
                   additional_forward_args: Any = None) -> TensorOrTuple:
         """The gradients of the target with respect to each input under the policy's gates,
         the same shapes as ``inputs`` (Captum's conventions, as ``Saliency``)."""
-        batch = self._batch(inputs, target, additional_forward_args)
-        grads = self.gated_gradients(batch, self.policy, lambda output, _: select_targets(output, batch.targets),
-                                     linearize=self.linearize)
-        return format_output(batch.is_tuple, grads)
+        return self.target_gradients(inputs, target, additional_forward_args, self.policy, self.linearize)
 
 
 class _EveryGateClosed(GatePolicy):

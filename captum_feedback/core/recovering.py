@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output, select_targets
+from captum_feedback.core._compat import TargetType, TensorOrTuple
 from captum_feedback.core.attribution import Batch, FeedbackAttribution
 from captum_feedback.core.engine import GatePolicy, Site
 from captum_feedback.core.selection import SelectionRule, Threshold, as_rule, keep_mask
@@ -77,10 +77,7 @@ class FeedbackRecovering(FeedbackAttribution):
 
             >>> attribution = FeedbackRecovering(model.eval()).attribute(images, target=3)
         """
-        rule = as_rule(threshold)
-        batch = self._batch(inputs, target, additional_forward_args)
-        grads = self.recover(batch, rule, lambda output, _tapped: select_targets(output, batch.targets))
-        return format_output(batch.is_tuple, grads)
+        return self.target_gradients(inputs, target, additional_forward_args, RecoveringPolicy(as_rule(threshold)))
 
     def recover(
         self,
