@@ -195,6 +195,24 @@ def test_tuple_inputs_and_additional_forward_args_work_like_captum():
     torch.testing.assert_close(scaled[1], torch.zeros_like(x2))
 
 
+def test_batch_invariant_runs_each_sample_alone_with_its_own_rows_of_tensor_arguments():
+    """The whole state of a batch is each sample's alone: inputs and per-sample tensor arguments
+    are split, shared arguments passed whole, targets kept in order."""
+    model, config = seeded(TwoInputs()), replace(PRESETS["paper"], batch_invariant=True)
+    x1, x2, scale = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([[0.5], [2.0], [-1.0]])
+    batch = FSP(model).select((x1, x2), target=[0, 1, 2], additional_forward_args=(scale, 1.0), config=config)
+    for i in range(3):
+        alone = FSP(model).select((x1[i:i + 1], x2[i:i + 1]), target=i, additional_forward_args=(scale[i:i + 1], 1.0),
+                                  config="paper")
+        for got, expected in zip(batch.attributions, alone.attributions):
+            assert torch.equal(got[i:i + 1], expected)
+        assert all(torch.equal(batch.gates[k][i:i + 1], alone.gates[k]) for k in alone.gates)
+        assert all(torch.equal(batch.cws[k][i:i + 1], alone.cws[k]) for k in alone.cws)
+        assert torch.equal(batch.target_scores[:, i:i + 1], alone.target_scores)
+        assert batch.updates[i] == alone.updates[0] and batch.converged[i] == alone.converged[0]
+    batch.check_inputs((x1, x2))
+
+
 def test_fsp_is_class_specific_where_the_gradient_is_shared():
     """Two targets on one image get different maps, and differ more than plain gradients."""
     model = seeded(VGGish())

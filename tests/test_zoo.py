@@ -35,6 +35,8 @@ def test_a_transformer_holds_the_contract(name):
 
 @pytest.mark.parametrize("name", ["googlenet", "regnet_y_1_6gf"])
 def test_batch_invariant_maps_equal_each_image_alone_in_float32(name):
+    """The two models whose batched float32 maps differ most from each image's alone (0.13 and
+    1e-4 of the map's scale with oneDNN, the default) agree exactly with ``batch_invariant``."""
     from dataclasses import replace
 
     import torch
@@ -45,8 +47,6 @@ def test_batch_invariant_maps_equal_each_image_alone_in_float32(name):
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         target = model(x).argmax(1).tolist()
-    fsp, invariant = FSP(model), replace(PRESETS["default"], batch_invariant=True)
-    alone = torch.cat([fsp.attribute(x[i:i + 1], target[i], config=invariant) for i in range(2)])
-    batch = fsp.attribute(x, target, config=invariant)
-    assert (batch - alone).abs().amax() <= 1e-6 * batch.abs().amax()  # float rounding, no gate flipped
-    assert torch.backends.mkldnn.enabled  # switched back on after the call
+    fsp = FSP(model)
+    alone = torch.cat([fsp.attribute(x[i:i + 1], target[i]) for i in range(2)])
+    assert torch.equal(fsp.attribute(x, target, config=replace(PRESETS["default"], batch_invariant=True)), alone)

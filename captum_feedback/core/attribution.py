@@ -36,6 +36,18 @@ class Batch:
     def size(self) -> int:
         return self.inputs[0].shape[0]
 
+    def samples(self) -> List[Batch]:
+        """One batch per sample, as if each had been given alone: the inputs' rows (new leaves),
+        the rows of every additional tensor argument whose first dimension is the batch (Captum's
+        convention for additional arguments), every other argument as it is, and its target."""
+        def row(value: Any, i: int) -> Any:
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.size:
+                return value[i:i + 1]
+            return value
+
+        return [Batch(tuple(x[i:i + 1].detach().requires_grad_() for x in self.inputs), self.is_tuple,
+                      tuple(row(arg, i) for arg in self.args), [self.targets[i]]) for i in range(self.size)]
+
 
 def input_gradients(scores: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
     """Gradients of the summed per-sample scores with respect to every input.
@@ -109,8 +121,8 @@ class FeedbackAttribution(GradientAttribution):
             per_sample_targets(target, batch_size),
         )
 
-    def _session(self, batch: Batch, linearize: bool, batch_invariant: bool = False) -> GatingSession:
-        return GatingSession(self.forward_func, linearize, batch.size, batch_invariant)
+    def _session(self, batch: Batch, linearize: bool) -> GatingSession:
+        return GatingSession(self.forward_func, linearize, batch.size)
 
     def _forward(
         self, session: GatingSession, batch: Batch, policy: GatePolicy, taps: Sequence[nn.Module] = ()

@@ -78,11 +78,13 @@ class FeedbackConfig:
             share of the layer's mean positive CW (``mean_thd.m``); 0 keeps every neuron with a
             positive contribution.
         fr_threshold: The threshold of the FR pass of the FSP-FR map.
-        batch_invariant: Make a batch's maps equal each image's alone in float32 on the CPU
-            (FSP's passes run without oneDNN, whose batched convolutions round differently and
-            flip gates at the threshold's rounding level). Of torchvision's 80 classifiers
-            (``benchmarks/zoo.py``) 72 then agree exactly and 79 within 1e-3 of the map's scale;
-            1.0-1.5 x slower on most, 3 x on ConvNeXt-L.
+        batch_invariant: Run FSP on each sample of a batch alone, so that a batch's maps and
+            state equal each image's alone bit for bit, on any model and device. Batched passes
+            (the default) round differently from one image's (oneDNN's CPU convolutions, cuDNN's
+            algorithms), a unit whose CW sits at its threshold's rounding level can flip, and the
+            flip propagates through later updates: in float32 most of torchvision's 80
+            classifiers agree within 1e-6 of the map's scale, ``googlenet`` at 224 x 224 differs
+            by 0.13 (``benchmarks/zoo.py``). 1.2-1.8 x the time of a batch of four on the CPU.
     """
 
     threshold: Threshold = "zero"

@@ -19,7 +19,6 @@ path, and the model's training flags, ``requires_grad`` and ``.grad`` are restor
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -244,19 +243,6 @@ def preserved_state(model: Any) -> Iterator[None]:
                 setattr(obj, attr, value)
 
 
-@contextlib.contextmanager
-def _without_onednn(active: bool) -> Iterator[None]:
-    """oneDNN off (``torch.backends.mkldnn``) while ``active``: the CPU convolutions then give one
-    image the same result alone as in a batch."""
-    if not active:
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
-
-
 class _SiteMode(TorchFunctionMode):
     def __init__(self, on_site: Callable[[Callable, SiteOp, tuple, dict], Any],
                  on_frozen: Optional[Callable[[Callable, FrozenOp, tuple, dict], Any]]) -> None:
@@ -282,17 +268,12 @@ class GatingSession:
             any callable.
         linearize: Freeze sites after the first forward pass (Sec. 3.3).
         batch_size: Leading size every site's activation must have (gates are per sample).
-        batch_invariant: Run the session's passes without oneDNN (``torch.backends.mkldnn``)
-            on the CPU, whose batched convolutions round differently from one image's: then a
-            batch's gates equal each image's alone.
     """
 
-    def __init__(self, forward_func: Callable, linearize: bool, batch_size: int, batch_invariant: bool = False
-                 ) -> None:
+    def __init__(self, forward_func: Callable, linearize: bool, batch_size: int) -> None:
         self.forward_func = forward_func
         self.linearize = linearize
         self.batch_size = batch_size
-        self.batch_invariant = batch_invariant
         self.sites: List[Site] = []
         self.passes = 0
         self._module_names: Dict[nn.Module, str] = (
@@ -531,7 +512,7 @@ class GatingSession:
         check_single_thread(self.forward_func)
         check_eval_mode(self.forward_func)
         try:
-            with preserved_state(self.forward_func), torch.enable_grad(), _without_onednn(self.batch_invariant):
+            with preserved_state(self.forward_func), torch.enable_grad():
                 yield self
         finally:
             self._open = []  # its edges reach hooks that hold the session: a cycle through autograd

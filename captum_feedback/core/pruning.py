@@ -244,8 +244,8 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             >>> paper = fsp.attribute(images, target=labels, config="paper")
         """
         settings = resolve_config(config, iterations, threshold, linearize)
-        _, _, passes = self._run(inputs, target, additional_forward_args, settings, False, ())
-        return format_output(isinstance(inputs, tuple), passes.grads)
+        batch = self._batch(inputs, target, additional_forward_args)
+        return format_output(batch.is_tuple, self._select(batch, settings, False, ()).attributions)
 
     def select(
         self,
@@ -273,8 +273,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             A :class:`FeedbackState`.
         """
         settings = resolve_config(config, iterations, threshold, linearize)
-        session, policy, passes = self._run(inputs, target, additional_forward_args, settings, keep_cws, layers)
-        return self._state(session, policy, passes, settings, inputs)
+        return self._select(self._batch(inputs, target, additional_forward_args), settings, keep_cws, layers)
 
     def ungated(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
                 config: ConfigLike = None) -> FeedbackState:
@@ -284,20 +283,21 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         configuration) show what FSP's selection adds to a map and what the summation alone gives.
         Takes the arguments of :meth:`select`; ``outputs`` holds the one plain pass.
         """
-        settings = resolve_config(config)
-        session, policy, passes = self._run(inputs, target, additional_forward_args, settings, True, (), updates=0)
-        return self._state(session, policy, passes, settings, inputs)
-
-    def _run(
-        self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any, config: FeedbackConfig,
-        keep_cws: bool, layers: Sequence[nn.Module], updates: Optional[int] = None,
-    ) -> Tuple[GatingSession, _PruningPolicy, _Passes]:
         batch = self._batch(inputs, target, additional_forward_args)
-        session = self._session(batch, config.linearize, config.batch_invariant)
+        return self._select(batch, resolve_config(config), True, (), updates=0)
+
+    def _select(self, batch: Batch, config: FeedbackConfig, keep_cws: bool, layers: Sequence[nn.Module],
+                updates: Optional[int] = None) -> FeedbackState:
+        """The state of one run; with ``config.batch_invariant``, each sample's own run."""
+        if config.batch_invariant and batch.size > 1:
+            states = [self._select(sample, config, keep_cws, layers, updates) for sample in batch.samples()]
+            return FeedbackState.cat(states, batch.inputs)
+        session = self._session(batch, config.linearize)
         policy = _PruningPolicy(config.rule, session.sites, batch.size, keep_cws)
         with session.installed():
             iterations = config.iterations if updates is None else updates
-            return session, policy, self._iterate(session, batch, policy, config, layers, iterations)
+            passes = self._iterate(session, batch, policy, config, layers, iterations)
+        return self._state(session, policy, passes, config, batch.inputs)
 
     def _iterate(
         self, session: GatingSession, batch: Batch, policy: _PruningPolicy, config: FeedbackConfig,
@@ -371,7 +371,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
 
     @staticmethod
     def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes, config: FeedbackConfig,
-               inputs: TensorOrTuple) -> FeedbackState:
+               inputs: Tuple[Tensor, ...]) -> FeedbackState:
         names = {site.index: site.name for site in session.sites}
         device = passes.grads[0].device
         return FeedbackState(

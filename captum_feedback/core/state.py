@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -83,6 +83,28 @@ class FeedbackState:
             if not torch.allclose(sums, expected, rtol=1e-9, atol=1e-12):
                 raise ValueError("The state was made for other inputs (same shapes, other values); make it "
                                  "with select() on these inputs.")
+
+    @classmethod
+    def cat(cls, states: Sequence[FeedbackState], inputs: Tuple[Tensor, ...]) -> FeedbackState:
+        """One state for a batch from the states of its samples, in order (``inputs``: the
+        batch's inputs, for :attr:`input_digest`)."""
+        first = states[0]
+        if any(s.gates.keys() != first.gates.keys() for s in states):
+            raise ValueError("The samples passed different gate sites (the model's path depends on its input), so "
+                             "their states cannot form one batch; run them one at a time.")
+        rows = lambda name: torch.cat([getattr(s, name) for s in states])  # noqa: E731
+        by_key = lambda name: {k: torch.cat([getattr(s, name)[k] for s in states])  # noqa: E731
+                               for k in getattr(first, name)}
+        return cls(
+            attributions=tuple(torch.cat(grads) for grads in zip(*(s.attributions for s in states))),
+            gates=by_key("gates"), cws=by_key("cws"), site_outputs=by_key("site_outputs"),
+            site_kinds=first.site_kinds,
+            outputs=torch.cat([s.outputs for s in states], 1),
+            target_scores=torch.cat([s.target_scores for s in states], 1),
+            updates=rows("updates"), converged=rows("converged"), reverted=rows("reverted"),
+            layer_outputs=by_key("layer_outputs"), layer_cws=by_key("layer_cws"), config=first.config,
+            input_digest=digest(inputs), reshape_transform=first.reshape_transform,
+        )
 
     @property
     def input_size(self) -> Tuple[int, ...]:
