@@ -52,7 +52,8 @@ from captum_feedback.benchmark.tasks import PROCEDURE_1  # noqa: E402
 from captum_feedback.core.config import PRESETS, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.core.selection import MeanRatio  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
-from captum_feedback.data.voc import VOC_CLASSES, bundled_voc_photos, imagenet_target  # noqa: E402
+from captum_feedback.data.layouts import voc_photos  # noqa: E402
+from captum_feedback.data.voc import VOC_CLASSES, imagenet_target  # noqa: E402
 from captum_feedback.models import efficientnet_lite0  # noqa: E402
 from captum_feedback.models.classifiers import recommended_layers  # noqa: E402
 from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: E402
@@ -262,15 +263,15 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
 
 def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Scores, List[str]]:
     model = efficientnet_lite0()
-    photos = bundled_voc_photos(fetch_labelme_photos(args.labelme_dir))
+    photos = voc_photos(fetch_labelme_photos(args.labelme_dir))
     makers = pipeline_maps(model, *recommended_layers(model), args)
     scores, skipped = Scores(len(VOC_CLASSES) + 1), []
     for number, photo in enumerate(tqdm(photos, desc="VOC photos", unit="photo")):
         here = torch.tensor([number])
-        image, truth, photo_boxes = photo.at_size(224)
-        image = image[None]
+        photo = photo.at_size((224, 224))
+        image, truth = photo.image[None].float() / 255, photo.segmentation
         inputs = image * 2 - 1
-        classes = photo.classes
+        classes = torch.tensor(photo.present())
         with torch.no_grad():
             targets = imagenet_target(model(inputs)[0], classes)
         rows = [(name + suffix, name, maker) for suffix, maker in makers.items()
@@ -289,7 +290,7 @@ def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Sco
                 for pixels in (0, 5, 10):
                     scores.add(method, f"coverage +{pixels}px", energy_coverage(maps[k:k + 1], mask, pixels),
                                here)
-                boxes = photo_boxes[photo.box_classes == cls]
+                boxes = photo.boxes(cls)
                 for fraction in args.box_fractions if len(boxes) else ():  # no box annotated: skipped
                     scores.add(method, box_metric(fraction), box_accuracy(energy_box(maps[k:k + 1], fraction),
                                                                           [boxes], (224, 224)), here)

