@@ -9,7 +9,7 @@ rectified and upsampled, and the Feedback maps all come from one FSP run per bat
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,9 @@ from captum.attr import (
 from torch import Tensor, nn
 
 from captum_feedback.core._compat import TargetType, per_sample_targets, select_targets
+from captum_feedback.core.attribution import GatePolicyAttribution
 from captum_feedback.core.config import ConfigLike
+from captum_feedback.core.engine import Gate, GatePolicy, Site
 from captum_feedback.core.pruning import FeedbackSelectivePruning
 from captum_feedback.core.recovering import FeedbackRecovering
 from captum_feedback.core.tokens import default_reshape_transform
@@ -57,6 +59,34 @@ def center_map(inputs: Tensor, sigma: float = 0.25) -> Tensor:
     xs = (torch.arange(width, device=inputs.device) + 0.5) / width - 0.5
     gauss = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
     return l2_normalize(gauss.expand(inputs.shape[0], 1, height, width).clone())
+
+
+RELU_MODULE_METHODS = {"GuidedBackprop": "the gradient's", "Deconvolution": "the gradient's",
+                       "GuidedGradCam": "Grad-CAM times the gradient", "DeepLift": "InputXGradient's"}
+"""Captum's methods whose rule for ReLU-like units applies to ``nn.ReLU`` modules only (Captum
+0.9: the backward hooks of ``ModifiedReluGradientAttribution``, DeepLift's ``SUPPORTED_NON_LINEAR``),
+and what each map is where no site is one."""
+
+
+class _SiteRecorder(GatePolicy):
+    def __init__(self) -> None:
+        self.sites: List[Site] = []
+
+    def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
+        self.sites.append(site)
+        return None
+
+
+def unguided_sites(model: nn.Module, inputs: Tensor, target: TargetType) -> Tuple[List[str], int]:
+    """The ReLU-like sites of one forward pass (of the first sample) that the methods of
+    :data:`RELU_MODULE_METHODS` leave with their plain gradient -- Captum hooks ``nn.ReLU``
+    modules only, not ReLU6, SiLU, GELU, ... nor functional calls -- and the number of ReLU-like
+    sites. FR gates every one of them (it is Guided Backpropagation where the sites are ReLUs)."""
+    recorder = _SiteRecorder()
+    GatePolicyAttribution(model, recorder).attribute(inputs[:1], per_sample_targets(target, len(inputs))[:1])
+    relus = {name for name, module in model.named_modules() if isinstance(module, nn.ReLU)}
+    activations = [site.name for site in recorder.sites if site.kind == "activation"]
+    return [name for name in activations if name.split("#")[0] not in relus], len(activations)
 
 
 class _TokenGradCam:
@@ -120,6 +150,8 @@ class MethodMaps:
         self.model, self.gradcam_layer = model, gradcam_layer
         self.ig_steps, self.internal_batch_size = ig_steps, internal_batch_size
         self.pipeline = FeedbackPipeline(model, layer, config)
+        self._unguided: Optional[Tuple[List[str], int]] = None
+        """:func:`unguided_sites` of the model, found on the first guided method's call."""
         self._single_maps = self._attribution_maps()
 
     def __call__(self, inputs: Tensor, target: TargetType, methods: Sequence[str] = ALL_METHODS
@@ -145,8 +177,31 @@ class MethodMaps:
     def single(self, method: str, inputs: Tensor, target: TargetType) -> Tensor:
         """The map of one method that is not computed from the shared FSP run."""
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module="captum")
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
             return self._single_maps[method](inputs, target)
+
+    def _relu_rule(self, method: str, attribution: Callable[[Tensor, TargetType], Tensor]
+                   ) -> Callable[[Tensor, TargetType], Tensor]:
+        """``attribution``, after checking that Captum's ``method`` (one of
+        :data:`RELU_MODULE_METHODS`) reaches the model's ReLU-like sites: an error where it
+        reaches none (its map would be :data:`RELU_MODULE_METHODS`'s), a warning where it misses
+        some."""
+        def checked(inputs: Tensor, target: TargetType) -> Tensor:
+            if self._unguided is None:
+                self._unguided = unguided_sites(self.model, inputs, target)
+            unguided, total = self._unguided
+            if unguided:
+                sites = f"({', '.join(unguided[:3])}{', ...' if len(unguided) > 3 else ''})"
+                rule = f"Captum's {method} has its rule for nn.ReLU modules only"
+                fix = "FR (Feedback Recovering) is Guided Backpropagation on every ReLU-like site."
+                if len(unguided) == total:
+                    raise ValueError(f"{rule}, and none of this model's {total} ReLU-like sites {sites} is one: "
+                                     f"its map would be {RELU_MODULE_METHODS[method]}. {fix}")
+                warnings.warn(f"{rule}: {len(unguided)} of this model's {total} ReLU-like sites {sites} keep their "
+                              f"plain gradient. {fix}", UserWarning, stacklevel=3)
+            return attribution(inputs, target)
+
+        return checked
 
     def _attribution_maps(self) -> Dict[str, Callable[[Tensor, TargetType], Tensor]]:
         model = self.model
@@ -157,7 +212,7 @@ class MethodMaps:
         transform = default_reshape_transform(model)
         gradcam = LayerGradCam(model, self.gradcam_layer) if transform is None else _TokenGradCam(
             model, self.gradcam_layer, transform)
-        return {
+        maps = {
             "FR": input_attribution(FeedbackRecovering(model)),
             "Saliency": input_attribution(Saliency(model), abs=True),
             "IntegratedGradients": input_attribution(IntegratedGradients(model), n_steps=self.ig_steps,
@@ -171,3 +226,5 @@ class MethodMaps:
             "LRP": input_attribution(LRP(model)),
             "Center": lambda x, t: center_map(x),
         }
+        return {name: self._relu_rule(name, make) if name in RELU_MODULE_METHODS else make
+                for name, make in maps.items()}
