@@ -1,5 +1,7 @@
 """Figures accept tensors in every common form and return (figure, axes) like Captum's."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,16 @@ def test_energy_overlay_draws_boxes_and_mask_onto_captums_heat_map():
     assert len(visualize_energy_map(torch.rand(1, 16, 16), torch.rand(3, 16, 16), show_colorbar=False)[0].axes) == 1
     with pytest.raises(ValueError, match="differ in size"):
         visualize_energy_map(torch.rand(1, 8, 8), torch.rand(3, 16, 16))
+
+
+def test_an_overlay_does_not_depend_on_the_maps_scale():
+    """A random model's map can be 1e-7 everywhere: drawn as the same map at scale 1, and without
+    Captum's warning of a scale near zero."""
+    energy, image = torch.rand(1, 16, 16), torch.rand(3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny = visualize_energy_map(energy * 1e-7, image)[1].images[-1].get_array()
+    assert np.allclose(tiny, visualize_energy_map(energy, image)[1].images[-1].get_array())
 
 
 def test_iteration_curves_highlight_the_target():

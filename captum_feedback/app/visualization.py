@@ -107,6 +107,9 @@ def visualize_energy_map(
     picture, heat = as_image(image), as_map(energy)
     if heat.shape != picture.shape[:2]:
         raise ValueError(f"Map {heat.shape} and image {picture.shape[:2]} differ in size.")
+    peak = float(np.abs(heat).max())
+    if peak > 0:  # Captum shows maps scaled to [0, 1] anyway, but warns of a tiny scale (a random model's)
+        heat = heat / peak
     figure, axis = _figure(plt_fig_axis, figsize=(4, 4))
     viz.visualize_image_attr(
         heat[..., None], picture, method="blended_heat_map", sign="absolute_value", outlier_perc=outlier_perc,
