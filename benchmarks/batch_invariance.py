@@ -11,7 +11,8 @@ map's scale, for
   the site's largest CW for the paper's zero threshold;
 * ``batch_invariant=True`` (each image alone);
 
-and the median time of a batch of four, batched and with ``batch_invariant``, with their ratio.
+and the median time of a batch of four beside Captum's ``Saliency`` in the same rounds
+(``speed.py``'s interleaved timing): batched, with ``batch_invariant``, and their paired ratio.
 
 ::
 
@@ -23,17 +24,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import zoo
+from captum.attr import Saliency
+from speed import _interleaved_times, _paired_ratio
 from torch import Tensor
 
 from captum_feedback import FSP, PRESETS, FeedbackConfig
 from captum_feedback.core.engine import as_mask
-from captum_feedback.core.selection import SelectionRule, _mean_positive
+from captum_feedback.core.selection import SelectionRule
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,7 @@ class DeadBandRule(SelectionRule):
         if self.prunes_only:
             if open_units is None:
                 return selector
-            positive = cw.clamp(min=0) * as_mask(open_units, cw)
-            tau = self.threshold.ratio * _mean_positive(positive.flatten(1)).to(cw.dtype)
-            tau = tau.view((-1,) + (1,) * (cw.dim() - 1))
+            tau = self.threshold.tau(cw.clamp(min=0) * as_mask(open_units, cw))
             near = (cw - tau).abs() <= self.tol * tau
             return torch.where(near, open_units.to(selector.dtype), selector)
         scale = cw.abs().flatten(1).amax(1).view((-1,) + (1,) * (cw.dim() - 1))
@@ -63,22 +63,6 @@ def with_dead_band(config: FeedbackConfig, tol: float) -> FeedbackConfig:
     return banded
 
 
-def difference(fsp: FSP, x: Tensor, target: List[int], config: FeedbackConfig) -> float:
-    batch = fsp.attribute(x, target, config=config)
-    alone = torch.cat([fsp.attribute(x[i:i + 1], target[i], config=config) for i in range(len(x))])
-    return float((batch - alone).abs().amax() / batch.abs().amax().clamp_min(1e-30))
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(name: str, repeats: int) -> Dict[str, float]:
     model = zoo.build(name)
     x = torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -86,30 +70,36 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
         target = model(x).argmax(1).tolist()
     fsp, row = FSP(model), {}
     for preset, tols in (("default", (1e-5, 1e-3)), ("paper", (1e-6, 1e-4))):
-        row[preset] = difference(fsp, x[:2], target[:2], PRESETS[preset])
+        row[preset] = zoo.batch_vs_alone(fsp, x[:2], target[:2], PRESETS[preset])
         for tol in tols:
             banded = with_dead_band(PRESETS[preset], tol)
-            row[f"{preset}, dead band {tol:g}"] = difference(fsp, x[:2], target[:2], banded)
+            row[f"{preset}, dead band {tol:g}"] = zoo.batch_vs_alone(fsp, x[:2], target[:2], banded)
     invariant = replace(PRESETS["default"], batch_invariant=True)
-    row["batch_invariant"] = difference(fsp, x[:2], target[:2], invariant)
-    row["batched s"] = median_seconds(lambda: fsp.attribute(x, target), repeats)
-    row["batch_invariant s"] = median_seconds(lambda: fsp.attribute(x, target, config=invariant), repeats)
-    row["ratio"] = row["batch_invariant s"] / row["batched s"]
+    row["batch_invariant"] = zoo.batch_vs_alone(fsp, x[:2], target[:2], invariant)
+    calls = {"Saliency": lambda: Saliency(model).attribute(x, target=target),
+             "batched": lambda: fsp.attribute(x, target),
+             "batch_invariant": lambda: fsp.attribute(x, target, config=invariant)}
+    for call in calls.values():  # warm-up
+        call()
+    times = _interleaved_times(calls, {label: repeats for label in calls}, torch.device("cpu"))
+    for label in ("batched", "batch_invariant"):
+        row[f"{label} x Saliency"] = statistics.median(times[label]) / statistics.median(times["Saliency"])
+    row["ratio"] = _paired_ratio(times["batch_invariant"], times["batched"])
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["googlenet", "regnet_y_1_6gf", "resnet50", "convnext_tiny"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rows = {name: measure(name, args.repeats) for name in args.models}
     columns = list(next(iter(rows.values())))
     print("| model | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:.2f}" if c.endswith(" s") or c == "ratio" else f"{row[c]:.1e}"
-                                        for c in columns) + " |")
+        cells = (f"{row[c]:.2f}" if c.endswith(" x Saliency") or c == "ratio" else f"{row[c]:.1e}" for c in columns)
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def check(model: nn.Module, size: int, seed: int = 0) -> Dict[str, object]:
     fr = FR(model).attribute(x, target)
     batch = state.attributions[0]
     invariant = replace(PRESETS["default"], batch_invariant=True)
-    difference = {name: _batch_vs_alone(fsp, x, target, config) for name, config in
+    difference = {name: batch_vs_alone(fsp, x, target, config) for name, config in
                   (("default", PRESETS["default"]), ("batch_invariant", invariant))}
     linearized = fsp.select(x, target, config="paper", iterations=3, keep_cws=False).target_scores
     falls = (linearized[1:] - linearized[:-1] < -1e-4 * linearized.abs().amax(0).clamp_min(1)).any()
@@ -115,7 +115,7 @@ def check(model: nn.Module, size: int, seed: int = 0) -> Dict[str, object]:
     }
 
 
-def _batch_vs_alone(fsp: FSP, x: torch.Tensor, target: List[int], config: FeedbackConfig) -> float:
+def batch_vs_alone(fsp: FSP, x: torch.Tensor, target: List[int], config: FeedbackConfig) -> float:
     """The largest difference between a batch's map and each image's alone, over the map's scale."""
     batch = fsp.attribute(x, target, config=config)
     alone = torch.cat([fsp.attribute(x[i:i + 1], target[i], config=config) for i in range(len(x))])

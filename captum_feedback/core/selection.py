@@ -33,6 +33,13 @@ class MeanRatio:
 
     ratio: float = 1.0
 
+    def tau(self, positive: Tensor) -> Tensor:
+        """The threshold of each sample from the positive parts of its open units' CWs
+        (``(B, ...)``, zero elsewhere): ``ratio`` times their mean, at least the dtype's smallest
+        normal number, shaped to broadcast over ``positive``."""
+        tau = self.ratio * _mean_positive(positive.flatten(1)).to(positive.dtype)
+        return tau.clamp(min=torch.finfo(positive.dtype).tiny).view((-1,) + (1,) * (positive.dim() - 1))
+
 
 Threshold = Union[str, float, MeanRatio, Callable[[Tensor], Tensor]]
 """``"zero"`` (Algorithms 1 and 2), ``"positive_mean"`` (``MeanRatio(1.0)``, the authors' rule), a
@@ -104,9 +111,7 @@ class SelectionRule:
         positive = cw.detach().clamp(min=0)
         if opened is not None:
             positive.mul_(opened)
-        flat = positive.flatten(1)
-        tau = self.threshold.ratio * _mean_positive(flat).to(cw.dtype)
-        tau = tau.clamp(min=torch.finfo(cw.dtype).tiny).view((-1,) + (1,) * (cw.dim() - 1))
+        tau = self.threshold.tau(positive)
         keep = positive >= tau
         selector = keep  # booleans select as 1 and 0: one conversion fewer where x >= 0
         if signed:
