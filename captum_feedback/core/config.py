@@ -86,7 +86,7 @@ class FeedbackConfig:
             algorithms), a unit whose CW sits at its threshold's rounding level can flip, and the
             flip propagates through later updates: in float32 most of torchvision's 80
             classifiers agree within 1e-6 of the map's scale, ``googlenet`` at 224 x 224 differs
-            by 0.13 (``benchmarks/zoo.py``). 1.2-1.6 x the time of a batch of four on the CPU
+            by 0.13 (``benchmarks/zoo.py``). 1.2-1.5 x the time of a batch of four on the CPU
             (``benchmarks/batch_invariance.py``).
     """
 
