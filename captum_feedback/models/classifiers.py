@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-EMBEDDED = ("efficientnet_lite0", "cluttered_vgg")
+EMBEDDED = ("efficientnet_lite0", "cluttered_vgg", "cluttered_resnet")
 """The models that ship with their weights; the first is the default."""
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU)
@@ -45,6 +45,8 @@ class Classifier:
         channels: 3 for RGB, 1 for grayscale models.
         imagenet: whether the outputs are ImageNet-1k's classes (VOC and COCO classes are then
             mapped onto groups of them, see :mod:`captum_feedback.data.layouts`).
+        multilabel: whether each output is a probability of its own (a sigmoid, as the scene
+            models are trained), rather than one of a softmax over the outputs.
     """
 
     model: nn.Module
@@ -55,14 +57,22 @@ class Classifier:
     normalize: Callable[[Tensor], Tensor]
     channels: int = 3
     imagenet: bool = True
+    multilabel: bool = False
 
-    def squeeze(self, images: Tensor) -> Tensor:
+    def squeeze(self, images: Tensor, size: Optional[int] = None) -> Tensor:
         """``(B, 3, H, W)`` uint8 photos resized (without cropping, so that every pixel maps back
-        to the photo) to ``(B, C, size, size)`` in [0, 1]."""
+        to the photo) to ``(B, C, size, size)`` in [0, 1] (``size``: the model's input size)."""
+        side = size or self.size
         images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        resized = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True,
-                                align_corners=False).clamp(0, 1)
+        if images.shape[-2:] != (side, side):
+            images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        resized = images.clamp(0, 1)
         return resized.mean(1, keepdim=True) if self.channels == 1 else resized
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """The outputs' probabilities: a softmax over them, or each output's sigmoid for a
+        multi-label model."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(1)
 
     def to(self, device: torch.device) -> Classifier:
         """Moves the model to ``device``; returns ``self``."""
@@ -75,8 +85,8 @@ def load_classifier(name: Optional[str] = None, weights: Optional[Path] = None,
     """An embedded model (``name`` in :data:`EMBEDDED` or ``None``) or a torchvision classifier.
 
     Args:
-        name: ``"efficientnet_lite0"`` (the default, ImageNet), ``"cluttered_vgg"`` (Fashion-MNIST
-            scenes) or a name of ``torchvision.models.list_models()``.
+        name: ``"efficientnet_lite0"`` (the default, ImageNet), ``"cluttered_vgg"`` or
+            ``"cluttered_resnet"`` (Fashion-MNIST scenes) or a name of ``torchvision.models.list_models()``.
         weights: a state dict for a torchvision model (required for one, never downloaded).
         num_classes: the torchvision model's number of outputs, for a head trained on other
             classes than ImageNet's (a multi-label VOC model has 20).
@@ -94,13 +104,14 @@ def load_classifier(name: Optional[str] = None, weights: Optional[Path] = None,
 
 
 def _embedded(name: str) -> Classifier:
-    if name == "cluttered_vgg":
+    if name in ("cluttered_vgg", "cluttered_resnet"):
         from captum_feedback.data.fashion_mnist import CLASSES
+        from captum_feedback.models.cluttered_resnet import cluttered_resnet
         from captum_feedback.models.cluttered_vgg import INPUT_SIZE, cluttered_vgg
 
-        vgg = cluttered_vgg()
-        return Classifier(vgg, list(CLASSES), *recommended_layers(vgg), INPUT_SIZE, lambda x: x, channels=1,
-                          imagenet=False)
+        scene_model = cluttered_vgg() if name == "cluttered_vgg" else cluttered_resnet()
+        return Classifier(scene_model, list(CLASSES), *recommended_layers(scene_model), INPUT_SIZE, lambda x: x,
+                          channels=1, imagenet=False, multilabel=True)
     from captum_feedback.models import efficientnet_lite as lite_module
 
     lite = lite_module.efficientnet_lite0()
@@ -160,7 +171,8 @@ def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> 
     Grad-CAM (the last convolutional block), as ``(middle, last)``.
 
     The embedded models have theirs (EfficientNet-Lite0: the last depthwise ReLU6 at 14 x 14 and
-    the head's ReLU6; the cluttered VGG: ``middle_layer`` and the ReLU before the last pool);
+    the head's ReLU6; the cluttered VGG: ``middle_layer`` and the ReLU before the last pool; the
+    cluttered ResNet: ``middle_layer`` and ``last_layer``);
     torchvision's ViT takes the encoder block two thirds deep and the norm before the last
     block's attention, as pytorch-grad-cam advises (token outputs, which the maps read through
     :func:`~captum_feedback.core.tokens.tokens_to_maps`).
@@ -174,6 +186,7 @@ def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> 
         middle, last = recommended_layers(model)
         maps = MethodMaps(model, middle, last)(x, target, ["FSP-FR", "LayerGradCam"])
     """
+    from captum_feedback.models.cluttered_resnet import ClutteredResNet
     from captum_feedback.models.cluttered_vgg import ClutteredVGG
     from captum_feedback.models.efficientnet_lite import EfficientNetLite, feedback_layer
 
@@ -181,6 +194,8 @@ def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> 
         return feedback_layer(model), model.head_relu
     if isinstance(model, ClutteredVGG):
         return model.middle_layer, model.features[24]
+    if isinstance(model, ClutteredResNet):
+        return model.middle_layer, model.last_layer
     from torchvision.models import VisionTransformer
 
     if isinstance(model, VisionTransformer):  # token layers: read through tokens_to_maps

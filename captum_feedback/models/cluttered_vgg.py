@@ -3,7 +3,7 @@
 Four blocks of two 3x3 convolutions (batch-normalized, ReLU) each followed by a 2x2
 max-pool, as VGG16 but 16-128 channels wide, then two fully connected layers. It is trained
 with a sigmoid (binary cross-entropy) loss on image-level labels only, as the paper's
-weakly supervised segmentation model (Sec. 4.5); see ``scripts/train_cluttered_vgg.py``.
+weakly supervised segmentation model (Sec. 4.5); see ``scripts/train_scene_model.py``.
 The trained weights ship with this package (float16, 1.8 MB) and load with
 ``torch.load(..., weights_only=True)``.
 """
@@ -15,6 +15,8 @@ from typing import List, Union
 
 import torch
 from torch import Tensor, nn
+
+from captum_feedback.models.loading import load_packaged
 
 WIDTHS = (16, 32, 64, 128)
 INPUT_SIZE = 96
@@ -69,11 +71,4 @@ def cluttered_vgg(weights: Union[str, Path, None, bool] = True) -> ClutteredVGG:
     Raises:
         FileNotFoundError: the weights file does not exist.
     """
-    model = ClutteredVGG()
-    if weights is not None and weights is not False:
-        path = WEIGHTS if weights is True else Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"No weights at {path}; train them with scripts/train_cluttered_vgg.py.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_packaged(ClutteredVGG(), weights, WEIGHTS)
