@@ -60,6 +60,7 @@ from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: 
 from captum_feedback.wsol.localization import energy_box, two_stage_localization  # noqa: E402
 from captum_feedback.wsol.methods import ALL_METHODS, MethodMaps  # noqa: E402
 from captum_feedback.wsol.metrics import (  # noqa: E402
+    bootstrap_interval,
     box_accuracy,
     boxes_to_masks,
     confusion_matrix,
@@ -91,21 +92,13 @@ class Scores:
         """A bootstrap confidence interval of :meth:`mean` that resamples scenes, not items (the
         items of one scene share its clutter), with a fixed seed."""
         if metric == TARGET_OTHER:
-            target, target_n = self._per_group(method, TARGET_ENERGY)
+            target, _ = self._per_group(method, TARGET_ENERGY)
             other, _ = self._per_group(method, OTHER_ENERGY)
-            if not len(target):
-                return math.nan, math.nan
-            counts = _bootstrap_counts(len(target), draws)
-            stats = (counts @ target) / (counts @ other)
-        else:
-            sums, ns = self._per_group(method, metric)
-            if not len(sums) or ns.sum() == 0:
-                return math.nan, math.nan
-            counts = _bootstrap_counts(len(sums), draws)
-            stats = (counts @ sums) / (counts @ ns)
-        low, high = torch.quantile(stats[stats.isfinite()], torch.tensor([(1 - level) / 2, (1 + level) / 2],
-                                                                          dtype=torch.float64)).tolist()
-        return low, high
+            return bootstrap_interval(target, other, draws, level)
+        sums, ns = self._per_group(method, metric)
+        if ns.sum() == 0:
+            return math.nan, math.nan
+        return bootstrap_interval(sums, ns, draws, level)
 
     def _per_group(self, method: str, metric: str) -> Tuple[Tensor, Tensor]:
         """Per scene, the sum of its non-NaN values (NaN energies count as 0 for target:other) and their number."""
@@ -140,13 +133,6 @@ TARGET_ENERGY = "two-item: energy on target"
 OTHER_ENERGY = "two-item: energy on other item"
 TARGET_OTHER = "target:other"
 COSINE = "cosine of the two classes' maps"
-
-
-def _bootstrap_counts(groups: int, draws: int) -> Tensor:
-    """``(draws, groups)``: how often each group is drawn in each of ``draws`` resamples."""
-    picks = torch.randint(0, groups, (draws, groups), generator=torch.Generator().manual_seed(0))
-    return torch.zeros(draws, groups, dtype=torch.float64).scatter_add_(1, picks, torch.ones(draws, groups,
-                                                                                              dtype=torch.float64))
 
 
 def box_metric(fraction: float) -> str:

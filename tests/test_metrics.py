@@ -107,3 +107,15 @@ def test_mean_average_precision():
     assert mean_average_precision(scores, labels) == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
     with pytest.raises(ValueError, match="positive"):
         mean_average_precision(scores, torch.zeros(4, 2))
+
+
+def test_bootstrap_interval_resamples_groups():
+    from captum_feedback.wsol.metrics import bootstrap_interval
+
+    same = bootstrap_interval(torch.full((5,), 3.0), torch.ones(5))
+    assert same == pytest.approx((3.0, 3.0))
+    sums, sizes = torch.tensor([0.0, 4.0, 1.0, 3.0]), torch.tensor([1.0, 4.0, 1.0, 4.0])
+    low, high = bootstrap_interval(sums, sizes)
+    assert low < float(sums.sum() / sizes.sum()) < high
+    assert bootstrap_interval(sums, sizes) == (low, high)  # seeded
+    assert all(math.isnan(v) for v in bootstrap_interval(torch.zeros(0), torch.zeros(0)))

@@ -8,6 +8,7 @@ pixel-edge coordinates as in ``torchvision.ops``.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Tuple
 
 import torch
@@ -192,3 +193,33 @@ def map_cosine(maps: Tensor, others: Tensor) -> Tensor:
     a, b = _maps(maps).flatten(1).double(), _maps(others).flatten(1).double()
     norms = a.norm(dim=1) * b.norm(dim=1)
     return torch.where(norms > 0, (a * b).sum(1) / norms.clamp_min(1e-300), torch.nan).to(maps.dtype)
+
+
+def bootstrap_interval(numerators: Tensor, denominators: Tensor, draws: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> Tuple[float, float]:
+    """A percentile bootstrap interval of ``sum(numerators) / sum(denominators)`` that resamples
+    groups (scenes, grids, photos: units whose items are not independent) with replacement.
+
+    Args:
+        numerators: ``(G,)`` per group, e.g. the sum of its items' scores.
+        denominators: ``(G,)`` per group, e.g. its number of items.
+        draws: resamples.
+        level: the interval's coverage.
+        seed: the resampling's seed, so that a table is reproducible.
+
+    Returns:
+        ``(low, high)``; NaNs where there is no group.
+    """
+    numerators, denominators = numerators.double().flatten(), denominators.double().flatten()
+    groups = len(numerators)
+    if groups == 0:
+        return math.nan, math.nan
+    picks = torch.randint(0, groups, (draws, groups), generator=torch.Generator().manual_seed(seed))
+    counts = torch.zeros(draws, groups, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones(draws, groups, dtype=torch.float64))
+    stats = (counts @ numerators) / (counts @ denominators)
+    stats = stats[stats.isfinite()]
+    if not len(stats):
+        return math.nan, math.nan
+    low, high = torch.quantile(stats, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return low, high
