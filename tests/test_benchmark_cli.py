@@ -227,3 +227,69 @@ def test_coco_classes_map_to_the_imagenet_classes_that_depict_them():
     logits[names.index("Egyptian cat")] = 1.0
     assert mapping.targets([0, 1, 3], logits) == [names.index("Egyptian cat"), names.index("zebra"),
                                                   names.index("traffic light")]
+
+
+GRID = ["--model", "cluttered_vgg", "--grids", "3", "--pool", "160", "--seed", "1", "--faithfulness-steps", "4",
+        "--methods", "FSP Summation", "grad-cam", "center"]
+
+
+def _grid(out, *extra):
+    assert main(["benchmark", "grid-pointing", "--dataset", "scenes", "--out", str(out), *GRID, *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_grid_pointing_scores_each_cell_of_each_grid_with_intervals(tmp_path, capsys):
+    summary = _grid(tmp_path / "out")
+    for scores in summary.values():
+        assert scores["targets"] == 12 and scores["grids"] == 3
+        for measure in ("share", "pointing", "deletion", "insertion"):
+            low, high = scores["intervals"][measure]
+            assert 0 <= low <= scores[measure] <= high <= 1
+    assert summary["Center"]["share"] == pytest.approx(0.25)  # a map centred on the grid: chance
+    records = [json.loads(line) for line in (tmp_path / "out" / "records" / "rank-000-of-001.jsonl").open()]
+    assert [len(set(r["labels"])) for r in records] == [4, 4, 4] and all(len(r["cells"]) == 4 for r in records)
+    out = capsys.readouterr().out
+    assert "FSP Summation: share" in out and "12 targets in 3 grids" in out
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert settings["cell"] == 48 and settings["grid"] == 2  # the VGG takes 96 x 96 only
+
+
+def test_grid_pointing_under_two_torchrun_processes_gives_the_same_summary(tmp_path):
+    one = _grid(tmp_path / "one")
+    result = _torchrun("benchmark", "grid-pointing", "--dataset", "scenes", "--out", str(tmp_path / "two"), *GRID)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text()) == one
+    assert sorted(_records(tmp_path / "two")) == ["grid-00000", "grid-00001", "grid-00002"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["grid-pointing", "--dataset", "scenes", "--root", "x"], "--dataset scenes takes no --root"),
+        (["grid-pointing", "--dataset", "folder"], "--dataset folder needs --root"),
+        (["pointing", "--dataset", "photos"], "--dataset photos is for grid-pointing"),
+        (["grid-pointing", "--dataset", "scenes", "--cell", "40"], "--cell must be 48"),
+        (["grid-pointing", "--dataset", "scenes", "--confidence", "1.1"], "needs 4 classes"),
+    ],
+)
+def test_grid_pointing_errors_are_one_line(argv, message, tmp_path, capsys):
+    assert main(["benchmark", *argv, "--out", str(tmp_path / "out"), "--model", "cluttered_vgg"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_grid_pointing_on_a_folder_of_photos_with_the_embedded_imagenet_model(tmp_path):
+    from PIL import Image
+
+    from captum_feedback.data.photos import bundled_photos
+
+    for name in ("chelsea", "coffee", "rocket", "motorcycle"):  # an Egyptian cat, espresso, ...: four classes
+        Image.fromarray(bundled_photos()[name].permute(1, 2, 0).numpy()).save(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    assert main(["benchmark", "grid-pointing", "--dataset", "folder", "--root", str(tmp_path), "--out", str(out),
+                 "--grids", "1", "--faithfulness-steps", "2", "--methods", "FSP Summation", "center"]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["cell"] == 160 and sorted(settings["cells"]) == ["chelsea.png", "coffee.png", "motorcycle.png",
+                                                                      "rocket.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["FSP Summation"]["targets"] == 4 and summary["FSP Summation"]["share"] > 0.5

@@ -92,8 +92,11 @@ def test_batches_stack_images_and_keep_ground_truth_per_scene(scenes):
 
 
 def test_scene_arguments_are_checked():
-    with pytest.raises(ValueError, match="96"):
-        ClutteredScenes(size=64)
+    with pytest.raises(ValueError, match="fit the canvas of 32 x 32"):
+        ClutteredScenes(size=32)  # items of up to 44 pixels
+    with pytest.raises(ValueError, match="at least 8 pixels"):
+        ClutteredScenes(size=48, item_sizes=(4, 20))
+    assert ClutteredScenes(size=48, item_sizes=(20, 40), clutter=4)[0].image.shape == (1, 48, 48)
     with pytest.raises(ValueError, match="max_items"):
         ClutteredScenes(max_items=0)
     with pytest.raises(IndexError):

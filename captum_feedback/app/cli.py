@@ -29,7 +29,13 @@ MAP_SLUGS = tuple(m.slug for m in REGISTRY if m.family != "boxes")
 
 BENCHMARK_DEFAULTS = {"pointing": ("FSP Summation", "LayerGradCam", "Saliency", "Center"),
                       "localization": ("FSP two-stage (Procedure 1)", "FSP Summation", "LayerGradCam"),
-                      "segmentation": ("Summation-FSP-FR", "LayerGradCam")}
+                      "segmentation": ("Summation-FSP-FR", "LayerGradCam"),
+                      "grid-pointing": ("FSP Summation", "Summation, no FSP", "LayerGradCam", "IntegratedGradients",
+                                        "InputXGradient", "Saliency", "Center")}
+
+DATASETS = ("voc", "coco", "imagenet", "folder", "photos", "scenes")
+"""Data set layouts (``voc``, ``coco``, ``imagenet``), any folder of images, the photos that
+installed packages ship, and single-item cluttered scenes; the last three for grid-pointing only."""
 
 
 CONFIG_NAMES = ("default", "paper", "released_code")
@@ -74,8 +80,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="an embedded model (efficientnet_lite0, the default, or cluttered_vgg) or "
-                        "a torchvision model name")
+    parser.add_argument("--model", help="an embedded model (efficientnet_lite0, the default; cluttered_vgg or "
+                        "cluttered_resnet, the scene models) or a torchvision model name")
     parser.add_argument("--weights", type=Path, help="state dict for a torchvision --model (never downloaded)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
 
@@ -115,10 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("task", choices=tuple(BENCHMARK_DEFAULTS))
-    bench.add_argument("--dataset", choices=("voc", "coco", "imagenet"), required=True, help="the folder's layout")
-    bench.add_argument("--root", type=Path, required=True, help="the data set folder")
+    bench.add_argument("--dataset", choices=DATASETS, required=True,
+                       help="the folder's layout (voc, coco, imagenet); for grid-pointing also any folder of "
+                            "images (folder), the photos installed packages ship (photos) or single-item "
+                            "cluttered scenes (scenes)")
+    bench.add_argument("--root", type=Path, help="the data set folder (not for photos and scenes)")
     bench.add_argument("--year", type=int, help="VOC's or COCO's year (e.g. 2007; COCO default 2014)")
-    bench.add_argument("--split", help="image list (default: test for VOC pointing, else val)")
+    bench.add_argument("--split", help="image list (default: test for VOC pointing, else val); for --dataset photos "
+                       "the pool's split: heldout (default), tune or all")
     bench.add_argument("--synsets", type=Path, help="ImageNet's 'wnid name' list in output order "
                        "(default: ROOT/LOC_synset_mapping.txt)")
     bench.add_argument("--methods", nargs="+", help="method names or CLI spellings (default per task: "
@@ -131,6 +141,23 @@ def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
                        help="localization: the share of energy a box keeps (default %(default)s)")
     bench.add_argument("--num-classes", type=_positive, help="a torchvision model's outputs when trained on the "
                        "data set's classes (e.g. 20 for VOC), in the data set's class order")
+    grid = bench.add_argument_group(
+        "grid-pointing", "Grids of k x k photos of different classes, each classified confidently on its own "
+        "(B-cos, CVPR 2022); each cell's class is explained once on the whole grid. Scores per method: the share "
+        "of the map's energy in the cell (chance 1/k^2), pointing (its maximum in the cell), RISE's deletion "
+        "(lower is better) and insertion (higher is better) areas, with 95% bootstrap intervals over grids.")
+    grid.add_argument("--grids", type=_positive, default=50, help="grids to score (default %(default)s)")
+    grid.add_argument("--grid", type=_at_least(2), default=2, help="cells per side (default %(default)s)")
+    grid.add_argument("--cell", type=_at_least(8), help="a cell's side in pixels (default: 160 where the model "
+                      "takes any input size, else its input size / --grid)")
+    grid.add_argument("--confidence", type=float, default=0.5,
+                      help="least probability of a photo's top-1 class on its own (default %(default)s)")
+    grid.add_argument("--seed", type=_non_negative, default=0,
+                      help="the grids' draws, and the scenes of --dataset scenes (default %(default)s)")
+    grid.add_argument("--pool", type=_positive, default=400,
+                      help="single-item scenes to choose cells from, --dataset scenes (default %(default)s)")
+    grid.add_argument("--faithfulness-steps", type=_positive, default=16,
+                      help="points of the deletion and insertion curves (default %(default)s)")
     _model_arguments(bench)
     _config_arguments(bench)
 

@@ -116,7 +116,8 @@ def explain(args: argparse.Namespace) -> List[Path]:
             except ValueError as error:  # a model the method cannot explain (no gate site, ...)
                 raise CommandError(first_line(error)) from None
             stem = f"{Path(path).stem}_{_slug(model.classes[target])}_{args.method}"
-            title = f"{model.classes[target]} ({logits.softmax(0)[target]:.0%}) - {method_name(args.method)}"
+            probability = model.probabilities(logits[None])[0, target]
+            title = f"{model.classes[target]} ({probability:.0%}) - {method_name(args.method)}"
             written += write_explanation(args, stem, image, energy.cpu(), title,
                                          {"image": str(path), "class": model.classes[target], "method": args.method})
     return written
@@ -172,34 +173,116 @@ def demo(args: argparse.Namespace) -> List[Path]:
 def benchmark(args: argparse.Namespace) -> List[Path]:
     """``captum-feedback benchmark``: one task over a data set folder (:mod:`captum_feedback.benchmark`)."""
     from captum_feedback.benchmark import run_benchmark
-    from captum_feedback.data.layouts import open_layout
 
-    split = args.split or ("test" if args.dataset == "voc" and args.task == "pointing" else "val")
-    try:
-        layout = open_layout(args.dataset, args.root, split, args.year, args.task == "segmentation", args.synsets)
-    except (FileNotFoundError, ValueError) as error:
-        raise CommandError(first_line(error)) from None
-    if args.num_classes not in (None, len(layout.classes)):
-        raise CommandError(f"--num-classes {args.num_classes}, but the data set has {len(layout.classes)} classes.")
-    model = classifier(args, layout.classes if args.num_classes else None)
+    grids = args.task == "grid-pointing"
+    if not grids and args.dataset in ("folder", "photos", "scenes"):
+        raise CommandError(f"--dataset {args.dataset} is for grid-pointing; {args.task} needs voc, coco or imagenet.")
+    if (args.root is None) != (args.dataset in ("photos", "scenes")):
+        raise CommandError(f"--dataset {args.dataset} " + ("needs --root." if args.root is None else
+                                                           "takes no --root."))
+    if grids:
+        model = classifier(args)
+        layout, split = grid_layout(args, model)
+    else:
+        layout, split = data_set(args)
+        if args.num_classes not in (None, len(layout.classes)):
+            raise CommandError(f"--num-classes {args.num_classes}, but the data set has {len(layout.classes)} "
+                               "classes.")
+        model = classifier(args, layout.classes if args.num_classes else None)
     try:
         methods = [method_name(m) for m in args.methods or BENCHMARK_DEFAULTS[args.task]]
     except ValueError as error:
         raise CommandError(str(error)) from None
     make_out_dir(args.out)
-    settings = {"dataset": args.dataset, "root": str(args.root.resolve()), "split": split, "year": args.year,
-                "model": args.model or "efficientnet_lite0", "weights": str(args.weights)}
+    settings = {"dataset": args.dataset, "root": str(args.root.resolve()) if args.root else None, "split": split,
+                "year": args.year, "model": args.model or "efficientnet_lite0", "weights": str(args.weights)}
+    if grids:
+        settings.update(grid=args.grid, cell=layout.side, confidence=args.confidence, seed=args.seed,
+                        cells=[c.key for c in layout.cells], faithfulness_steps=args.faithfulness_steps)
     try:
         summary = run_benchmark(args.task, layout, model, methods, args.out, config(args), args.tolerance,
-                                args.box_fraction, args.limit, settings=settings)
+                                args.box_fraction, args.limit, settings=settings,
+                                faithfulness_steps=args.faithfulness_steps)
     except ValueError as error:
         raise CommandError(first_line(error)) from None
     if summary is None:  # a rank other than 0 of torchrun
         return []
     for method, scores in summary.items():
-        headline = f"mIoU {scores['miou']:.3f}" if "miou" in scores else f"accuracy {scores['accuracy']:.3f}"
-        print(f"{method}: {headline} ({scores['hits']} / {scores['total']})")
+        print(f"{method}: {headline(args.task, scores)}")
     return [args.out / name for name in ("summary.json", "per_class.csv", "per_class.png", "run.json")]
+
+
+def headline(task: str, scores: dict) -> str:
+    """A method's scores in one line of the benchmark's console output."""
+    if task == "segmentation":
+        return f"mIoU {scores['miou']:.3f} ({scores['hits']} / {scores['total']} pixels)"
+    if task == "grid-pointing":
+        parts = []
+        for measure in ("share", "pointing", "deletion", "insertion"):
+            low, high = scores["intervals"][measure]
+            parts.append(f"{measure} {scores[measure]:.3f} ({low:.3f}-{high:.3f})")
+        return ", ".join(parts) + f"; {scores['targets']} targets in {scores['grids']} grids"
+    return (f"mean per-class accuracy {scores['accuracy']:.3f} ({scores['hits']} hits of {scores['total']} "
+            f"{'images' if task == 'localization' else 'targets'})")
+
+
+def data_set(args: argparse.Namespace) -> Tuple[object, str]:
+    """The ``--dataset`` layout at ``--root`` and its split, or a :class:`CommandError`."""
+    from captum_feedback.data.layouts import open_layout
+
+    split = args.split or ("test" if args.dataset == "voc" and args.task == "pointing" else "val")
+    try:
+        return open_layout(args.dataset, args.root, split, args.year, args.task == "segmentation",
+                           args.synsets), split
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(first_line(error)) from None
+
+
+def grid_layout(args: argparse.Namespace, model: Classifier) -> Tuple[object, str]:
+    """The grids of ``benchmark grid-pointing`` and the split their photos come from: the
+    ``--dataset``'s photos that ``model`` classifies confidently on their own, squeezed to
+    ``--cell``, drawn into ``--grids`` grids of ``--grid`` x ``--grid``."""
+    from captum_feedback.data import grids
+
+    fixed = not takes_size(model, 2 * 160)
+    side = args.cell or (model.size // args.grid if fixed else 160)
+    if fixed and side * args.grid != model.size:
+        raise CommandError(f"{args.model} takes {model.size} x {model.size} inputs only: --cell must be "
+                           f"{model.size // args.grid} for a grid of {args.grid}.")
+    split = args.split or ("heldout" if args.dataset == "photos" else "val")
+    try:
+        if args.dataset == "photos":
+            candidates = grids.photo_candidates(None if split == "all" else split)
+        elif args.dataset == "folder":
+            candidates = grids.folder_candidates(args.root)
+        elif args.dataset == "scenes":
+            candidates = grids.scene_candidates(args.pool, side, args.seed)
+        else:
+            candidates = grids.layout_candidates(data_set(args)[0])
+        view = model.size if fixed else side
+
+        def scores(cells: Tensor) -> Tensor:
+            return model.probabilities(model.model(model.normalize(model.squeeze(cells, view).to(model_device(model)))))
+
+        cells = grids.confident_cells(candidates, scores, side, args.confidence)
+        return grids.GridLayout(cells, model.classes, args.grids, args.grid, args.seed), split
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(first_line(error)) from None
+
+
+def takes_size(model: Classifier, side: int) -> bool:
+    """Whether the model runs on ``side x side`` inputs (global pooling), not only on its own size."""
+    probe = torch.zeros(1, model.channels, side, side, device=model_device(model))
+    try:
+        with torch.no_grad():
+            model.model(probe)
+    except RuntimeError:
+        return False
+    return True
+
+
+def model_device(model: Classifier) -> torch.device:
+    return next(model.model.parameters()).device
 
 
 def bypass_note(share: float) -> str:

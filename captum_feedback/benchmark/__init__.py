@@ -24,7 +24,7 @@ from captum_feedback.benchmark.runner import (
     score_images,
     totals,
 )
-from captum_feedback.benchmark.tasks import PROCEDURE_1, TASKS, Context, TargetMap
+from captum_feedback.benchmark.tasks import PROCEDURE_1, TASKS, Context, TargetMap, method_view
 from captum_feedback.core.config import ConfigLike, resolve_config
 from captum_feedback.data.layouts import Layout
 from captum_feedback.models.classifiers import Classifier
@@ -36,7 +36,7 @@ __all__ = ["PROCEDURE_1", "TASKS", "TargetMap", "run_benchmark"]
 def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, methods: Sequence[str], out: Path,
                   config: ConfigLike = None, tolerance: int = 15,
                   box_fraction: float = 0.99, limit: Optional[int] = None, progress: bool = True,
-                  settings: Optional[dict] = None) -> Optional[Dict[str, dict]]:
+                  settings: Optional[dict] = None, faithfulness_steps: int = 16) -> Optional[Dict[str, dict]]:
     """Scores the first ``limit`` images (all by default) of ``layout`` and writes the report.
 
     The model runs where its parameters are. Under ``torchrun`` each process scores its shard;
@@ -63,7 +63,7 @@ def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, method
     config = resolve_config(config)
     maps = MethodMaps(classifier.model, classifier.middle, classifier.last, ig_steps=32, internal_batch_size=16,
                       config=config)
-    ctx = Context(classifier, layout, maps, methods, device, config, tolerance, box_fraction)
+    ctx = Context(classifier, layout, maps, methods, device, config, tolerance, box_fraction, faithfulness_steps)
     count = len(layout) if limit is None else min(limit, len(layout))
     check_settings(out, {**(settings or {}), "task": task_name, "methods": list(methods), "images": count,
                          "tolerance": tolerance, "box_fraction": box_fraction, "config": repr(config)}, shard)
@@ -74,8 +74,9 @@ def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, method
         raise ValueError(f"{sorted(scored)} images have records, expected {count}: records of other images in {out}?")
     summary = None
     if shard.rank == 0:
-        summary = {m: task.summary(sums[m][:-1], layout.classes) for m in methods}
         records = list(read_records(out).values())  # every rank's, complete after the all_reduce
+        summary = {m: task.summary(sums[m][:-1], layout.classes, [method_view(r, m) for r in records])
+                   for m in methods}
         write_report(task_name, summary, layout.classes, out,
                      {**run_stats(records, shard.world), "unmapped_classes": ctx.target_map.unmapped})
     barrier(shard)

@@ -59,6 +59,9 @@ def _plot(task_name: str, summary: Dict[str, dict], classes: Sequence[str], path
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    if task_name == "grid-pointing":
+        _plot_measures(summary, path, plt)
+        return
     names = _row_names(task_name, classes)
     shown = [n for n in names if any(n in s["per_class"] for s in summary.values())]
     figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(shown) * max(1, len(summary)) / 2), 3.6))
@@ -74,6 +77,26 @@ def _plot(task_name: str, summary: Dict[str, dict], classes: Sequence[str], path
     axis.set_ylim(0, 1)
     axis.set_title(f"{task_name}: per-class {measure}")
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _plot_measures(summary: Dict[str, dict], path: Path, plt: object) -> None:
+    """grid-pointing: each measure's mean per method with its bootstrap interval."""
+    measures = ("share", "pointing", "deletion", "insertion")
+    figure, axes = plt.subplots(1, len(measures), figsize=(3.2 * len(measures), 0.35 * len(summary) + 1.4),
+                                sharey=True)
+    methods = list(summary)
+    for axis, measure in zip(axes, measures):
+        means = np.array([summary[m][measure] for m in methods])
+        low, high = np.array([summary[m]["intervals"][measure] for m in methods]).T
+        axis.barh(range(len(methods)), means, xerr=[means - low, high - means], color="tab:gray", capsize=2)
+        axis.set_xlim(0, 1)
+        better = "lower" if measure == "deletion" else "higher"
+        axis.set_title(f"{measure} ({better} is better)", fontsize=9)
+    axes[0].set_yticks(range(len(methods)), methods, fontsize=8)
+    axes[0].invert_yaxis()
+    figure.suptitle("grid pointing game: mean over targets, 95% interval over grids", fontsize=9)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 

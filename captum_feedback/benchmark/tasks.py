@@ -12,6 +12,11 @@ records add up to, and the scores those counts give.
 * :class:`Segmentation` (Table 3, Procedure 2): the labelled classes' maps segment the image
   (:func:`~captum_feedback.wsol.segmentation.segment`); a confusion matrix over the data set gives
   the mean IoU with background.
+* :class:`GridPointing` (Böhle et al., CVPR 2022; Rao et al., CVPR 2022): on grids of photos of
+  different classes (:class:`~captum_feedback.data.grids.GridLayout`), each cell's class is
+  explained once; the share of the map's energy in the cell (chance ``1 / k**2``), whether its
+  maximum lies there, and RISE's deletion and insertion areas (faithfulness), with bootstrap
+  intervals over grids.
 
 Every map comes from :class:`~captum_feedback.wsol.methods.MethodMaps`, as in ``benchmarks/quality.py``.
 """
@@ -19,7 +24,7 @@ Every map comes from :class:`~captum_feedback.wsol.methods.MethodMaps`, as in ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,13 +33,14 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from captum_feedback.core.config import FeedbackConfig
-from captum_feedback.data.annotations import IGNORE, AnnotatedImage
+from captum_feedback.data.annotations import IGNORE, AnnotatedImage, box_mask
 from captum_feedback.data.layouts import Layout
 from captum_feedback.data.voc import IMAGENET_CLASSES_OF_VOC
 from captum_feedback.models.classifiers import Classifier
+from captum_feedback.wsol.faithfulness import deletion_insertion
 from captum_feedback.wsol.localization import energy_box, two_stage_localization
 from captum_feedback.wsol.methods import ALL_METHODS, MethodMaps
-from captum_feedback.wsol.metrics import confusion_matrix
+from captum_feedback.wsol.metrics import bootstrap_interval, confusion_matrix, energy_coverage, pointing_game
 from captum_feedback.wsol.registry import names
 from captum_feedback.wsol.segmentation import segment
 
@@ -79,13 +85,13 @@ class TargetMap:
     """
 
     def __init__(self, classifier: Classifier, layout: Layout) -> None:
-        if layout.kind == "imagenet" and len(layout.classes) != len(classifier.classes):
+        if layout.kind in ("imagenet", "grid") and len(layout.classes) != len(classifier.classes):
             raise ValueError(f"The synset list has {len(layout.classes)} classes, the model "
                              f"{len(classifier.classes)} outputs.")
         self.groups: List[Optional[Tensor]] = []
         keys = [_key(c) for c in classifier.classes]
         for k, name in enumerate(layout.classes):
-            if layout.kind == "imagenet":
+            if layout.kind in ("imagenet", "grid"):
                 group: Optional[Sequence[int]] = (k,)
             elif classifier.imagenet:
                 group = IMAGENET_CLASSES_OF_VOC.get(COCO_TO_VOC.get(name, name)) or _by_name(
@@ -133,6 +139,7 @@ class Context:
     config: FeedbackConfig
     tolerance: int = 15
     box_fraction: float = 0.99
+    faithfulness_steps: int = 16
 
     def __post_init__(self) -> None:
         self.target_map = TargetMap(self.classifier, self.layout)
@@ -144,6 +151,11 @@ class Context:
     def class_maps(self, x: Tensor, targets: List[int], method: str) -> Tensor:
         """``(K, 1, s, s)`` maps of one method for ``K`` targets of one image."""
         return self.maps(x.expand(len(targets), -1, -1, -1), targets, [method])[method].detach()
+
+
+def method_view(record: dict, method: str) -> dict:
+    """A record as one method's summary sees it: every per-method entry replaced by the method's."""
+    return {k: v[method] if isinstance(v, dict) and method in v else v for k, v in record.items()}
 
 
 class Task:
@@ -167,7 +179,9 @@ class Task:
         """The length of :meth:`counts`' vectors."""
         raise NotImplementedError
 
-    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+    def summary(self, totals: np.ndarray, classes: Sequence[str], records: Sequence[dict] = ()) -> dict:
+        """The scores from the counts added over the run (``records``: every image's record, for
+        the tasks that report intervals)."""
         raise NotImplementedError
 
 
@@ -214,7 +228,7 @@ class Pointing(Task):
             out[3, label] += difficult
         return out.ravel()
 
-    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+    def summary(self, totals: np.ndarray, classes: Sequence[str], records: Sequence[dict] = ()) -> dict:
         hits, total, hard_hits, hard_total = totals.reshape(4, -1)
         return {**_rates(hits, total, classes), "difficult": _rates(hard_hits, hard_total, classes)}
 
@@ -285,7 +299,7 @@ class Localization(Task):
             out[5 + self.n_classes + label] += 1
         return out
 
-    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+    def summary(self, totals: np.ndarray, classes: Sequence[str], records: Sequence[dict] = ()) -> dict:
         top1, top5, cls1, cls5, images = totals[:5]
         known = _rates(totals[5:5 + self.n_classes], totals[5 + self.n_classes:], classes)
         rate = (lambda v: float(v / images)) if images else (lambda v: float("nan"))
@@ -332,7 +346,7 @@ class Segmentation(Task):
             out[i, j] += count
         return np.append(out.ravel(), 1.0)
 
-    def summary(self, totals: np.ndarray, classes: Sequence[str]) -> dict:
+    def summary(self, totals: np.ndarray, classes: Sequence[str], records: Sequence[dict] = ()) -> dict:
         confusion = totals[:-1].reshape(self.n_classes + 1, self.n_classes + 1)
         tp = np.diag(confusion)
         union = confusion.sum(0) + confusion.sum(1) - tp
@@ -346,4 +360,66 @@ class Segmentation(Task):
                 "per_class_total": {n: int(u) for n, u, s in zip(names, union, scored) if s}}
 
 
-TASKS = {task.name: task for task in (Pointing, Localization, Segmentation)}
+class GridPointing(Task):
+    """The grid pointing game (see the module's description). The grid is explained at its own
+    size (``k`` cells of ``s`` pixels a side), not squeezed to the model's input size."""
+
+    name = "grid-pointing"
+    measures = ("share", "pointing", "deletion", "insertion")
+    """What :meth:`summary` reports per method, each with a bootstrap interval over grids."""
+
+    def score(self, image: AnnotatedImage, ctx: Context) -> dict:
+        labels = [i.label for i in image.instances]
+        side = image.size[0]
+        x = ctx.classifier.normalize(ctx.classifier.squeeze(image.image[None], side).to(ctx.device))
+        cells = torch.from_numpy(np.stack([box_mask(i.box, image.size) for i in image.instances]))
+        index = ctx.layout.names.index(image.name)
+        record = {"image": image.name, "labels": labels, "cells": [c.key for c in ctx.layout.members(index)],
+                  **{measure: {} for measure in self.measures}}
+        targets = torch.tensor(labels)
+        for method in ctx.methods:
+            maps = ctx.class_maps(x, labels, method).float()
+            blank = ~maps.flatten(1).gt(0).any(1).cpu()
+            record["share"][method] = energy_coverage(maps.cpu(), cells).nan_to_num(0).tolist()
+            record["pointing"][method] = (pointing_game(maps.cpu(), cells) & ~blank).int().tolist()
+            deletion, insertion = deletion_insertion(
+                ctx.classifier.model, x.expand(len(labels), -1, -1, -1), targets, maps, ctx.faithfulness_steps,
+                ctx.classifier.probabilities, generator=torch.Generator().manual_seed(index))
+            record["deletion"][method], record["insertion"][method] = deletion.tolist(), insertion.tolist()
+        return record
+
+    @property
+    def width(self) -> int:
+        return 2 * self.n_classes + len(self.measures) + 1
+
+    def counts(self, record: dict, method: str) -> np.ndarray:
+        out = np.zeros(self.width)
+        n = self.n_classes
+        for label, hit in zip(record["labels"], record["pointing"][method]):
+            out[label] += hit
+            out[n + label] += 1
+        out[2 * n:2 * n + len(self.measures)] = [sum(record[m][method]) for m in self.measures]
+        out[-1] = len(record["labels"])
+        return out
+
+    def summary(self, totals: np.ndarray, classes: Sequence[str], records: Sequence[dict] = ()) -> dict:
+        n = self.n_classes
+        targets = totals[-1]
+        means = {m: float(v / targets) if targets else float("nan")
+                 for m, v in zip(self.measures, totals[2 * n:2 * n + len(self.measures)])}
+        per_class = _rates(totals[:n], totals[n:2 * n], classes)
+        return {"hits": per_class["hits"], "total": per_class["total"], "accuracy": means["pointing"],
+                "targets": int(targets), "grids": len(records), **means,
+                "intervals": {m: list(self._interval(records, m)) for m in self.measures},
+                **{k: per_class[k] for k in ("per_class", "per_class_hits", "per_class_total")}}
+
+    @staticmethod
+    def _interval(records: Sequence[dict], measure: str) -> Tuple[float, float]:
+        """The 95% bootstrap interval of a measure's mean over targets, resampling grids (a
+        grid's targets share its photos); ``records`` as one method sees them (:func:`method_view`)."""
+        sums = torch.tensor([sum(r[measure]) for r in records], dtype=torch.float64)
+        sizes = torch.tensor([len(r[measure]) for r in records], dtype=torch.float64)
+        return bootstrap_interval(sums, sizes)
+
+
+TASKS = {task.name: task for task in (Pointing, Localization, Segmentation, GridPointing)}

@@ -73,7 +73,7 @@ class ClutteredScenes(torch.utils.data.Dataset):
         split: ``"train"`` draws items and clutter from the 60,000 training images, ``"test"``
             from the 10,000 test images, so test scenes never show a training item.
         length: number of scenes.
-        size: canvas side in pixels (at least 96).
+        size: canvas side in pixels (at least the largest item side; the scene models take 96).
         seed: scenes are a pure function of ``(split, seed, index)``.
         max_items: at most this many items (of different classes) per scene.
         item_sizes: smallest and largest item side in pixels (items are square 28x28 images
@@ -86,8 +86,9 @@ class ClutteredScenes(torch.utils.data.Dataset):
     def __init__(self, split: str = "test", length: int = 1000, size: int = 96, seed: int = 0,
                  max_items: int = 3, item_sizes: Tuple[int, int] = (28, 44), clutter: int = 16,
                  mask_threshold: float = 0.05, root: Optional[Union[str, Path]] = None) -> None:
-        if size < 96:
-            raise ValueError(f"Scenes are at least 96x96 pixels, got size={size}.")
+        if not 8 <= item_sizes[0] <= item_sizes[1] <= size or size < 16:
+            raise ValueError(f"Items of {item_sizes[0]} to {item_sizes[1]} pixels must be at least 8 pixels and fit "
+                             f"the canvas of {size} x {size} (at least 16).")
         if not 1 <= max_items <= len(CLASSES):
             raise ValueError(f"max_items must lie in [1, {len(CLASSES)}], got {max_items}.")
         images, labels = load_fashion_mnist(split, root)
