@@ -25,28 +25,53 @@ from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site, c
 
 @dataclass
 class Batch:
-    """Validated inputs of one ``attribute`` call."""
+    """Validated inputs of one ``attribute`` call.
+
+    Attributes:
+        signs: Per sample, ``1`` to explain its target score or ``-1`` for the score's negation
+            (the dual of :meth:`with_dual`); ``None``: all ``1``.
+    """
 
     inputs: Tuple[Tensor, ...]
     is_tuple: bool
     args: Tuple[Any, ...]
     targets: List[Tuple[int, ...]]
+    signs: Optional[Tensor] = None
 
     @property
     def size(self) -> int:
         return self.inputs[0].shape[0]
+
+    def scores(self, output: Tensor) -> Tensor:
+        """The per-sample scores the batch explains: its targets' outputs, negated where
+        :attr:`signs` says so."""
+        scores = select_targets(output, self.targets)
+        return scores if self.signs is None else scores * self.signs.to(scores)
+
+    def _per_sample(self, value: Any) -> bool:
+        """Captum's convention: an additional tensor argument whose first dimension is the batch."""
+        return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.size
 
     def samples(self) -> List[Batch]:
         """One batch per sample, as if each had been given alone: the inputs' rows (new leaves),
         the rows of every additional tensor argument whose first dimension is the batch (Captum's
         convention for additional arguments), every other argument as it is, and its target."""
         def row(value: Any, i: int) -> Any:
-            if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.size:
-                return value[i:i + 1]
-            return value
+            return value[i:i + 1] if self._per_sample(value) else value
 
         return [Batch(tuple(x[i:i + 1].detach().requires_grad_() for x in self.inputs), self.is_tuple,
-                      tuple(row(arg, i) for arg in self.args), [self.targets[i]]) for i in range(self.size)]
+                      tuple(row(arg, i) for arg in self.args), [self.targets[i]],
+                      None if self.signs is None else self.signs[i:i + 1]) for i in range(self.size)]
+
+    def with_dual(self) -> Batch:
+        """The batch twice (new leaves): first each sample's target score, then its negation,
+        the target's dual (Zhang et al., ECCV 2016)."""
+        def twice(value: Any) -> Any:
+            return torch.cat([value, value]) if self._per_sample(value) else value
+
+        signs = torch.cat([torch.ones(self.size), -torch.ones(self.size)])
+        return Batch(tuple(twice(x).detach().requires_grad_() for x in self.inputs), self.is_tuple,
+                     tuple(twice(arg) for arg in self.args), self.targets * 2, signs)
 
 
 def input_gradients(scores: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
@@ -161,8 +186,7 @@ class FeedbackAttribution(GradientAttribution):
         """:meth:`gated_gradients` of the target score, shaped as ``inputs`` (Captum's
         ``attribute`` contract): FR's and :class:`GatePolicyAttribution`'s attribution."""
         batch = self._batch(inputs, target, additional_forward_args)
-        grads = self.gated_gradients(batch, policy, lambda output, _: select_targets(output, batch.targets),
-                                     linearize=linearize)
+        grads = self.gated_gradients(batch, policy, lambda output, _: batch.scores(output), linearize=linearize)
         return format_output(batch.is_tuple, grads)
 
 

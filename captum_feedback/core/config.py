@@ -16,8 +16,12 @@ benchmarks -- takes one, so that no option is dropped on the way. Presets:
   Summation Energy Map sums the gated activations of conv2_1 ... conv4_2 (spatial ReLU sites
   2-8 of 13), each divided by its maximum. ``FR_sim.m`` and ``mean_thd.m``: FR from the layer's
   neurons whose CW is at least 0.1 times the mean positive CW, FR threshold ``MeanRatio(0.1)``.
-* ``"default"``: the released code's rules with two settings chosen by measurement on
-  held-out scenes (``PRESETS["default"]``; README, "Which configuration is the default").
+* ``"default"``: contrastive FSP, chosen by measurement on three models (README, "Which
+  configuration is the default"): the paper's rule ``alpha > 0`` for one update of the head
+  sites (the last feature map and any fully connected ReLUs above it), run for the target and
+  for its dual, the negated score; the Summation Energy Map sums the upper half of the spatial
+  sites' contributions ``alpha x``, the target's less the dual's, each a distribution over
+  locations. FSP-FR as in the released code.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ SUMMATIONS = ("cw", "activation", "contribution")
 the gated activation ``z x`` (the released code) or the contribution ``z alpha x`` (the terms of
 Eq. 6, whose sum over a site is the target score)."""
 
+SITE_NORMALIZATIONS = ("none", "max", "sum")
+"""How each summed site's map is scaled before the sites are added: not at all, by its maximum
+(the released code's ``FSP_SumEnergy.m``), or by its sum, so that it is a distribution over
+locations (what a contrastive map compares, as contrastive excitation backprop compares two
+probability maps)."""
+
+HEAD = "head"
+"""A :class:`Stage`'s sites: those from the output down to the last spatial site (the feature
+map that global pooling or the fully connected layers read), whatever their number."""
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -40,21 +54,26 @@ class Stage:
 
     Sites are counted in execution order from the output end, so ``Stage(0.47, 1)`` updates the
     upper 47% of the sites once, whatever the model (``FSP_SumEnergy.m`` updates 7 of VGG16's 15
-    ReLUs, fc8 down to conv4_2, then all of them).
+    ReLUs, fc8 down to conv4_2, then all of them). ``Stage("head")`` updates the sites from the
+    output down to the last spatial one (:data:`HEAD`): on a network with global pooling the
+    last feature map's activation, on a VGG also its fully connected ReLUs.
     """
 
-    sites: float = 1.0
+    sites: Union[float, str] = 1.0
     updates: int = 1
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.sites, (int, float)) and 0 < self.sites <= 1):
-            raise ValueError(f"Stage.sites is a share of the gate sites in (0, 1], got {self.sites!r}.")
+        if self.sites != HEAD and not (isinstance(self.sites, (int, float)) and not isinstance(self.sites, bool)
+                                       and 0 < self.sites <= 1):
+            raise ValueError(f"Stage.sites is a share of the gate sites in (0, 1] or {HEAD!r}, got {self.sites!r}.")
         if isinstance(self.updates, bool) or not isinstance(self.updates, int) or self.updates < 1:
             raise ValueError(f"Stage.updates must be an integer >= 1, got {self.updates!r}.")
 
-    def count(self, n_sites: int) -> int:
-        """How many of ``n_sites`` sites, from the top, this stage updates (at least one)."""
-        return max(1, min(n_sites, round(self.sites * n_sites)))
+    def count(self, n_sites: int, head: int) -> int:
+        """How many of ``n_sites`` sites, from the top, this stage updates (at least one);
+        ``head`` is how many sites lie at or above the last spatial one."""
+        share = head / max(n_sites, 1) if self.sites == HEAD else self.sites
+        return max(1, min(n_sites, round(share * n_sites)))
 
 
 SiteRange = Tuple[float, float]
@@ -73,7 +92,15 @@ class FeedbackConfig:
         gate_pools: Give max-pool outputs gates too (Sec. 3.1); the released code gates ReLUs only.
         summation: What the Summation Energy Map sums (:data:`SUMMATIONS`).
         summation_sites: The sites it sums, ``None`` for every spatial activation site.
-        normalize_sites: Divide each site's map by its maximum before summing (released code).
+        site_normalization: How each summed site's map is scaled first (:data:`SITE_NORMALIZATIONS`;
+            the released code divides by the maximum).
+        contrastive: Run FSP also for the target's dual, the negated score (Zhang et al.,
+            ECCV 2016, contrastive excitation backprop), and draw the Summation Energy Map as
+            the evidence FSP keeps for the target less the evidence it keeps against it, site by
+            site (:func:`~captum_feedback.summation_energy_map`). On a network with global
+            pooling a unit's CW is the same at every location, and what makes a map
+            class-specific is the negative evidence that cancels the features other objects
+            share; a pruning for the target alone removes it.
         neuron_ratio: The FSP-FR map's neurons: those of the layer whose CW is at least this
             share of the layer's mean positive CW (``mean_thd.m``); 0 keeps every neuron with a
             positive contribution.
@@ -97,7 +124,8 @@ class FeedbackConfig:
     gate_pools: bool = True
     summation: str = "cw"
     summation_sites: Optional[SiteRange] = None
-    normalize_sites: bool = False
+    site_normalization: str = "none"
+    contrastive: bool = False
     neuron_ratio: float = 0.0
     fr_threshold: Threshold = "zero"
     batch_invariant: bool = False
@@ -113,6 +141,9 @@ class FeedbackConfig:
         object.__setattr__(self, "stages", stages)
         if self.summation not in SUMMATIONS:
             raise ValueError(f"Unknown summation {self.summation!r}; use one of {SUMMATIONS}.")
+        if self.site_normalization not in SITE_NORMALIZATIONS:
+            raise ValueError(f"Unknown site_normalization {self.site_normalization!r}; use one of "
+                             f"{SITE_NORMALIZATIONS}.")
         if self.summation_sites is not None:
             start, stop = self.summation_sites
             if not 0 <= start < stop <= 1:
@@ -150,14 +181,19 @@ PRESETS: Dict[str, FeedbackConfig] = {
     "released_code": FeedbackConfig(
         threshold=MeanRatio(1.0), drop_edges=True, stages=(Stage(7 / 15, 1), Stage(1.0, 1)),
         linearize=False, gate_pools=False, summation="activation", summation_sites=(2 / 13, 9 / 13),
-        normalize_sites=True, neuron_ratio=0.1, fr_threshold=MeanRatio(0.1),
+        site_normalization="max", neuron_ratio=0.1, fr_threshold=MeanRatio(0.1),
     ),
 }
-PRESETS["default"] = replace(PRESETS["released_code"], threshold=MeanRatio(2.0), summation_sites=(4 / 13, 11 / 13))
-"""The released code's rules with two settings chosen on held-out scenes (``--seed 1`` of the
-cluttered test set, not the benchmark's): a unit stays open while its CW is at least twice its
-layer's mean positive CW, and the Summation Energy Map sums spatial ReLU sites 4-10 of 13
-(conv3_2 ... conv5_1 on VGG16) instead of 2-8."""
+PRESETS["default"] = FeedbackConfig(
+    threshold="zero", stages=(Stage(HEAD, 1),), linearize=False, gate_pools=False, contrastive=True,
+    summation="contribution", summation_sites=(0.5, 1.0), site_normalization="sum", neuron_ratio=0.1,
+    fr_threshold=MeanRatio(0.1),
+)
+"""Contrastive FSP, chosen on the tune splits of three test beds (EfficientNet-Lite0 on grids of
+real photos, the cluttered VGG and the cluttered ResNet on their scenes; the held-out splits
+report it): on a network with global average pooling a head unit's CW is the same at every
+location, and a map is class-specific through the negative evidence that pruning for the target
+alone removes (issue #21; docs/benchmarks.md has the search)."""
 
 ConfigLike = Union[None, str, FeedbackConfig]
 

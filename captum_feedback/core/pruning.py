@@ -8,14 +8,14 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output, select_targets
+from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output
 from captum_feedback.core.attribution import Batch, FeedbackAttribution, input_gradients
 from captum_feedback.core.config import ConfigLike, FeedbackConfig, Stage, resolve_config
 from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
 from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
 from captum_feedback.core.state import FeedbackState, digest
-from captum_feedback.core.tokens import default_reshape_transform
+from captum_feedback.core.tokens import ReshapeTransform, default_reshape_transform, is_spatial
 
 
 class _PruningPolicy(GatePolicy):
@@ -245,7 +245,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         """
         settings = resolve_config(config, iterations, threshold, linearize)
         batch = self._batch(inputs, target, additional_forward_args)
-        return format_output(batch.is_tuple, self._select(batch, settings, False, ()).attributions)
+        return format_output(batch.is_tuple, self._select(batch, settings, False, (), dual=False).attributions)
 
     def select(
         self,
@@ -287,11 +287,17 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         return self._select(batch, resolve_config(config), True, (), updates=0)
 
     def _select(self, batch: Batch, config: FeedbackConfig, keep_cws: bool, layers: Sequence[nn.Module],
-                updates: Optional[int] = None) -> FeedbackState:
-        """The state of one run; with ``config.batch_invariant``, each sample's own run."""
+                updates: Optional[int] = None, dual: Optional[bool] = None) -> FeedbackState:
+        """The state of one run; with ``config.batch_invariant``, each sample's own run; with
+        ``dual`` (default: ``config.contrastive``), the run for the target and its dual at once,
+        the dual's state in :attr:`FeedbackState.dual`."""
+        dual = config.contrastive if dual is None else dual
         if config.batch_invariant and batch.size > 1:
-            states = [self._select(sample, config, keep_cws, layers, updates) for sample in batch.samples()]
+            states = [self._select(sample, config, keep_cws, layers, updates, dual) for sample in batch.samples()]
             return FeedbackState.cat(states, batch.inputs)
+        if dual:
+            both = self._select(batch.with_dual(), config, keep_cws, layers, updates, dual=False)
+            return both.split_dual(batch.inputs)
         session = self._session(batch, config.linearize)
         policy = _PruningPolicy(config.rule, session.sites, batch.size, keep_cws)
         with session.installed():
@@ -304,6 +310,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         layers: Sequence[nn.Module], iterations: int,
     ) -> _Passes:
         stage_of = [k for k, stage in enumerate(config.stages) for _ in range(stage.updates)]
+        transform = default_reshape_transform(session.forward_func)
         outputs: List[Tensor] = []
         scores: List[Tensor] = []
         updates = torch.zeros(batch.size, dtype=torch.long)
@@ -312,7 +319,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             # A new stage names its sites before the forward pass, whose backward updates them.
             new_stage = 0 < update < iterations and stage_of[update] != stage_of[update - 1]
             if new_stage:
-                policy.updating = _stage_sites(session.sites, config, config.stages[stage_of[update]])
+                policy.updating = _stage_sites(session.sites, config, config.stages[stage_of[update]], transform)
             output, tapped, target_scores = self._pass(session, batch, policy, layers, outputs, scores)
             if update > 0:
                 active = policy.end_pass()
@@ -328,7 +335,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                     grads = self._earlier_gradients(session, batch, policy, layers, grads, layer_outputs)
                 break
             if update == 0:
-                policy.updating = _stage_sites(session.sites, config, config.stages[0])
+                policy.updating = _stage_sites(session.sites, config, config.stages[0], transform)
             if new_stage:
                 policy.restart()
             session.propagate_cws(target_scores)
@@ -350,7 +357,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         reverted = policy.revert(_blank(grads))
         while reverted.any():
             output, tapped = self._forward(session, batch, policy, layers)
-            earlier = input_gradients(select_targets(output, batch.targets), batch.inputs)
+            earlier = input_gradients(batch.scores(output), batch.inputs)
             grads = _rows(reverted, earlier, grads)
             for module in layers:
                 name = session.module_name(module)
@@ -364,7 +371,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
               outputs: List[Tensor], scores: List[Tensor]) -> Tuple[Tensor, Dict[nn.Module, Tensor], Tensor]:
         """One forward pass under the policy's gates; appends its outputs and target scores."""
         output, tapped = self._forward(session, batch, policy, layers)
-        target_scores = select_targets(output, batch.targets)
+        target_scores = batch.scores(output)
         outputs.append(output.detach().reshape(batch.size, -1))
         scores.append(target_scores.detach())
         return output, tapped, target_scores
@@ -393,10 +400,14 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         )
 
 
-def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage) -> Set[int]:
-    """The indices of the sites a stage updates: the top share of the sites that take gates."""
-    gated = [site.index for site in sites if site.kind == "activation" or config.gate_pools]
-    return set(gated[len(gated) - stage.count(len(gated)):])
+def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage,
+                 transform: Optional[ReshapeTransform]) -> Set[int]:
+    """The indices of the sites a stage updates: the top share of the sites that take gates, or
+    those from the output down to the last spatial one (``Stage("head")``)."""
+    gated = [site for site in sites if site.kind == "activation" or config.gate_pools]
+    spatial = [k for k, site in enumerate(gated) if is_spatial(site.shape, transform)]
+    head = len(gated) - spatial[-1] if spatial else 1
+    return {site.index for site in gated[len(gated) - stage.count(len(gated), head):]}
 
 
 def _rows(rows: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

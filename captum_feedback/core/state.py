@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -48,6 +48,8 @@ class FeedbackState:
             Energy Map: :func:`~captum_feedback.core.tokens.default_reshape_transform` of the model
             (torchvision's ViT tokens, ConvNeXt's and Swin's channels-last MLPs), ``None`` for
             convolutional networks.
+        dual: With a contrastive configuration, the state of FSP for the negated target score
+            (the target's dual), which the Summation Energy Map subtracts; else ``None``.
     """
 
     attributions: Tuple[Tensor, ...]
@@ -65,6 +67,7 @@ class FeedbackState:
     config: FeedbackConfig = field(default_factory=FeedbackConfig)
     input_digest: Optional[Tuple[Tuple[Tuple[int, ...], Tensor], ...]] = None
     reshape_transform: Optional[Callable[[Tensor], Tensor]] = None
+    dual: Optional[FeedbackState] = None
 
     def check_inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> None:
         """Raises ``ValueError`` unless ``inputs`` are the inputs this state was made for.
@@ -92,19 +95,20 @@ class FeedbackState:
         if any(s.gates.keys() != first.gates.keys() for s in states):
             raise ValueError("The samples passed different gate sites (the model's path depends on its input), so "
                              "their states cannot form one batch; run them one at a time.")
-        rows = lambda name: torch.cat([getattr(s, name) for s in states])  # noqa: E731
-        by_key = lambda name: {k: torch.cat([getattr(s, name)[k] for s in states])  # noqa: E731
-                               for k in getattr(first, name)}
-        return cls(
-            attributions=tuple(torch.cat(grads) for grads in zip(*(s.attributions for s in states))),
-            gates=by_key("gates"), cws=by_key("cws"), site_outputs=by_key("site_outputs"),
-            site_kinds=first.site_kinds,
-            outputs=torch.cat([s.outputs for s in states], 1),
-            target_scores=torch.cat([s.target_scores for s in states], 1),
-            updates=rows("updates"), converged=rows("converged"), reverted=rows("reverted"),
-            layer_outputs=by_key("layer_outputs"), layer_cws=by_key("layer_cws"), config=first.config,
-            input_digest=digest(inputs), reshape_transform=first.reshape_transform,
-        )
+        joined = {name: _join(name, [getattr(s, name) for s in states]) for name in _ROWS}
+        dual = cls.cat([s.dual for s in states], inputs) if first.dual is not None else None
+        return cls(**joined, site_kinds=first.site_kinds, config=first.config, input_digest=digest(inputs),
+                   reshape_transform=first.reshape_transform, dual=dual)
+
+    def split_dual(self, inputs: Tuple[Tensor, ...]) -> FeedbackState:
+        """The state of a run on :meth:`~captum_feedback.core.attribution.Batch.with_dual`'s
+        batch as the target's state (the first half of the rows) holding the dual's (the second)."""
+        half = len(self.updates) // 2
+        parts = [{name: _slice(name, getattr(self, name), rows) for name in _ROWS}
+                 for rows in (slice(0, half), slice(half, None))]
+        common = dict(site_kinds=self.site_kinds, config=self.config, input_digest=digest(inputs),
+                      reshape_transform=self.reshape_transform)
+        return replace(FeedbackState(**parts[0], **common), dual=FeedbackState(**parts[1], **common))
 
     @property
     def input_size(self) -> Tuple[int, ...]:
@@ -119,3 +123,31 @@ def digest(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tuple[Tuple[int, 
         flat = x.detach().flatten(1).double()
         rows.append((tuple(x.shape), torch.stack([flat.sum(1), flat.square().sum(1)], 1).cpu()))
     return tuple(rows)
+
+
+
+_ROWS = ("attributions", "gates", "cws", "site_outputs", "outputs", "target_scores", "updates", "converged",
+         "reverted", "layer_outputs", "layer_cws")
+"""The fields of a :class:`FeedbackState` that hold rows per sample: tensors, and tuples and dicts
+of tensors, with the samples along the first dimension, except in :data:`_PASSES`."""
+_PASSES = ("outputs", "target_scores")
+"""Fields of one row per pass, with the samples along the second dimension."""
+
+
+def _join(name: str, values: List[Any]) -> Any:
+    """Field ``name`` of several states, their samples joined in order."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: torch.cat([v[k] for v in values]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(torch.cat(parts) for parts in zip(*values))
+    return torch.cat(values, 1 if name in _PASSES else 0)
+
+
+def _slice(name: str, value: Any, rows: slice) -> Any:
+    """Field ``name``'s samples ``rows``."""
+    if isinstance(value, dict):
+        return {k: v[rows] for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(v[rows] for v in value)
+    return value[:, rows] if name in _PASSES else value[rows]

@@ -10,8 +10,9 @@ torchvision's ViT, Swin and ConvNeXt; pass your own for other models.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 ReshapeTransform = Callable[[Tensor], Tensor]
@@ -47,3 +48,11 @@ def default_reshape_transform(model: object) -> Optional[ReshapeTransform]:
     if isinstance(model, (SwinTransformer, ConvNeXt)):
         return channels_last_to_maps
     return None
+
+
+def is_spatial(shape: Sequence[int], transform: Optional[ReshapeTransform] = None) -> bool:
+    """Whether an activation of ``shape`` is a ``(B, C, H, W)`` map larger than one location
+    (after ``transform``): a feature map, not a vector of a fully connected layer."""
+    if transform is not None:
+        shape = tuple(transform(torch.empty(tuple(shape), device="meta")).shape)
+    return len(shape) == 4 and shape[-1] * shape[-2] > 1

@@ -56,8 +56,8 @@ def summation_energy_map(
     For every ReLU-like site with spatial extent (the "ReLU layers behind convolutional
     layers"), a per-unit quantity of the kept neurons is summed over channels, resized
     bilinearly to the input size, and summed over sites; the result is L2-normalized. What is
-    summed, which sites and whether each site's map is first divided by its maximum follow the
-    state's :class:`~captum_feedback.FeedbackConfig`:
+    summed, which sites and how each site's map is scaled first follow the state's
+    :class:`~captum_feedback.FeedbackConfig`:
 
     * ``"cw"``, the paper's text ("the gradients of feature maps"): the kept CWs ``z * |alpha|``.
       Closed neurons belong to patterns FSP removed, so only kept ones count; a kept unit has
@@ -66,6 +66,16 @@ def summation_energy_map(
       ``z * x``, each site divided by its maximum. Class-specific only through the gates.
     * ``"contribution"``: ``z * alpha * x``, the terms of Eq. 6. In the linearized network a
       site's terms add up to the target score, so each site's map splits the score over pixels.
+
+    A contrastive configuration (``config.contrastive``; the default) also ran FSP for the
+    target's dual, the negated score (:attr:`FeedbackState.dual`). Each site's map is then the
+    evidence kept for the target less the evidence kept against it, each first scaled as
+    ``config.site_normalization`` says (``"sum"``: each a distribution over locations, as
+    contrastive excitation backprop subtracts two probability maps), and the sum over sites is
+    rectified: what is left is where the target's evidence is denser than the evidence against
+    it. On a network with global average pooling the top site's contributions ``alpha * x``
+    are the terms of the class activation map (Zhou et al., CVPR 2016), whose class specificity
+    lies as much in its negative terms as in its positive ones.
 
     Args:
         state: From :meth:`FeedbackSelectivePruning.select` with ``keep_cws=True``.
@@ -87,6 +97,8 @@ def summation_energy_map(
     quantity = summation or state.config.summation
     if quantity not in SUMMATIONS:
         raise ValueError(f"Unknown summation {quantity!r}; use one of {SUMMATIONS}.")
+    if state.config.contrastive and state.dual is None:
+        raise ValueError("The configuration is contrastive but the state holds no dual: make it with select().")
     size = tuple(size or state.input_size)
     transform = _transform(state, reshape_transform)
     names = list(sites) if sites is not None else summation_sites(state, transform)
@@ -94,12 +106,21 @@ def summation_energy_map(
         raise ValueError("The model has no spatial (B, C, H, W) ReLU-like site to sum.")
     total: Optional[Tensor] = None
     for name in names:
-        kept = _site_map(state, name, quantity, transform)
-        if state.config.normalize_sites:
-            kept = kept / kept.flatten(1).amax(1).clamp(min=1e-30).view(-1, 1, 1, 1)
+        kept = _scaled(_site_map(state, name, quantity, transform), state.config.site_normalization)
+        if state.config.contrastive:
+            kept = kept - _scaled(_site_map(state.dual, name, quantity, transform), state.config.site_normalization)
         resized = F.interpolate(kept, size=size, mode="bilinear", align_corners=False)
         total = resized if total is None else total + resized
     return l2_normalize(total.clamp(min=0))
+
+
+def _scaled(site_map: Tensor, normalization: str) -> Tensor:
+    """A site's ``(B, 1, h, w)`` map divided by its maximum or its sum (``config.site_normalization``)."""
+    if normalization == "none":
+        return site_map
+    flat = site_map.flatten(1)
+    scale = flat.amax(1) if normalization == "max" else flat.sum(1)
+    return site_map / scale.clamp(min=1e-30).view(-1, 1, 1, 1)
 
 
 def summation_sites(state: FeedbackState, reshape_transform: Optional[ReshapeTransform] = None) -> List[str]:

@@ -1,0 +1,104 @@
+"""Contrastive FSP, the default (issue #21): on a network with global average pooling, FSP for
+the target and for its dual (the negated score) at the head, and a Summation Energy Map that
+subtracts, site by site, where the evidence against the target lies from where its evidence
+lies. Every number here is computed by hand."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from nets import VGGish, seeded
+from torch import nn
+
+from captum_feedback import FSP, PRESETS, FeedbackConfig, Stage, summation_energy_map
+
+CONTRASTIVE = replace(PRESETS["default"], summation_sites=None)
+"""The default, summing both spatial sites of the tiny network."""
+
+
+class Pooled(nn.Module):
+    """``x -> relu -> 1x1 conv (identity) -> relu (the head) -> global average -> linear``: class 0
+    is ``mean(channel 0) - mean(channel 1)``, class 1 its opposite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low = nn.ReLU()
+        self.conv = nn.Conv2d(2, 2, 1, bias=False)
+        self.head = nn.ReLU()
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+            self.fc.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+
+    def forward(self, x):
+        return self.fc(self.head(self.conv(self.low(x))).mean((2, 3)))
+
+
+def picture(against=2.0):
+    """One row of two locations: channel 0 (evidence for class 0) is 3 and 1, channel 1 (evidence
+    against it) 0 and ``against``."""
+    return torch.tensor([[[[3.0, 1.0]], [[0.0, against]]]])
+
+
+def test_the_head_stage_gates_the_last_feature_map_for_the_target_and_its_dual():
+    state = FSP(Pooled().eval()).select(picture(), target=0, config=CONTRASTIVE)
+    # CWs at the head: +1/2 for channel 0, -1/2 for channel 1, at both locations
+    assert state.gates["low"].all() and state.dual.gates["low"].all()  # below the head: open
+    assert state.gates["head"].tolist() == [[[[True, True]], [[False, False]]]]
+    assert state.dual.gates["head"].tolist() == [[[[False, False]], [[False, True]]]]  # 0 at the left
+    assert state.target_scores[-1].item() == pytest.approx(2.0)  # (3 + 1) / 2 with channel 1 closed
+    assert state.dual.target_scores[-1].item() == pytest.approx(1.0)  # -S with channel 0 closed
+
+
+def test_the_map_is_where_the_evidence_for_is_denser_than_the_evidence_against():
+    state = FSP(Pooled().eval()).select(picture(against=0.4), target=0, config=CONTRASTIVE)
+    # Both sites: contributions for 1.5 and 0.5 (a distribution 0.75, 0.25); against 0 and 0.2
+    # (0, 1). Difference per site 0.75 and -0.75, twice: rectified and normalized, (1, 0).
+    torch.testing.assert_close(summation_energy_map(state)[0, 0, 0], torch.tensor([1.0, 0.0]))
+    # Unnormalized, the weak evidence against does not cancel: (3 - 0, 1 - 0.4) = (3, 0.6)
+    plain = summation_energy_map(replace(state, config=replace(CONTRASTIVE, site_normalization="none")))
+    torch.testing.assert_close(plain[0, 0, 0], torch.tensor([3.0, 0.6]) / torch.tensor([3.0, 0.6]).norm())
+
+
+def test_with_every_gate_open_the_map_nets_the_signed_contributions():
+    state = FSP(Pooled().eval()).ungated(picture(against=0.4), target=0, config=CONTRASTIVE)
+    assert all(g.all() for g in state.gates.values()) and all(g.all() for g in state.dual.gates.values())
+    torch.testing.assert_close(state.dual.cws["head"], -state.cws["head"])
+    torch.testing.assert_close(summation_energy_map(state)[0, 0, 0], torch.tensor([1.0, 0.0]))
+
+
+def test_attribute_explains_the_target_alone():
+    model = Pooled().eval()
+    x = picture()
+    gradient = FSP(model).attribute(x, target=0)
+    state = FSP(model).select(x, target=0)
+    torch.testing.assert_close(gradient, state.attributions[0])
+    # d/dx of the kept evidence (3 + 1) / 2: 1/2 on channel 0, 0 on the closed channel 1
+    torch.testing.assert_close(gradient, torch.tensor([[[[0.5, 0.5]], [[0.0, 0.0]]]]))
+
+
+def test_a_batch_runs_its_targets_and_their_duals_together():
+    model = Pooled().eval()
+    x = torch.cat([picture(), picture(against=0.4)])
+    both = FSP(model).select(x, target=[0, 1])
+    for k, target in enumerate((0, 1)):
+        alone = FSP(model).select(x[k:k + 1], target=target)
+        for state, single in ((both, alone), (both.dual, alone.dual)):
+            assert all(torch.equal(state.gates[n][k:k + 1], single.gates[n]) for n in single.gates)
+            torch.testing.assert_close(state.target_scores[:, k:k + 1], single.target_scores)
+    assert both.outputs.shape == (2, 2, 2) and both.dual.outputs.shape == (2, 2, 2)
+
+
+def test_the_head_of_a_vgg_is_its_last_feature_map_and_the_fully_connected_relus():
+    model = seeded(VGGish())
+    config = FeedbackConfig(stages=(Stage("head", 1),), linearize=False, gate_pools=False)
+    state = FSP(model).select(torch.rand(1, 3, 16, 16), target=2, config=config)
+    gated = [name for name, gate in state.gates.items() if not gate.all()]
+    assert gated and set(gated) <= {"features.6", "classifier.2"}
+    assert all(state.gates[name].all() for name in ("features.1", "features.3"))
+
+
+def test_a_stage_names_a_share_or_the_head():
+    assert Stage("head").sites == "head"
+    with pytest.raises(ValueError, match="'head'"):
+        Stage("top")
