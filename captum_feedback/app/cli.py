@@ -148,8 +148,8 @@ def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
         "(lower is better) and insertion (higher is better) areas, with 95% bootstrap intervals over grids.")
     grid.add_argument("--grids", type=_positive, default=50, help="grids to score (default %(default)s)")
     grid.add_argument("--grid", type=_at_least(2), default=2, help="cells per side (default %(default)s)")
-    grid.add_argument("--cell", type=_at_least(8), help="a cell's side in pixels (default: 160 where the model "
-                      "takes any input size, else its input size / --grid)")
+    grid.add_argument("--cell", type=_at_least(8), help="a cell's side in pixels (default: the model's input size / "
+                      "--grid for scenes and for models of one input size, else 160)")
     grid.add_argument("--confidence", type=float, default=0.5,
                       help="least probability of a photo's top-1 class on its own (default %(default)s)")
     grid.add_argument("--seed", type=_non_negative, default=0,

@@ -239,18 +239,15 @@ def data_set(args: argparse.Namespace) -> Tuple[object, str]:
 
 
 def grid_layout(args: argparse.Namespace, model: Classifier) -> Tuple[object, str]:
-    """The grids of ``benchmark grid-pointing`` and the split their photos come from: the
-    ``--dataset``'s photos that ``model`` classifies confidently on their own, squeezed to
-    ``--cell``, drawn into ``--grids`` grids of ``--grid`` x ``--grid``."""
+    """The grids of ``benchmark grid-pointing`` (:func:`~captum_feedback.benchmark.tasks.grid_layout`)
+    and the split their photos come from, or a :class:`CommandError`."""
+    from captum_feedback.benchmark.tasks import GridError, cell_side, grid_layout
     from captum_feedback.data import grids
 
-    fixed = not takes_size(model, 2 * 160)
-    side = args.cell or (model.size // args.grid if fixed else 160)
-    if fixed and side * args.grid != model.size:
-        raise CommandError(f"{args.model} takes {model.size} x {model.size} inputs only: --cell must be "
-                           f"{model.size // args.grid} for a grid of {args.grid}.")
     split = args.split or ("heldout" if args.dataset == "photos" else "val")
     try:
+        scene_cell = model.size // args.grid if args.dataset == "scenes" else None  # the scenes' scale
+        side = cell_side(model, args.grid, args.cell or scene_cell)
         if args.dataset == "photos":
             candidates = grids.photo_candidates(None if split == "all" else split)
         elif args.dataset == "folder":
@@ -259,30 +256,9 @@ def grid_layout(args: argparse.Namespace, model: Classifier) -> Tuple[object, st
             candidates = grids.scene_candidates(args.pool, side, args.seed)
         else:
             candidates = grids.layout_candidates(data_set(args)[0])
-        view = model.size if fixed else side
-
-        def scores(cells: Tensor) -> Tensor:
-            return model.probabilities(model.model(model.normalize(model.squeeze(cells, view).to(model_device(model)))))
-
-        cells = grids.confident_cells(candidates, scores, side, args.confidence)
-        return grids.GridLayout(cells, model.classes, args.grids, args.grid, args.seed), split
-    except (FileNotFoundError, ValueError) as error:
+        return grid_layout(model, candidates, args.grids, args.grid, side, args.confidence, args.seed), split
+    except (FileNotFoundError, ValueError, GridError) as error:
         raise CommandError(first_line(error)) from None
-
-
-def takes_size(model: Classifier, side: int) -> bool:
-    """Whether the model runs on ``side x side`` inputs (global pooling), not only on its own size."""
-    probe = torch.zeros(1, model.channels, side, side, device=model_device(model))
-    try:
-        with torch.no_grad():
-            model.model(probe)
-    except RuntimeError:
-        return False
-    return True
-
-
-def model_device(model: Classifier) -> torch.device:
-    return next(model.model.parameters()).device
 
 
 def bypass_note(share: float) -> str:

@@ -34,6 +34,7 @@ from torchvision.ops import box_iou
 
 from captum_feedback.core.config import FeedbackConfig
 from captum_feedback.data.annotations import IGNORE, AnnotatedImage, box_mask
+from captum_feedback.data.grids import Candidate, GridLayout, confident_cells
 from captum_feedback.data.layouts import Layout
 from captum_feedback.data.voc import IMAGENET_CLASSES_OF_VOC
 from captum_feedback.models.classifiers import Classifier
@@ -423,3 +424,50 @@ class GridPointing(Task):
 
 
 TASKS = {task.name: task for task in (Pointing, Localization, Segmentation, GridPointing)}
+
+
+class GridError(ValueError):
+    """Grids that cannot be drawn for this model: the message is one line for the user."""
+
+
+def cell_side(classifier: Classifier, k: int, cell: Optional[int] = None) -> int:
+    """A grid cell's side: ``cell``, else 160 pixels where the model takes any input size (global
+    pooling), else its input size divided by ``k``.
+
+    Raises:
+        GridError: a model of one input size and a ``cell`` that does not make it.
+    """
+    fixed = not takes_size(classifier, 2 * 160)
+    side = cell or (classifier.size // k if fixed else 160)
+    if fixed and side * k != classifier.size:
+        raise GridError(f"the model takes {classifier.size} x {classifier.size} inputs only: --cell must be "
+                        f"{classifier.size // k} for a grid of {k}.")
+    return side
+
+
+def takes_size(classifier: Classifier, side: int) -> bool:
+    """Whether the model runs on ``side x side`` inputs, not only on its own size."""
+    probe = torch.zeros(1, classifier.channels, side, side, device=_device(classifier))
+    try:
+        with torch.no_grad():
+            classifier.model(probe)
+    except RuntimeError:
+        return False
+    return True
+
+
+def grid_layout(classifier: Classifier, candidates: Sequence[Candidate], count: int, k: int, side: int,
+                confidence: float, seed: int) -> GridLayout:
+    """``count`` grids of ``k x k`` cells of ``side`` pixels from the ``candidates`` the model
+    classifies confidently on their own, each cell squeezed to the model's input size (the
+    size the model knows, and the only one some take)."""
+
+    def scores(cells: Tensor) -> Tensor:
+        inputs = classifier.normalize(classifier.squeeze(cells).to(_device(classifier)))
+        return classifier.probabilities(classifier.model(inputs))
+
+    return GridLayout(confident_cells(candidates, scores, side, confidence), classifier.classes, count, k, seed)
+
+
+def _device(classifier: Classifier) -> torch.device:
+    return next(classifier.model.parameters()).device

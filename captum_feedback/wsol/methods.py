@@ -9,6 +9,7 @@ rectified and upsampled, and the Feedback maps all come from one FSP run per bat
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -42,8 +43,9 @@ PIPELINE_METHODS = names("pipeline")
 FEEDBACK_METHODS = PIPELINE_METHODS + names("feedback")
 ABLATION_SUMS = dict(zip(names("ablation"), (None, "cw", "contribution")))
 """Summation Energy Maps of the plain network (every gate open), keyed by name: the
-configuration's quantity, the absolute gradients ``|alpha|`` of the summed sites, and their
-gradient x activation ``alpha x``. Beside FSP's maps they show what its selection adds."""
+configuration's own map (contrastive where it is), and, not contrastive, the absolute gradients
+``|alpha|`` of the summed sites and their gradient x activation ``alpha x``, each rectified per
+unit. Beside FSP's maps they show what its selection adds."""
 ABLATIONS = names("ablation")
 CAPTUM_METHODS = names("captum")
 BASELINES = names("baseline")
@@ -167,7 +169,8 @@ class MethodMaps:
                          "Summation-FSP-FR": fb.summation_fsp_fr})
         if any(m in methods for m in ABLATIONS):
             plain = FeedbackSelectivePruning(self.model).ungated(inputs, target, config=self.pipeline.config)
-            maps.update({name: summation_energy_map(plain, summation=quantity)
+            one_sided = replace(plain, config=replace(plain.config, contrastive=False), dual=None)
+            maps.update({name: summation_energy_map(one_sided if quantity else plain, summation=quantity)
                          for name, quantity in ABLATION_SUMS.items() if name in methods})
         for method in methods:
             if method not in maps:
