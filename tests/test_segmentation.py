@@ -56,6 +56,30 @@ def test_saliency_cut_snaps_a_blurred_energy_blob_to_the_object():
     assert iou(mask, truth) > 0.9
 
 
+def test_saliency_cut_of_a_uniform_photo_ends_at_once_with_the_seed():
+    """OpenCV's GrabCut never returns when a side has too few colours for its model (issue #23:
+    a white photo ran for ten minutes); the thresholded seed is the answer there."""
+    import time
+
+    white = torch.ones(3, 480, 640)
+    energy = torch.full((480, 640), 0.1)
+    energy[100:300, 200:400] = 1.0  # every pixel has energy: no sure background
+    start = time.perf_counter()
+    mask = saliency_cut(white, energy)
+    assert time.perf_counter() - start < 5
+    assert torch.equal(mask, energy > 0.15)
+
+
+def test_saliency_cut_of_a_large_photo_runs_at_a_bounded_size_and_answers_at_the_photo_s():
+    image = torch.nn.functional.interpolate(two_squares(), size=(1200, 1200), mode="nearest")[0]
+    truth = torch.zeros(1200, 1200, dtype=torch.bool)
+    truth[300:700, 150:500] = True
+    energy = blob(1200, slice(225, 775), slice(75, 575))
+    energy[300:700, 150:500] = 2.0
+    mask = saliency_cut(image, energy, max_side=300)
+    assert mask.shape == (1200, 1200) and iou(mask, truth) > 0.85
+
+
 def test_saliency_cut_of_a_map_without_energy_is_empty():
     assert not saliency_cut(two_squares()[0], torch.zeros(48, 48)).any()
     with pytest.raises(ValueError, match="background"):

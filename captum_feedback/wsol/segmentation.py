@@ -67,13 +67,22 @@ def superpixel_regularize(maps: Tensor, labels: Tensor) -> Tensor:
     return out[:, 0] if squeeze else out
 
 
+GMM_COMPONENTS = 5
+"""The Gaussians of each of GrabCut's two colour models (OpenCV's fixed number)."""
+
+
 def saliency_cut(image: Tensor, energy: Tensor, foreground: float = 0.5, background: float = 0.15,
-                 iterations: int = 3) -> Tensor:
+                 iterations: int = 3, max_side: int = 512) -> Tensor:
     """Segment one object with GrabCut seeded from an energy map (ref. [41], Procedure 2, step 6).
 
     With the energy scaled to a maximum of 1, pixels above ``foreground`` are sure foreground,
     pixels above ``background`` probable foreground, the rest probable background, and the
     pixels without any energy sure background; GrabCut then fits colour models to both sides.
+
+    The work is bounded: GrabCut runs on the image and seed shrunk to at most ``max_side``
+    pixels a side (the mask is scaled back), and where a side has fewer distinct colours than
+    its colour model has Gaussians (a uniform photo), the colour models cannot be fitted --
+    OpenCV's GrabCut then never ends -- and the thresholded seed is returned.
 
     Args:
         image: ``(C, H, W)`` image in [0, 1].
@@ -98,10 +107,26 @@ def saliency_cut(image: Tensor, energy: Tensor, foreground: float = 0.5, backgro
     seeded_foreground = np.isin(seed, (cv2.GC_FGD, cv2.GC_PR_FGD))
     if seeded_foreground.all() or not seeded_foreground.any():
         return torch.from_numpy(seeded_foreground)
-    mask = seed.copy()
+    height, width = seed.shape
+    shrink = min(1.0, max_side / max(height, width))
+    size = (max(1, round(width * shrink)), max(1, round(height * shrink)))  # OpenCV's (width, height)
+    pixels = cv2.resize(_rgb_uint8(image), size, interpolation=cv2.INTER_AREA) if shrink < 1 else _rgb_uint8(image)
+    mask = cv2.resize(seed, size, interpolation=cv2.INTER_NEAREST) if shrink < 1 else seed.copy()
+    inside = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    if min(_colours(pixels[inside]), _colours(pixels[~inside])) < GMM_COMPONENTS:
+        return torch.from_numpy(seeded_foreground)
     models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(_rgb_uint8(image), mask, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
-    return torch.from_numpy(np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)))
+    cv2.grabCut(pixels, mask, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
+    cut = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    if shrink < 1:
+        cut = cv2.resize(cut, (width, height), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(cut.astype(bool))
+
+
+def _colours(pixels: np.ndarray) -> int:
+    """The number of distinct colours among the first 100,000 of ``(N, 3)`` pixels."""
+    packed = pixels[:100_000].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    return len(np.unique(packed))
 
 
 def segment(images: Tensor, maps: Sequence[Tensor], classes: Sequence[Tensor], regularize: bool = True,
