@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,27 +41,52 @@ def read_image(path: Union[str, Path]) -> Tensor:
     return load_image(path)[0]
 
 
-def load_image(path: Union[str, Path]) -> Tuple[Tensor, str]:
+def load_image(path: Union[str, Path], max_pixels: Optional[int] = None) -> Tuple[Tensor, str]:
     """An image file of any mode Pillow opens as a ``(3, H, W)`` uint8 RGB tensor, and a note of
     the conversion (``""`` for 8-bit RGB), see :func:`rgb_array`.
 
+    Args:
+        path: the file.
+        max_pixels: downscale a larger image to this many pixels as it is read (a JPEG is
+            decoded at a reduced scale first, so memory stays near the target size); ``None``
+            reads it whole, within Pillow's decompression-bomb limit.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not an image Pillow can read.
+        ValueError: the file is not an image Pillow can read, or one over Pillow's limit.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No image at {path}.")
+    limit = Image.MAX_IMAGE_PIXELS
     try:
+        if max_pixels is not None:  # the caller bounds the size itself
+            Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as image:
-            array, note = rgb_array(image)
+            image, note = _downscaled(image, max_pixels)
+            array, converted = rgb_array(image)
     except Image.DecompressionBombError as error:
         raise ValueError(f"{path} is too large to read safely: {error}") from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{path} is not a readable image: {error}") from error
-    return to_tensor(array), note
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return to_tensor(array), "; ".join(n for n in (note, converted) if n)
+
+
+def _downscaled(image: Image.Image, max_pixels: Optional[int]) -> Tuple[Image.Image, str]:
+    """The image at most ``max_pixels`` large, and a note when it was made smaller."""
+    from PIL import Image
+
+    width, height = image.size
+    if max_pixels is None or width * height <= max_pixels:
+        return image, ""
+    scale = (max_pixels / (width * height)) ** 0.5
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    image.draft(image.mode, size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that is enough
+    return image.resize(size, Image.BILINEAR), f"downscaled from {width} x {height} to {size[0]} x {size[1]}"
 
 
 _WIDE_GRAY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": None, "F": None}

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from captum_feedback.models.framing import to_square
 
 EMBEDDED = ("efficientnet_lite0", "cluttered_vgg", "cluttered_resnet")
 """The models that ship with their weights; the first is the default."""
@@ -59,15 +60,26 @@ class Classifier:
     imagenet: bool = True
     multilabel: bool = False
 
-    def squeeze(self, images: Tensor, size: Optional[int] = None) -> Tensor:
-        """``(B, 3, H, W)`` uint8 photos resized (without cropping, so that every pixel maps back
-        to the photo) to ``(B, C, size, size)`` in [0, 1] (``size``: the model's input size)."""
-        side = size or self.size
-        images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        if images.shape[-2:] != (side, side):
-            images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-        resized = images.clamp(0, 1)
-        return resized.mean(1, keepdim=True) if self.channels == 1 else resized
+    def squeeze(self, images: Tensor, size: Optional[int] = None, resize: str = "squeeze") -> Tensor:
+        """``(B, 3, H, W)`` uint8 photos as ``(B, C, size, size)`` in [0, 1] (``size``: the
+        model's input size), squeezed whole (every pixel maps back to the photo) or centre-cropped
+        (:mod:`captum_feedback.models.framing`)."""
+        square = to_square(images, size or self.size, resize)
+        return square.mean(1, keepdim=True) if self.channels == 1 else square
+
+    def inputs(self, images: Tensor, resize: str = "squeeze") -> Tensor:
+        """Photos ``(3, H, W)`` or ``(B, 3, H, W)`` (uint8) as the model's input on its device:
+        what ``captum-feedback explain --resize`` feeds it.
+
+        Example::
+
+            model = load_classifier()                       # EfficientNet-Lite0, as the command
+            x = model.inputs(read_image("cat.jpg"))         # (1, 3, 224, 224), squeezed whole
+            probabilities = model.probabilities(model.model(x))
+        """
+        images = images[None] if images.dim() == 3 else images
+        device = next(self.model.parameters()).device
+        return self.normalize(self.squeeze(images, resize=resize).to(device))
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """The outputs' probabilities: a softmax over them, or each output's sigmoid for a
@@ -176,10 +188,11 @@ def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> 
     torchvision's ViT takes the encoder block two thirds deep and the norm before the last
     block's attention, as pytorch-grad-cam advises (token outputs, which the maps read through
     :func:`~captum_feedback.core.tokens.tokens_to_maps`).
-    For any other model they are found by a forward pass of a ``(1, channels, size, size)`` zero
-    image: among the submodules that return a ``(B, C, H, W)`` map once per pass (a reused
-    ``relu`` module, as in ResNet, has no single output to target), activations and blocks
-    (which end in one) before convolutions and norms, the one about two thirds deep and the last.
+    For any other model they are found by a forward pass of two ``(channels, size, size)`` zero
+    images: among the submodules that return a ``(B, C, H, W)`` map of the batch once per pass (a
+    reused ``relu`` module, as in ResNet, has no single output to target; Swin V2's position-bias
+    MLP runs on a table of its parameters, not on the images), activations and blocks (which end
+    in one) before convolutions and norms, the one about two thirds deep and the last.
 
     Example::
 
@@ -211,13 +224,14 @@ def _traced_layers(model: nn.Module, size: int, channels: int) -> Tuple[nn.Modul
     ranks = {}
 
     def record(module: nn.Module, _inputs: object, output: object) -> None:
-        calls.append(module)
-        ranks[module] = output.dim() if isinstance(output, Tensor) else 0
+        calls.append(module)  # a map of the two probe images: 4-D, the batch first
+        batched = isinstance(output, Tensor) and output.dim() > 0 and output.shape[0] == 2
+        ranks[module] = output.dim() if batched else 0
 
     handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, channels, size, size, device=next(model.parameters()).device))
+            model(torch.zeros(2, channels, size, size, device=next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_feedback.models.framing import to_square
+
 # (repeats, kernel, stride, expansion, in channels, out channels) per stage.
 _STAGES: Tuple[Tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),
@@ -133,22 +135,15 @@ def efficientnet_lite0(weights: Union[str, Path, None, bool] = True) -> Efficien
 def preprocess(images: Union[Tensor, Sequence[Tensor]], size: int = INPUT_SIZE) -> Tensor:
     """Images ``(3, H, W)`` or ``(B, 3, H, W)`` with values in ``[0, 1]`` (or uint8) to model input.
 
-    Resizes the shorter side to ``size * 256 / 224``, center-crops ``size`` x ``size`` and maps
-    to ``[-1, 1]``.
+    The centre square of ``224 / 256`` of the shorter side (ImageNet's resize to 256 and crop of
+    224), resized to ``size`` x ``size`` and mapped to ``[-1, 1]``: ``explain --resize crop``
+    (:mod:`captum_feedback.models.framing`).
     """
     batch = torch.stack(list(images)) if not isinstance(images, Tensor) else images
     batch = batch.unsqueeze(0) if batch.dim() == 3 else batch
-    if batch.dtype == torch.uint8:
-        batch = batch.float() / 255.0
     if batch.dim() != 4 or batch.shape[1] != 3:
         raise ValueError(f"Expected RGB images (B, 3, H, W), got shape {tuple(batch.shape)}.")
-    short = round(size * 256 / 224)
-    h, w = batch.shape[-2:]
-    scale = short / min(h, w)
-    batch = F.interpolate(batch, size=(round(h * scale), round(w * scale)), mode="bilinear",
-                          antialias=True, align_corners=False)
-    top, left = (batch.shape[-2] - size) // 2, (batch.shape[-1] - size) // 2
-    return batch[..., top:top + size, left:left + size].clamp(0, 1) * 2 - 1
+    return to_square(batch, size, "crop") * 2 - 1
 
 
 def to_display(inputs: Tensor) -> Tensor:
