@@ -71,7 +71,7 @@ def test_pointing_counts_every_class_of_every_image_in_the_photos_pixels(tmp_pat
         per_class = scores["per_class"]
         assert scores["accuracy"] == pytest.approx(sum(per_class.values()) / len(per_class))
         assert sum(scores["per_class_total"].values()) == pairs
-        assert scores["difficult"]["total"] <= pairs
+        assert scores["small_with_other_classes"]["total"] <= pairs
     assert summary["FSP Summation"]["hits"] >= summary["Saliency"]["hits"]
     csv = (tmp_path / "out" / "per_class.csv").read_text().splitlines()
     assert csv[0] == "method,subset,class_id,class,hits,misses,accuracy"
@@ -150,7 +150,7 @@ def test_localization_and_segmentation_summaries(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--dataset", "voc", "--root", "{nowhere}"], "holds no Pascal VOC folder"),
+        (["--dataset", "voc", "--root", "{nowhere}"], "nowhere does not exist"),
         (["--dataset", "voc", "--root", "{voc}", "--split", "train"], "No image list"),
         (["--dataset", "imagenet", "--root", "{voc}"], "No synset list"),
         (["--dataset", "voc", "--root", "{voc}", "--methods", "Magic"], "Unknown method 'Magic'"),

@@ -73,7 +73,7 @@ def test_targets_by_name_and_top_k(cat_jpg, tmp_path):
         (["explain", "{cat}", "--target", "top5000"], "K must lie in 1..1000"),
         (["explain", "{cat}", "--target", "1000"], "class index out of range (0..999)"),
         (["explain", "{cat}", "{missing}"], "No image at"),  # nothing written for the first image either
-        (["explain", "{huge}"], "too large to read safely"),
+        (["explain", "{huge}"], "over the limit of 50"),
         (["explain", "{cat}", "--out", "{a_file}"], "is a file, not a folder"),
         (["explain", "{cat}", "--out", "/proc/captum-feedback-test"], "cannot create --out"),
         (["explain", "{cat}", "--method", "magic"], "invalid choice: 'magic'"),
@@ -124,14 +124,14 @@ def test_the_console_script_is_installed():
 
 
 def test_version_and_notes_for_outputs_that_say_little(capsys):
-    from captum_feedback.app.commands import _weak_outputs
+    from captum_feedback.app.commands import weak_outputs
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("captum-feedback ")
-    empty, full = torch.zeros(10, 10, dtype=torch.bool), torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    assert len(_weak_outputs(empty, full, (10, 10))) == 2
-    assert _weak_outputs(~empty, torch.tensor([[2.0, 2.0, 6.0, 6.0]]), (10, 10)) == []
+    empty, full = torch.zeros(10, 10, dtype=torch.bool), [0.0, 0.0, 10.0, 10.0]
+    assert len(weak_outputs(empty, full, (10, 10))) == 2
+    assert weak_outputs(empty, [2.0, 2.0, 6.0, 6.0], (10, 10))[0].startswith("the mask is empty")
 
 
 def test_help_is_plain_text_with_defaults_and_needs_no_torch():

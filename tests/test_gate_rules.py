@@ -57,4 +57,4 @@ def test_the_ungated_share_is_zero_when_every_path_has_a_gate_and_high_around_a_
 
     share = ungated_share(Skip().eval(), x, target=1)
     assert (share > 0.5).all() and (share < 1.5).all()
-    assert "passes no gate site" in bypass_note(0.9) and bypass_note(0.2) == ""
+    assert "takes paths through no activation" in bypass_note(0.9) and bypass_note(0.2) == ""

@@ -63,3 +63,25 @@ def test_batch_invariant_maps_equal_each_image_alone_in_float32(name):
             torch.testing.assert_close(summation_energy_map(state)[1:], summation_energy_map(one), rtol=0, atol=1e-6)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", CONVOLUTIONAL + ["swin_v2_t"])
+def test_explain_runs_on_each_family_with_a_weights_file(name, tmp_path):
+    """Every convolutional family of the zoo, and Swin V2, whose position-bias MLP (no batch
+    dimension) recommended_layers once picked, through the command line."""
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from captum_feedback.app.cli import main
+    from captum_feedback.models.classifiers import recommended_layers
+
+    model = torchvision.models.get_model(name, weights=None).eval()  # as the command builds it
+    middle, last = recommended_layers(model)
+    assert "cpb_mlp" not in {n for n, m in model.named_modules() if m in (middle, last)}
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    Image.new("RGB", (64, 48), (120, 80, 40)).save(tmp_path / "photo.png")
+    argv = ["explain", str(tmp_path / "photo.png"), "--model", name, "--weights", str(tmp_path / "weights.pth"),
+            "--method", "summation", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert len(list((tmp_path / "out").glob("*_box.json"))) == 1

@@ -5,6 +5,7 @@ examples:
   captum-feedback explain cat.jpg dog.png --target auto --method summation --out maps/
   captum-feedback explain street.jpg --target "school bus" --target cab
   captum-feedback explain x.jpg --model resnet50 --weights resnet50.pth --target top3
+  captum-feedback classes horse                    # ImageNet classes for a word (sorrel, ...)
   captum-feedback demo --out figures
   captum-feedback benchmark pointing --dataset voc --root ~/data --year 2007 --out runs/voc07
   torchrun --nproc-per-node 2 --no-python captum-feedback benchmark pointing --dataset voc ...
@@ -12,26 +13,25 @@ examples:
 explain writes, per image and target, <image>_<class>_<method>.png (the energy map over the
 photo with its 99%-energy box and the segmentation mask outlined), _mask.png and _box.json, all
 in the photo's own pixels. Errors (a missing or unreadable image, an unknown class, a bad
-weights file, ...) print one line on stderr and exit with status 2.
+weights file, ...) print one line on stderr and exit with status 2, before any model loads;
+Ctrl-C ends with one line and status 130 (SIGTERM: 143), a benchmark's records kept for a rerun.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from captum_feedback.wsol.registry import REGISTRY
+from captum_feedback.app import checks
+from captum_feedback.app.checks import CommandError
+from captum_feedback.wsol.registry import REGISTRY, TASK_DEFAULTS
 
 MAP_SLUGS = tuple(m.slug for m in REGISTRY if m.family != "boxes")
-
-
-BENCHMARK_DEFAULTS = {"pointing": ("FSP Summation", "LayerGradCam", "Saliency", "Center"),
-                      "localization": ("FSP two-stage (Procedure 1)", "FSP Summation", "LayerGradCam"),
-                      "segmentation": ("Summation-FSP-FR", "LayerGradCam"),
-                      "grid-pointing": ("FSP Summation", "Summation, no FSP", "LayerGradCam", "IntegratedGradients",
-                                        "InputXGradient", "Saliency", "Center")}
 
 DATASETS = ("voc", "coco", "imagenet", "folder", "photos", "scenes")
 """Data set layouts (``voc``, ``coco``, ``imagenet``), any folder of images, the photos that
@@ -40,10 +40,6 @@ installed packages ship, and single-item cluttered scenes; the last three for gr
 
 CONFIG_NAMES = ("default", "paper", "released_code")
 """The presets of :data:`captum_feedback.PRESETS` (named here so that ``--help`` needs no torch)."""
-
-
-class CommandError(Exception):
-    """A problem to report as one line on stderr."""
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -107,11 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for the outputs (default: %(default)s)")
     ex.add_argument("--save-maps", action="store_true",
                     help="also write each energy map, at the photo's size, as <stem>_map.npy")
+    ex.add_argument("--resize", choices=("squeeze", "crop"), default="squeeze",
+                    help="how a photo becomes the model's square input: squeezed whole, or its centre square "
+                         "(the Python API's models.preprocess); outputs stay in the photo's pixels "
+                         "(default: %(default)s)")
+    ex.add_argument("--max-megapixels", type=float, default=checks.DEFAULT_MAX_MEGAPIXELS,
+                    help="refuse larger photos, from their header (default: %(default)s)")
+    ex.add_argument("--downscale", action="store_true",
+                    help="explain a photo over --max-megapixels at that size instead of refusing it")
     _model_arguments(ex)
     for command in (ex, commands.add_parser("demo", help="the README's demo: figures for bundled photos")):
         _config_arguments(command)
     commands.choices["demo"].add_argument("--out", type=Path, default=Path("figures"),
                                           help="folder for the figures (default: %(default)s)")
+    cl = commands.add_parser("classes", help="the model's classes, all or those a word finds (with synonyms)",
+                             description="Lists the model's classes with their indices: all of them, or those "
+                                         "matching each query (names, then WordNet synonyms and kinds where "
+                                         "Debian's wordnet-base is installed, then definitions).")
+    cl.add_argument("queries", nargs="*", help="words to look for (default: list every class)")
+    cl.add_argument("--model", help="an embedded model or a torchvision model name (default: efficientnet_lite0)")
     _benchmark_arguments(commands.add_parser(
         "benchmark", help="the paper's tables on a data set folder; one process, or many under torchrun",
         description="Pointing game (VOC, COCO), localization errors (ImageNet) or segmentation mIoU (VOC) of "
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
-    bench.add_argument("task", choices=tuple(BENCHMARK_DEFAULTS))
+    bench.add_argument("task", choices=tuple(TASK_DEFAULTS))
     bench.add_argument("--dataset", choices=DATASETS, required=True,
                        help="the folder's layout (voc, coco, imagenet); for grid-pointing also any folder of "
                             "images (folder), the photos installed packages ship (photos) or single-item "
@@ -132,7 +142,7 @@ def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--synsets", type=Path, help="ImageNet's 'wnid name' list in output order "
                        "(default: ROOT/LOC_synset_mapping.txt)")
     bench.add_argument("--methods", nargs="+", help="method names or CLI spellings (default per task: "
-                       + "; ".join(f"{t}: {', '.join(m)}" for t, m in BENCHMARK_DEFAULTS.items()) + ")")
+                       + "; ".join(f"{t}: {', '.join(m)}" for t, m in TASK_DEFAULTS.items()) + ")")
     bench.add_argument("--limit", type=_positive, help="score only the first N images (default: all)")
     bench.add_argument("--out", type=Path, required=True, help="folder of records and report; a rerun resumes")
     bench.add_argument("--tolerance", type=_non_negative, default=15,
@@ -162,21 +172,69 @@ def _benchmark_arguments(bench: argparse.ArgumentParser) -> None:
     _config_arguments(bench)
 
 
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``."""
+
+
+def _terminate(_signal: int, _frame: object) -> None:
+    raise Terminated
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every check that needs no model: the device, weights, photos and named targets of
+    ``explain``, the folders of ``benchmark``."""
+    if args.command in ("explain", "benchmark"):
+        checks.check_device(args.device)
+        checks.check_weights(args.weights)
+    if args.command == "explain":
+        for path in args.images:
+            checks.photo_size(path, args.max_megapixels, args.downscale)
+        checks.check_targets(args.target, checks.model_classes(args.model))
+    if args.command == "benchmark":
+        check_dataset(args)
+
+
+def check_dataset(args: argparse.Namespace) -> None:
+    """The data set of ``benchmark``: one the task takes, with ``--root`` where it needs one."""
+    if args.task != "grid-pointing" and args.dataset in ("folder", "photos", "scenes"):
+        raise CommandError(f"--dataset {args.dataset} is for grid-pointing; {args.task} needs voc, coco or imagenet.")
+    if (args.root is None) != (args.dataset in ("photos", "scenes")):
+        raise CommandError(f"--dataset {args.dataset} " + ("needs --root." if args.root is None else
+                                                           "takes no --root."))
+    if args.root is not None and not args.root.exists():
+        raise CommandError(f"--root {args.root} does not exist.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers may be set
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        from captum_feedback import commands
-
         if args.command == "explain":
             args.target = args.target or ["auto"]
-            written = commands.explain(args)
-        elif args.command == "benchmark":
-            written = commands.benchmark(args)
-        else:
-            written = commands.demo(args)
+        check(args)
+        if args.command == "classes":
+            checks.list_classes(args.queries, args.model)
+            return 0
+        from captum_feedback.app import commands
+
+        written = {"explain": commands.explain, "benchmark": commands.benchmark,
+                   "demo": commands.demo}[args.command](args)
     except CommandError as error:
         print(f"captum-feedback: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("captum-feedback: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("captum-feedback: terminated", file=sys.stderr)
+        return 143
+    except BrokenPipeError:  # the reader went away (captum-feedback classes | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if written:
         print(f"wrote {len(written)} files to {args.out}")
     return 0

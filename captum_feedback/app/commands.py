@@ -1,5 +1,6 @@
-"""What the ``captum-feedback`` subcommands do (:mod:`captum_feedback.app.cli` parses their
-arguments and imports this module only to run one, so that ``--help`` starts fast)."""
+"""What the ``captum-feedback`` subcommands do (:mod:`captum_feedback.app.cli` parses and checks
+their arguments (:mod:`captum_feedback.app.checks`) and imports this module only to run one, so
+that ``--help`` and refusals come fast)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from captum_feedback.app.cli import BENCHMARK_DEFAULTS, CommandError
+from captum_feedback.app.checks import CommandError, class_by_name
 from captum_feedback.core.attribution import ungated_share
 from captum_feedback.core.config import FeedbackConfig, resolve_config
 from captum_feedback.models.classifiers import Classifier, ModelError, first_line, load_classifier
-from captum_feedback.wsol.registry import method_name
+from captum_feedback.wsol.registry import TASK_DEFAULTS, method_name
 
 
 def resolve_targets(spec: Sequence[str], logits: Tensor, classes: Sequence[str]) -> List[int]:
@@ -38,17 +39,8 @@ def resolve_targets(spec: Sequence[str], logits: Tensor, classes: Sequence[str])
                 raise CommandError(f"--target {item}: class index out of range (0..{n - 1}).")
             chosen.append(int(item))
         else:
-            chosen.append(_class_by_name(item, classes))
+            chosen.append(class_by_name(item, classes))
     return list(dict.fromkeys(chosen))
-
-
-def _class_by_name(name: str, classes: Sequence[str]) -> int:
-    lowered = [c.lower() for c in classes]
-    if name.lower() in lowered:
-        return lowered.index(name.lower())
-    close = [c for c in classes if name.lower() in c.lower()][:5]
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise CommandError(f"unknown class {name!r}.{hint}")
 
 
 def classifier(args: argparse.Namespace, classes: Optional[Sequence[str]] = None) -> Classifier:
@@ -95,12 +87,12 @@ def explain(args: argparse.Namespace) -> List[Path]:
     jobs = []  # every image read and every target resolved before anything is written
     for path in args.images:
         try:
-            image, note = load_image(path)
+            image, note = load_image(path, max_pixels=round(args.max_megapixels * 1e6) if args.downscale else None)
         except (FileNotFoundError, ValueError) as error:
             raise CommandError(str(error)) from None
         if note:
             print(f"{path}: {note}", file=sys.stderr)
-        x = model.normalize(model.squeeze(image[None]).to(device(args.device)))
+        x = model.inputs(image, args.resize)
         with torch.no_grad():
             logits = model.model(x)[0]
         jobs.append((path, image, x, logits, resolve_targets(args.target, logits, model.classes)))
@@ -110,25 +102,27 @@ def explain(args: argparse.Namespace) -> List[Path]:
     make_out_dir(args.out)
     written: List[Path] = []
     for path, image, x, logits, targets in tqdm(jobs, desc="explaining", unit="image", disable=len(jobs) < 2):
+        probabilities = model.probabilities(logits[None])[0]
         for target in targets:
             try:
                 energy = maps_of(x, target, [method_name(args.method)])[method_name(args.method)]
             except ValueError as error:  # a model the method cannot explain (no gate site, ...)
                 raise CommandError(first_line(error)) from None
             stem = f"{Path(path).stem}_{_slug(model.classes[target])}_{args.method}"
-            probability = model.probabilities(logits[None])[0, target]
-            title = f"{model.classes[target]} ({probability:.0%}) - {method_name(args.method)}"
-            written += write_explanation(args, stem, image, energy.cpu(), title,
-                                         {"image": str(path), "class": model.classes[target], "method": args.method})
+            title = f"{model.classes[target]} ({probabilities[target]:.0%}) - {method_name(args.method)}"
+            about = {"image": str(path), "class": model.classes[target], "probability": float(probabilities[target]),
+                     "method": args.method, "resize": args.resize}
+            written += write_explanation(args, stem, image, energy.cpu(), title, about)
     return written
 
 
 def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy: Tensor, title: str,
                       about: dict) -> List[Path]:
     """The overlay, mask, box (and with ``--save-maps`` the map) of one ``(1, 1, s, s)`` map on the
-    model's square input, all in the photo's own pixels: the map is resized to the photo's
-    ``(H, W)`` (the model saw the whole photo, squeezed), the box found on the model's input is
-    scaled, and the mask is cut on the photo."""
+    model's square input, all in the photo's own pixels (:mod:`captum_feedback.models.framing`:
+    the map and box go back to the part of the photo the model saw). The mask is cut at a working
+    size of at most 1024 pixels a side and scaled to the photo, so that a large photo costs no
+    more than that."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,19 +131,25 @@ def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy
     from matplotlib import pyplot as plt
 
     from captum_feedback.app.visualization import visualize_energy_map
+    from captum_feedback.models.framing import box_to_photo, map_to_photo
     from captum_feedback.wsol.localization import energy_box
     from captum_feedback.wsol.segmentation import saliency_cut, superpixel_regularize, superpixels
 
     height, width = image.shape[-2:]
     side = energy.shape[-1]
     box = energy_box(energy)
-    photo_box = (box[0] * torch.tensor([width / side, height / side] * 2)).tolist()
-    photo_map = F.interpolate(energy, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    photo_box = box_to_photo(box, side, (height, width), args.resize)[0].tolist()
+    shrink = min(1.0, WORKING_SIDE / max(height, width))
+    work = (max(1, round(height * shrink)), max(1, round(width * shrink)))
+    work_map = map_to_photo(energy, work, args.resize)[0, 0]
     photo = image.float()[None] / 255
-    mask = saliency_cut(photo[0], superpixel_regularize(photo_map[None], superpixels(photo))[0])
-    for problem in _weak_outputs(mask, box, (side, side)):
+    photo = F.interpolate(photo, size=work, mode="area") if shrink < 1 else photo
+    work_mask = saliency_cut(photo[0], superpixel_regularize(work_map[None], superpixels(photo))[0])
+    mask = F.interpolate(work_mask[None, None].float(), size=(height, width), mode="nearest")[0, 0].bool()
+    for problem in weak_outputs(mask, photo_box, (height, width)):
         print(f"{about['image']}, {about['class']}: {problem}", file=sys.stderr)
-    figure, _ = visualize_energy_map(photo_map, photo[0], boxes=torch.tensor([photo_box]), mask=mask, title=title)
+    figure, _ = visualize_energy_map(work_map, photo[0], boxes=torch.tensor([photo_box]) * shrink, mask=work_mask,
+                                     title=title)
     figure.savefig(args.out / f"{stem}.png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     plt.imsave(args.out / f"{stem}_mask.png", mask.numpy(), cmap="gray")
@@ -158,9 +158,15 @@ def write_explanation(args: argparse.Namespace, stem: str, image: Tensor, energy
          "box_xyxy_on_model_input": box[0].tolist(), "input_size": [side, side]}))
     written = [args.out / f"{stem}.png", args.out / f"{stem}_mask.png", args.out / f"{stem}_box.json"]
     if args.save_maps:
+        photo_map = map_to_photo(energy, (height, width), args.resize)[0, 0]
         np.save(args.out / f"{stem}_map.npy", photo_map.numpy().astype(np.float32))
         written.append(args.out / f"{stem}_map.npy")
     return written
+
+
+WORKING_SIDE = 1024
+"""The largest side at which ``explain`` cuts masks and draws overlays (outputs are scaled to the
+photo): the work of a photo is bounded whatever its size."""
 
 
 def demo(args: argparse.Namespace) -> List[Path]:
@@ -175,11 +181,6 @@ def benchmark(args: argparse.Namespace) -> List[Path]:
     from captum_feedback.benchmark import run_benchmark
 
     grids = args.task == "grid-pointing"
-    if not grids and args.dataset in ("folder", "photos", "scenes"):
-        raise CommandError(f"--dataset {args.dataset} is for grid-pointing; {args.task} needs voc, coco or imagenet.")
-    if (args.root is None) != (args.dataset in ("photos", "scenes")):
-        raise CommandError(f"--dataset {args.dataset} " + ("needs --root." if args.root is None else
-                                                           "takes no --root."))
     if grids:
         model = classifier(args)
         layout, split = grid_layout(args, model)
@@ -190,7 +191,7 @@ def benchmark(args: argparse.Namespace) -> List[Path]:
                                "classes.")
         model = classifier(args, layout.classes if args.num_classes else None)
     try:
-        methods = [method_name(m) for m in args.methods or BENCHMARK_DEFAULTS[args.task]]
+        methods = [method_name(m) for m in args.methods or TASK_DEFAULTS[args.task]]
     except ValueError as error:
         raise CommandError(str(error)) from None
     make_out_dir(args.out)
@@ -262,21 +263,29 @@ def grid_layout(args: argparse.Namespace, model: Classifier) -> Tuple[object, st
 
 
 def bypass_note(share: float) -> str:
-    """A note for a model whose gradient mostly passes no gate site (:func:`ungated_share`)."""
+    """A note for a model whose input gradient mostly survives closing every gate
+    (:func:`~captum_feedback.core.attribution.ungated_share`)."""
     if share <= 0.5:
         return ""
-    return (f"{share:.0%} of the target's input gradient passes no gate site (a residual stream without "
-            "activations, as in transformers): FSP's maps stay close to the gradient there.")
+    return (f"with every gate site closed, the target's input gradient keeps {share:.0%} of its size: most of it "
+            "takes paths through no activation (a residual stream, as in transformers), so FSP's maps stay close "
+            "to the gradient there.")
 
 
-def _weak_outputs(mask: Tensor, box: Tensor, size: Tuple[int, int]) -> List[str]:
-    """Notes for outputs that say little: an empty mask, a box over nearly the whole image."""
+def weak_outputs(mask: Tensor, box: Sequence[float], size: Tuple[int, int]) -> List[str]:
+    """Notes for outputs that say little: an empty mask, a mask or box over most of the photo."""
     notes = []
+    area = size[0] * size[1]
     if not mask.any():
         notes.append("the mask is empty (the map has no region that stands out).")
-    x1, y1, x2, y2 = box[0].tolist()
-    if (x2 - x1) * (y2 - y1) >= 0.9 * size[0] * size[1]:
-        notes.append("the box covers over 90% of the image: the map is too diffuse for a box.")
+    elif mask.float().mean() > 0.5:
+        notes.append(f"the mask covers {mask.float().mean():.0%} of the photo: the map does not single out an "
+                     "object here (a class the photo shows large, or evidence spread over the scene); read it as "
+                     "where the class's evidence lies, not as the object's outline.")
+    x1, y1, x2, y2 = box
+    if (x2 - x1) * (y2 - y1) >= 0.6 * area:
+        notes.append(f"the box covers {(x2 - x1) * (y2 - y1) / area:.0%} of the photo: 99% of the map's energy is "
+                     "spread that wide, so the box localizes little.")
     return notes
 
 

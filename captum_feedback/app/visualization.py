@@ -224,7 +224,8 @@ def visualize_top_neurons(
     image: Optional[ArrayLike] = None,
 ) -> Tuple[Figure, np.ndarray]:
     """Fig. 8: the ``k`` channels of a layer that contribute most to the target after FSP, each
-    seen through FR from that channel's kept neurons to the input.
+    seen through FR from that channel's kept neurons to the input (channels with no kept
+    neuron are passed over; an FR map that is still empty is marked so).
 
     Args:
         pipeline: A :class:`~captum_feedback.FeedbackPipeline` on the layer to inspect, with
@@ -237,14 +238,18 @@ def visualize_top_neurons(
     if inputs.dim() != 4 or inputs.shape[0] != 1:
         raise ValueError(f"Give one image (1, C, H, W), got shape {tuple(inputs.shape)}.")
     state = pipeline.select(inputs, target, keep_cws=False)
-    scores, channels = rank_channels(layer_contribution(state, pipeline.layer_name), k)
+    contribution = layer_contribution(state, pipeline.layer_name)
+    scores, channels = rank_channels(contribution, contribution.shape[1])
     kept = pipeline.kept_neurons(state)
+    # channels without a kept neuron would draw blank: the next ranked channels take their place
+    ranked = [(c, v) for c, v in zip(channels[0].tolist(), scores[0].tolist()) if kept[0, c].any()][:k]
     neuron_feedback = NeuronFeedback(pipeline.model, pipeline.layer)
     figure, axes = plt.subplots(1, k + 1, figsize=(2.2 * (k + 1), 2.6), squeeze=False)
     picture = as_image(inputs[0] if image is None else image)
     axes[0, 0].imshow(picture.squeeze(), cmap="gray")
     axes[0, 0].set_title("input", fontsize=8)
-    for axis, channel, score in zip(axes[0, 1:], channels[0].tolist(), scores[0].tolist()):
+    shown = None
+    for axis, (channel, score) in zip(axes[0, 1:], ranked):
         chosen = torch.zeros_like(kept)
         chosen[:, channel] = kept[:, channel]
 
@@ -252,12 +257,17 @@ def visualize_top_neurons(
             return (output * chosen.to(output)).flatten(1).sum(1)
 
         attribution = neuron_feedback.attribute(inputs, neurons, threshold=pipeline.config.fr_rule)
-        shown = _percentile_scaled(attribution.detach().abs().sum(1)[0].cpu().numpy(), 99, axis)
-        axis.set_title(f"channel {channel}\ncontribution {score:.3g}", fontsize=8)
+        energy = attribution.detach().abs().sum(1)[0].cpu().numpy()
+        shown = _percentile_scaled(energy, 99, axis)
+        empty = "\n(FR map empty)" if not energy.any() else ""
+        axis.set_title(f"channel {channel}\ncontribution {score:.3g}{empty}", fontsize=8)
+    for axis in axes[0, 1 + len(ranked):]:
+        axis.set_title("no further channel\nwith kept neurons", fontsize=8)
     for axis in axes.flat:
         axis.axis("off")
     figure.tight_layout()
-    _shared_colorbar(figure, axes, shown, "FR energy / its 99th percentile")
+    if shown is not None:
+        _shared_colorbar(figure, axes, shown, "FR energy / its 99th percentile")
     return figure, axes
 
 

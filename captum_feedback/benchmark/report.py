@@ -29,7 +29,8 @@ def _rows(task_name: str, summary: Dict[str, dict], classes: Sequence[str]) -> L
     rows = []
     names = _row_names(task_name, classes)
     for method, scores in summary.items():
-        subsets = [("all", scores)] + ([("difficult", scores["difficult"])] if "difficult" in scores else [])
+        subsets = [("all", scores)] + [(name, part) for name, part in scores.items()
+                                       if isinstance(part, dict) and "per_class_hits" in part]
         for subset, part in subsets:
             for class_id, name in enumerate(names):
                 if name in part["per_class"]:

@@ -4,7 +4,9 @@ records add up to, and the scores those counts give.
 * :class:`Pointing` (Table 2; TorchRay's protocol): for each class in the image, the maximum of
   the class's map, resized to the photo, hits when it lies within ``tolerance`` pixels of the
   class's region (0: inside it, the paper's rule). Accuracy is the mean of per-class accuracies,
-  for all pairs and for the "difficult" subset.
+  for all pairs and for the subset ``small_with_other_classes`` (a class covering less than a
+  quarter of an image that shows another class too: Zhang et al.'s and TorchRay's "difficult",
+  not VOC's ``difficult`` flag).
 * :class:`Localization` (Table 1, Procedure 1): a box per labelled class (Procedure 1 for
   ``"FSP two-stage (Procedure 1)"``, the box keeping ``box_fraction`` of the energy for any other
   map), correct at IoU >= 0.5 with a box of the class; top-1 and top-5 localization errors
@@ -154,6 +156,10 @@ class Context:
         return self.maps(x.expand(len(targets), -1, -1, -1), targets, [method])[method].detach()
 
 
+SUBSET = "small_with_other_classes"
+"""The pointing game's subset of classes that cover under a quarter of an image showing others."""
+
+
 def method_view(record: dict, method: str) -> dict:
     """A record as one method's summary sees it: every per-method entry replaced by the method's."""
     return {k: v[method] if isinstance(v, dict) and method in v else v for k, v in record.items()}
@@ -204,7 +210,7 @@ class Pointing(Task):
         labels = ctx.target_map.mapped(image.present())
         regions = [image.region(c) for c in labels]
         record = {"image": image.name, "labels": labels,
-                  "difficult": [image.is_difficult(c, r) for c, r in zip(labels, regions)], "hits": {}}
+                  SUBSET: [image.small_among_others(c, r) for c, r in zip(labels, regions)], "hits": {}}
         if not labels:
             return {**record, "hits": {m: [] for m in ctx.methods}}
         x = ctx.inputs(image)
@@ -222,16 +228,16 @@ class Pointing(Task):
 
     def counts(self, record: dict, method: str) -> np.ndarray:
         out = np.zeros((4, self.n_classes))
-        for label, difficult, hit in zip(record["labels"], record["difficult"], record["hits"][method]):
+        for label, hard, hit in zip(record["labels"], record[SUBSET], record["hits"][method]):
             out[0, label] += hit
             out[1, label] += 1
-            out[2, label] += hit * difficult
-            out[3, label] += difficult
+            out[2, label] += hit * hard
+            out[3, label] += hard
         return out.ravel()
 
     def summary(self, totals: np.ndarray, classes: Sequence[str], records: Sequence[dict] = ()) -> dict:
         hits, total, hard_hits, hard_total = totals.reshape(4, -1)
-        return {**_rates(hits, total, classes), "difficult": _rates(hard_hits, hard_total, classes)}
+        return {**_rates(hits, total, classes), SUBSET: _rates(hard_hits, hard_total, classes)}
 
 
 def point_hits(energy: Tensor, region: Tensor, tolerance: int) -> bool:

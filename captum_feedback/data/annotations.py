@@ -107,11 +107,11 @@ class AnnotatedImage:
         """``(K, 4)`` boxes of class ``label``."""
         return torch.tensor([i.box for i in self.instances if i.label == label], dtype=torch.float32).reshape(-1, 4)
 
-    def is_difficult(self, label: int, region: Optional[Tensor] = None) -> bool:
-        """Whether ``(image, class)`` is in the "difficult" subset of Zhang et al. (Excitation
-        Backprop, which TorchRay's pointing game reports): the class covers less than a quarter
-        of the image and another class is in it too. ``region``: the class's :meth:`region`,
-        when the caller has it already."""
+    def small_among_others(self, label: int, region: Optional[Tensor] = None) -> bool:
+        """Whether ``(image, class)`` is in the subset Zhang et al. (Excitation Backprop, and
+        TorchRay's pointing game after them) call "difficult" -- not VOC's ``difficult`` flag:
+        the class covers less than a quarter of the image and another class is in it too.
+        ``region``: the class's :meth:`region`, when the caller has it already."""
         others = set(self.present()) - {label}
         region = self.region(label) if region is None else region
         return bool(others) and float(region.float().mean()) < 0.25

@@ -58,3 +58,11 @@ def method_name(spelling: str) -> str:
             return method.name
     raise ValueError(f"Unknown method {spelling!r}; choose from {', '.join(m.slug for m in REGISTRY)} "
                      "(or their names).")
+
+
+TASK_DEFAULTS = {"pointing": ("FSP Summation", "LayerGradCam", "Saliency", "Center"),
+                 "localization": ("FSP two-stage (Procedure 1)", "FSP Summation", "LayerGradCam"),
+                 "segmentation": ("Summation-FSP-FR", "LayerGradCam"),
+                 "grid-pointing": ("FSP Summation", "Summation, no FSP", "LayerGradCam", "IntegratedGradients",
+                                   "InputXGradient", "Saliency", "Center")}
+"""The methods each ``captum-feedback benchmark`` task runs unless told otherwise."""
