@@ -12,12 +12,22 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+WORDNET := /usr/share/wordnet/data.noun
+PHOTO_POOL := /usr/share/doc/opencv-doc/examples/data/baboon.jpg
 
-.PHONY: install data demo test lint
+.PHONY: install data photos demo test lint
 
-# Fashion-MNIST (the cluttered-scene benchmark's items) comes from Debian's dataset-fashion-mnist.
+# Debian data packages: Fashion-MNIST (the cluttered scenes' items) and WordNet (class search:
+# "horse" finds sorrel).
 data:
-	@test -d $(FASHION_MNIST) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+	@test -d $(FASHION_MNIST) -a -f $(WORDNET) || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq dataset-fashion-mnist wordnet-base; }
+
+# The real photos of the grid pointing benchmark (benchmarks/grid_pointing.py; 250 MB): OpenCV's
+# sample photos and Tux Paint's photo stamps, as Debian ships them. Only the contents are needed.
+photos:
+	@test -f $(PHOTO_POOL) || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends opencv-doc tuxpaint-stamps-default; }
 
 $(PY):
 	$(PYTHON) -m venv --system-site-packages $(VENV)

@@ -4,9 +4,14 @@ One row per claim of Cao et al. (TPAMI 2018): the ascent and convergence of FSP 
 Figs. 6-7), FSP's class specificity where FR has none (Fig. 4), coverage (Figs. 11-12), pointing
 (Table 2), localization (Table 1, Procedure 1) and segmentation (Table 3, Procedure 2), and what
 the feedback selection adds over the same summation without it. The map claims are read from a
-run of ``benchmarks/quality.py`` on the cluttered scenes (run here, or given with
-``--quality-json``), with 95% bootstrap intervals over scenes; the ascent and convergence claims
-are measured here, on cluttered items and on the bundled photos with EfficientNet-Lite0.
+run of ``benchmarks/quality.py`` on the cluttered scenes with both scene models, the VGG-style
+one (a spatially specific head, as the paper's VGG16) and the ResNet-style one (global average
+pooling, as the models users bring) (run here, or given with ``--quality-json``), with 95%
+bootstrap intervals over scenes; the ascent and convergence claims are measured here, on
+cluttered items and on the bundled photos with EfficientNet-Lite0. Then, per model family, the
+grid pointing game of ``benchmarks/grid_pointing.py`` (run here on the scene models, or given
+with ``--grid-json``; the real photos with EfficientNet-Lite0 take ``--grid-json``), where FSP's
+map is compared with Grad-CAM, Integrated Gradients and its own no-FSP ablation.
 
 A verdict compares intervals: "reproduced" when FSP's interval lies beyond every compared
 method's, "partly" when it beats some, "not reproduced" otherwise; the paper's absolute numbers
@@ -15,7 +20,8 @@ need VOC07, VOC12 and ILSVRC, which do not ship offline ("not measurable here").
 Usage::
 
     python benchmarks/claims.py                      # 300 scenes, writes docs/claims.md
-    python benchmarks/claims.py --quality-json benchmarks/results/quality/quality.json
+    python benchmarks/claims.py --quality-json benchmarks/results/quality/quality.json \
+        --grid-json benchmarks/results/grid/grid_heldout.json
     python benchmarks/claims.py --quick --out /tmp/claims.md   # a smoke run of every step
 """
 
@@ -37,16 +43,25 @@ from captum_feedback.models import efficientnet_lite0, preprocess
 from captum_feedback.models.cluttered_vgg import cluttered_vgg
 
 sys.path.insert(0, str(Path(__file__).parent))
+import grid_pointing  # noqa: E402
 import quality  # noqa: E402
 
 METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Summation, no FSP",
            "Summation abs(gradient), no FSP", "Summation gradient x activation, no FSP", "Saliency",
            "GuidedBackprop", "IntegratedGradients", "LayerGradCam")
-CONFIGS = ("paper", "released_code", "paper-reevaluated", "paper-no-pool-gates", "default-linearized",
-           "default-pool-gates", "default-ratio-1", "default-zero-threshold")
+CONFIGS = ("paper", "released_code", "pruning", "default-not-contrastive", "default-max-normalized",
+           "default-ratio-1", "paper-reevaluated", "paper-no-pool-gates")
 GRADIENT_METHODS = ("Saliency", "GuidedBackprop", "IntegratedGradients")
 BOX = quality.box_metric(0.99)
 Interval = Tuple[float, float, float]
+
+
+def run_grids(args: argparse.Namespace) -> Dict:
+    """The grid pointing game on the scene models (``--quick``: the VGG, two grids)."""
+    grid_args = argparse.Namespace(split="heldout", grids=2 if args.quick else 50, steps=2 if args.quick else 16,
+                                   out=args.quality_out / "grid")
+    beds = ("cluttered_vgg",) if args.quick else ("cluttered_vgg", "cluttered_resnet")
+    return {bed: grid_pointing.run_bed(bed, grid_args) for bed in beds}
 
 
 def run_quality(args: argparse.Namespace) -> Dict:
@@ -56,7 +71,7 @@ def run_quality(args: argparse.Namespace) -> Dict:
             "--skip", "voc", "sanity", "--box-fractions", "0.99", "--methods", *METHODS,
             "--configs", *CONFIGS, "--out", str(out)]
     if args.quick:
-        argv += ["--ig-steps", "2"]
+        argv += ["--ig-steps", "2", "--steps", "2"]
     saved, sys.argv = sys.argv, argv
     try:
         quality.main()
@@ -123,7 +138,7 @@ def fmt(table: Dict, method: str, metric: str, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
-def claims_rows(table: Dict, ascent: Dict[str, float], command: str) -> List[Tuple[str, str, str]]:
+def claims_rows(table: Dict, ascent: Dict[str, float]) -> List[Tuple[str, str, str]]:
     """``(claim, measurement, verdict)`` per claim of the paper."""
     cov, point, cos = "coverage +0px", "pointing (box)", quality.COSINE
     rows = []
@@ -175,8 +190,33 @@ def claims_rows(table: Dict, ascent: Dict[str, float], command: str) -> List[Tup
     return rows
 
 
+FAMILIES = {"efficientnet_lite0": "EfficientNet-Lite0, real ImageNet weights, global average pooling; real photos",
+            "cluttered_resnet": "the scene ResNet, global average pooling; cluttered scenes",
+            "cluttered_vgg": "the scene VGG, fully connected head; cluttered scenes"}
+
+
+def grid_rows(grids: Dict) -> List[Tuple[str, str, str]]:
+    """Per test bed of the grid pointing game: FSP's map against Grad-CAM, Integrated Gradients
+    and its own no-FSP ablation, on the share of energy in the target's cell and on pointing."""
+    rows = []
+    for bed, table in grids.items():
+        fsp = table["FSP Summation"]
+        for other in ("LayerGradCam", "IntegratedGradients", "Summation, no FSP"):
+            cells, verdicts = [], []
+            for measure in ("share", "pointing"):
+                low, high = fsp["intervals"][measure]
+                o_low, o_high = table[other]["intervals"][measure]
+                verdicts.append("above" if low > o_high else "below" if high < o_low else "tie")
+                cells.append(f"{measure} {fsp[measure]:.3f} ({low:.3f}-{high:.3f}) vs "
+                             f"{table[other][measure]:.3f} ({o_low:.3f}-{o_high:.3f})")
+            rows.append((f"{FAMILIES.get(bed, bed)}: FSP Summation against {other}", "; ".join(cells),
+                         " / ".join(verdicts)))
+    return rows
+
+
 def ablation_table(table: Dict) -> str:
-    metrics = ("pointing (box)", "coverage +0px", quality.TARGET_OTHER, quality.COSINE, BOX)
+    metrics = ("pointing (box)", "coverage +0px", quality.TARGET_OTHER, quality.COSINE, BOX, quality.DELETION,
+               quality.INSERTION)
     rows = [m for m in table if m.startswith("FSP Summation") or m in METHODS[4:]]
     lines = ["| map | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for method in rows:
@@ -185,22 +225,32 @@ def ablation_table(table: Dict) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, rows: List[Tuple[str, str, str]], table: Dict, quality_command: str, command: str,
-          seconds: float) -> None:
+def write(path: Path, results: Dict, ascent: Dict[str, float], grids: Dict, command: str, seconds: float) -> None:
     lines = ["# The paper's claims, measured", "",
-             f"Regenerated by `{command}` ({seconds:.0f} s). Maps: `python {quality_command}` "
-             "(cluttered Fashion-MNIST scenes, the packaged VGG-style classifier trained on image labels only); "
-             "intervals are 95% bootstrap intervals over scenes. FSP rows use the default configuration unless "
-             "a configuration is named in brackets.", "",
-             "| claim | measurement | verdict |", "|---|---|---|"]
-    lines += [f"| {claim} | {measurement} | **{verdict}** |" for claim, measurement, verdict in rows]
-    lines += ["", "## Ablations: one choice changed at a time", "",
-              "`[paper-reevaluated]`: the paper preset without linearization; `[paper-no-pool-gates]`: ReLU gates "
-              "only; `[default-linearized]`, `[default-pool-gates]`, `[default-ratio-1]`, `[default-zero-threshold]`: "
-              "the default with that one change. The three \"no FSP\" rows sum the same sites of the plain network.",
-              "", ablation_table(table), ""]
+             f"Regenerated by `{command}` ({seconds:.0f} s). Maps: `python {results['command']}` "
+             "(cluttered Fashion-MNIST scenes, the packaged scene classifiers trained on image labels only); "
+             "intervals are 95% bootstrap intervals over scenes (grids, for the grid pointing game). FSP rows use "
+             "the default configuration unless a configuration is named in brackets.", ""]
+    for model in (m for m in quality.SCENE_MODELS if m in results):
+        lines += [f"## {FAMILIES[model]}", "", "| claim | measurement | verdict |", "|---|---|---|"]
+        lines += [f"| {claim} | {measurement} | **{verdict}** |"
+                  for claim, measurement, verdict in claims_rows(results[model], ascent)]
+        lines += ["", f"### Ablations on {model}: one choice changed at a time", "",
+                  "`[pruning]`: the default before issue #21 (the released code's pruning, ratio 2); "
+                  "`[default-not-contrastive]`: the default without the dual; `[default-max-normalized]`: sites "
+                  "scaled by their maximum; `[default-ratio-1]`: the released code's threshold at the head; "
+                  "`[paper-reevaluated]`, `[paper-no-pool-gates]`: the paper preset without linearization, with "
+                  "ReLU gates only. \"Summation, no FSP\" is the default's map with every gate open; the other "
+                  "two \"no FSP\" rows sum the same sites one-sided.", "", ablation_table(results[model]), ""]
+    lines += ["## Where users are: the grid pointing game per model family", "",
+              "Grids of 2 x 2 photos of different classes, each classified confidently on its own; the share of "
+              "the map's energy in the target's cell (chance 0.25) and pointing, held-out photos and scenes "
+              "(`benchmarks/grid_pointing.py --split heldout`). Verdicts per measure: above, tie (the intervals "
+              "overlap) or below.", "", "| comparison | share; pointing | verdict (share / pointing) |",
+              "|---|---|---|"]
+    lines += [f"| {claim} | {measurement} | **{verdict}** |" for claim, measurement, verdict in grid_rows(grids)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -208,19 +258,20 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--quality-json", type=Path, default=None,
                         help="reuse a quality.py run made with the claims' --methods and --configs")
-    parser.add_argument("--quick", action="store_true", help="4 scenes and one photo: checks every step runs")
+    parser.add_argument("--grid-json", type=Path, default=None,
+                        help="reuse a benchmarks/grid_pointing.py run (its grid_heldout.json)")
+    parser.add_argument("--quick", action="store_true", help="4 scenes, one photo, two grids: checks every step runs")
     parser.add_argument("--out", type=Path, default=Path("docs/claims.md"))
     parser.add_argument("--quality-out", type=Path, default=Path("benchmarks/results/claims_quality"),
-                        help="where the quality run writes its tables")
+                        help="where the quality and grid runs write their tables")
     args = parser.parse_args()
     if args.quick:
         args.scenes = 4
     start = time.time()
     results = json.loads(args.quality_json.read_text()) if args.quality_json else run_quality(args)
+    grids = json.loads(args.grid_json.read_text()) if args.grid_json else run_grids(args)
     ascent = ascent_runs(args.quick)
-    rows = claims_rows(results["cluttered"], ascent, " ".join(sys.argv))
-    write(args.out, rows, results["cluttered"], results["command"], "python " + " ".join(sys.argv),
-          time.time() - start)
+    write(args.out, results, ascent, grids, "python " + " ".join(sys.argv), time.time() - start)
     print(args.out.read_text())
 
 

@@ -21,7 +21,8 @@ def test_quality_benchmark_scores_every_method_and_randomizes_layer_by_layer(tmp
     for method in quality.ALL_METHODS + (quality.TWO_STAGE, "FSP Summation [paper]"):
         assert f"| {method} |" in report
     assert "target:other" in report and "cosine of the two classes' maps" in report
-    assert (tmp_path / "cluttered.png").is_file() and (tmp_path / "sanity.png").is_file()
+    assert (tmp_path / "cluttered_vgg.png").is_file() and (tmp_path / "cluttered_resnet.png").is_file()
+    assert (tmp_path / "sanity.png").is_file() and "deletion (lower is better)" in report
     sanity = [line for line in report.splitlines() if line.startswith("| FSP Summation | ")][-1]
     correlations = [float(v) for v in sanity.strip("| ").split("|")[1:]]
     assert len(correlations) == 6 and len(set(correlations)) > 1  # each stage randomizes more
@@ -63,11 +64,13 @@ def test_the_claims_script_measures_every_claim_in_its_quick_form(tmp_path, monk
     claims.main()
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("** |")]
-    assert len(rows) == 10
+    claims_rows, grid_rows = rows[:20], rows[20:]
+    assert len(claims_rows) == 20 and len(grid_rows) == 3  # ten claims per scene model; the VGG's grids
     for claim in ("converges in about 5 updates", "class-specific", "Figs. 11-12", "Table 2", "Table 1", "Table 3",
-                  "what FSP adds", "not measurable here"):
+                  "what FSP adds", "not measurable here", "global average pooling", "fully connected head"):
         assert claim in text
-    for row in ("| FSP Summation [paper-reevaluated] |", "| FSP Summation [default-zero-threshold] |",
+    for row in ("| FSP Summation [paper-reevaluated] |", "| FSP Summation [pruning] |",
                 "| Summation abs(gradient), no FSP |"):
         assert row in text
-    assert all(any(v in row for v in ("reproduced", "partly", "not measurable")) for row in rows)
+    assert all(any(v in row for v in ("reproduced", "partly", "not measurable")) for row in claims_rows)
+    assert all(row.count("/") >= 1 and ("above" in row or "tie" in row or "below" in row) for row in grid_rows)
