@@ -1,4 +1,7 @@
-"""The search that chose the default configuration, on scenes the quality benchmark never uses.
+"""The search of issue #10 over the released code's settings on the cluttered VGG, on scenes the
+quality benchmark never uses. It chose the ``"pruning"`` preset (the default until issue #21);
+the contrastive default of issue #21 was chosen on three test beds (``grid_pointing.py``,
+``quality.py --models``, docs/benchmarks.md) and is scored here beside it.
 
 Each candidate ``FeedbackConfig`` (the two presets, and the released code's settings varied one
 or two at a time) draws the FSP Summation Energy Map of every item of ``--scenes`` cluttered
@@ -55,7 +58,8 @@ CANDIDATES: Dict[str, FeedbackConfig] = {
     "released_code, one stage of 2": replace(RELEASED, stages=ONE_STAGE),
     "released_code, one stage of 5": replace(RELEASED, stages=(Stage(1.0, 5),)),
     "released_code, stages of 1 and 2": replace(RELEASED, stages=(Stage(7 / 15, 1), Stage(1.0, 2))),
-    "default (ratio 2, sites 4-10 of 13)": PRESETS["default"],
+    "pruning (ratio 2, sites 4-10 of 13)": PRESETS["pruning"],
+    "default (contrastive)": PRESETS["default"],
     "ratio 2, stages of 1 and 2": replace(RELEASED, threshold=MeanRatio(2.0), stages=(Stage(7 / 15, 1),
                                                                                       Stage(1.0, 2))),
 }

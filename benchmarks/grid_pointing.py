@@ -25,14 +25,12 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
 from captum_feedback.benchmark import run_benchmark
 from captum_feedback.benchmark.tasks import cell_side, grid_layout
 from captum_feedback.core.config import PRESETS, FeedbackConfig
-from captum_feedback.core.selection import MeanRatio
 from captum_feedback.data import grids
 from captum_feedback.models.classifiers import load_classifier
 
@@ -40,10 +38,8 @@ METHODS = ("FSP Summation", "Summation, no FSP", "FSP", "LayerGradCam",
            "IntegratedGradients", "InputXGradient", "Saliency", "Center")
 """The default configuration's rows (and the no-FSP ablations of its map)."""
 CONFIG_METHODS = ("FSP Summation", "FSP")
-PRUNING = replace(PRESETS["released_code"], threshold=MeanRatio(2.0), summation_sites=(4 / 13, 11 / 13))
-"""The default before issue #21: the released code's pruning with ratio 2, sites 4-10 of 13."""
 CONFIGS: Dict[str, FeedbackConfig] = {"paper": PRESETS["paper"], "released_code": PRESETS["released_code"],
-                                      "pruning (default before #21)": PRUNING}
+                                      "pruning (default before #21)": PRESETS["pruning"]}
 BEDS = ("efficientnet_lite0", "cluttered_vgg", "cluttered_resnet")
 MEASURES = ("share", "pointing", "deletion", "insertion")
 

@@ -192,16 +192,14 @@ def other_items(classes: Sequence[Tensor]) -> Tensor:
 
 
 ABLATION_CONFIGS: Dict[str, FeedbackConfig] = {
-    "pruning": replace(PRESETS["released_code"], threshold=MeanRatio(2.0), summation_sites=(4 / 13, 11 / 13)),
     "default-not-contrastive": replace(PRESETS["default"], contrastive=False),
     "default-max-normalized": replace(PRESETS["default"], site_normalization="max"),
     "paper-reevaluated": replace(PRESETS["paper"], linearize=False),
     "paper-no-pool-gates": replace(PRESETS["paper"], gate_pools=False),
     "default-ratio-1": replace(PRESETS["default"], threshold=MeanRatio(1.0)),
 }
-"""The default before issue #21 (``pruning``: the released code's rules with ratio 2, summing
-sites 4-10 of 13), and one choice of a preset changed at a time: the dual, the site
-normalization, linearization, max-pool gates, the threshold rule."""
+"""One choice of a preset changed at a time: the dual, the site normalization, linearization,
+max-pool gates, the threshold rule."""
 CONFIGS = {**PRESETS, **ABLATION_CONFIGS}
 
 

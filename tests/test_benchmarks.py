@@ -38,11 +38,22 @@ def test_speed_benchmark_times_every_method_each_round_and_pairs_rounds_with_sal
     assert speed._paired_ratio([2.0, 20.0, 2.2], [1.0, 10.0, 1.0]) == 2.0
 
 
+def test_speed_counts_a_contrastive_summation_as_twice_the_passes_and_feeds_the_embedded_model_photos():
+    from captum_feedback import PRESETS
+
+    assert speed.passes(PRESETS["default"]) == 2  # the plain pass and one update of the head
+    assert speed.passes(PRESETS["default"], summation=True) == 4  # the same for a batch of target and dual
+    assert speed.passes(PRESETS["paper"], summation=True) == 6
+    model, x, target = speed.model_and_inputs("efficientnet_lite0", 2, torch.device("cpu"))
+    assert x.shape == (2, 3, 320, 320) and torch.equal(target, model(x).argmax(1))
+    assert not torch.equal(x[0], x[1])  # two different photos
+
+
 def test_the_configuration_search_scores_candidates_beside_grad_cam(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["configs.py", "--scenes", "3", "--only", "default"])
     configs.main()
     table = capsys.readouterr().out
-    for row in ("LayerGradCam", "Saliency", "default (ratio 2, sites 4-10 of 13)"):
+    for row in ("LayerGradCam", "Saliency", "default (contrastive)"):
         assert f"| {row} |" in table
 
 

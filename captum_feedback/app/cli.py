@@ -38,7 +38,7 @@ DATASETS = ("voc", "coco", "imagenet", "folder", "photos", "scenes")
 installed packages ship, and single-item cluttered scenes; the last three for grid-pointing only."""
 
 
-CONFIG_NAMES = ("default", "paper", "released_code")
+CONFIG_NAMES = ("default", "paper", "released_code", "pruning")
 """The presets of :data:`captum_feedback.PRESETS` (named here so that ``--help`` needs no torch)."""
 
 

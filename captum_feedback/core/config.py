@@ -22,6 +22,8 @@ benchmarks -- takes one, so that no option is dropped on the way. Presets:
   for its dual, the negated score; the Summation Energy Map sums the upper half of the spatial
   sites' contributions ``alpha x``, the target's less the dual's, each a distribution over
   locations. FSP-FR as in the released code.
+* ``"pruning"``: the default before issue #21, the released code's rule with ratio 2 and sites
+  4-10 of 13; for VGG-style heads.
 """
 
 from __future__ import annotations
@@ -194,6 +196,12 @@ real photos, the cluttered VGG and the cluttered ResNet on their scenes; the hel
 report it): on a network with global average pooling a head unit's CW is the same at every
 location, and a map is class-specific through the negative evidence that pruning for the target
 alone removes (issue #21; docs/benchmarks.md has the search)."""
+
+PRESETS["pruning"] = replace(PRESETS["released_code"], threshold=MeanRatio(2.0), summation_sites=(4 / 13, 11 / 13))
+"""The default before issue #21: the released code's two stages with a unit kept while its CW is at
+least twice its layer's mean positive CW, the Summation of spatial sites 4-10 of 13 (VGG16's
+conv3_2 ... conv5_1). The most target-specific Summation map on the cluttered scenes' VGG; at
+chance on networks with global average pooling."""
 
 ConfigLike = Union[None, str, FeedbackConfig]
 
