@@ -335,7 +335,7 @@ class GatingSession:
         index = self._calls
         self._calls += 1
         if self.passes == 0:
-            output, state = op.evaluate(params)
+            output, state = self._first_pass(op, params)
             site = self._new_site(index, op, tuple(output.shape), state)
             site.input_shape = tuple(params["input"].shape)
         else:
@@ -361,6 +361,15 @@ class GatingSession:
             raise self._changed(None, f"called {op.label} as frozen operation {index}, unlike the first")
         state = self._frozen[index][1]
         return op.frozen(params, state) if state is not None else func(*args, **kwargs)
+
+    def _first_pass(self, op: SiteOp, params: dict) -> Tuple[Tensor, Any]:
+        """The site's operation on the first pass, with the state that linearization or the
+        gate policy will read (none for re-evaluated passes of an operation that has a plain
+        output)."""
+        needs_state = self.linearize or (op.masks_input and self._policy.wants_on_states)
+        if not needs_state and op.output is not None:
+            return op.output(params), None
+        return op.evaluate(params)
 
     def _later_pass(self, site: Site, params: dict) -> Tuple[Tensor, Any]:
         """The site's operation after the first pass: frozen when linearized (Sec. 3.3)."""
