@@ -175,8 +175,11 @@ class FeedbackSelectivePruning(FeedbackAttribution):
     How gates are chosen follows a :class:`~captum_feedback.FeedbackConfig` (``config=``):
     ``"paper"`` is Algorithm 2 as written (zero threshold, every ReLU and max-pool site, 5
     linearized updates); ``"released_code"`` is the authors' Caffe code (``MeanRatio(1)``, two
-    stages, ReLU gates only, edges dropped, re-evaluated activations); ``"default"`` is the
-    released code's rules with ratio 2, chosen by measurement (README, "Configurations").
+    stages, ReLU gates only, edges dropped, re-evaluated activations); ``"default"`` is contrastive
+    FSP (the zero threshold on the head sites, for the target and for its dual, the negated
+    score), chosen by measurement on pooled and VGG-style models (README, "Configurations");
+    its input gradient updates only the head's gates, its Summation Energy Map is the
+    class-specific map.
 
     Linearization (Sec. 3.3, the ``"paper"`` preset) freezes ReLU states and max-pool choices
     after the first pass. Then ``S`` is linear in each site's gates, every update is a greedy
