@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import zoo
@@ -157,7 +157,7 @@ def _paired_ratio(times: List[float], base: List[float]) -> float:
 
 
 def run(models: List[str], batch_sizes: List[int], repeats: int, configs: Dict[str, FeedbackConfig],
-        device: torch.device, ig_repeats: int) -> List[Tuple]:
+        device: torch.device, ig_repeats: int, skip: Sequence[str] = ()) -> List[Tuple]:
     rows = []
     for name in models:
         for batch in batch_sizes:
@@ -165,6 +165,7 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, configs: Dict[s
             calls = {
                 label: (lambda method=method: method(x, target))
                 for label, method in methods(name, model, configs, ig_batch=max(batch, 16)).items()
+                if not label.startswith(tuple(skip))
             }
             for label, call in calls.items():
                 if not label.startswith("Integrated"):  # IG runs 50 passes: warm enough
@@ -198,11 +199,13 @@ def main() -> None:
     parser.add_argument("--config", default="default", choices=sorted(PRESETS))
     parser.add_argument("--iterations", type=int, default=None, help="updates of the last stage")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="METHOD",
+                        help="methods to leave out, by the start of their label (e.g. IntegratedGradients)")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     configs = {args.config: resolve_config(args.config, iterations=args.iterations), "paper": PRESETS["paper"]}
-    rows = run(args.models, args.batch_sizes, args.repeats, configs, device, args.ig_repeats)
+    rows = run(args.models, args.batch_sizes, args.repeats, configs, device, args.ig_repeats, args.skip)
     labelled = [(label, config, False) for label, config in configs.items()]
     labelled.append((args.config, configs[args.config], True))
     for label, config, summation in labelled:
