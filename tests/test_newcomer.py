@@ -189,7 +189,10 @@ def test_a_stopped_benchmark_ends_in_one_line_and_resumes(stop, code, line, tmp_
     out = tmp_path / "out"
     argv = ["benchmark", "grid-pointing", "--dataset", "scenes", "--model", "cluttered_vgg", "--grids", "40",
             "--faithfulness-steps", "2", "--methods", "saliency", "center", "--out", str(out)]
-    process = subprocess.Popen([*COMMAND, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a job started in the background by a non-interactive shell (CI under
+    # nohup or make &) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt.
+    process = subprocess.Popen([*COMMAND, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     records = out / "records" / "rank-000-of-001.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not records.exists() or records.read_text().count("\n") < 2):
