@@ -17,6 +17,7 @@ from captum_feedback import (
     summation_energy_map,
     summation_fsp_fr_energy_map,
 )
+from captum_feedback.wsol.energy import summation_sites
 
 
 def unit_norm(maps):
@@ -129,3 +130,23 @@ def test_maps_go_into_captum_visualization_with_channels_last():
         sign="positive", use_pyplot=False,
     )
     assert figure is not None and axis is not None
+
+
+def test_a_site_no_gradient_reaches_is_not_summed():
+    """A ReLU whose output the score never reads (Swin V2's position-bias table at batch 1 is
+    one) has no CW; the Summation map sums the sites that have one."""
+
+    class SideBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+        def forward(self, x):
+            torch.relu(x)  # computed, never used
+            return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+    model = seeded(SideBranch())
+    state = FSP(model).select(torch.rand(2, 3, 8, 8), target=[0, 1])
+    assert len(state.site_kinds) == 2 and len(state.cws) == 1
+    assert summation_sites(state) == list(state.cws)
+    assert summation_energy_map(state).shape == (2, 1, 8, 8)

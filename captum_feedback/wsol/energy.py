@@ -127,8 +127,8 @@ def summation_sites(state: FeedbackState, reshape_transform: Optional[ReshapeTra
     """The spatial activation sites (``(B, C, H, W)`` after ``reshape_transform``, default the
     state's) the state's configuration sums, in execution order."""
     transform = _transform(state, reshape_transform)
-    names = [name for name, kind in state.site_kinds.items()
-             if kind == "activation" and transform(state.cws[name]).dim() == 4]
+    names = [name for name, kind in state.site_kinds.items()  # a site no gradient reached has no CW
+             if kind == "activation" and name in state.cws and transform(state.cws[name]).dim() == 4]
     if state.config.summation_sites is None:
         return names
     start, stop = state.config.summation_sites
