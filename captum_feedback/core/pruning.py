@@ -284,7 +284,13 @@ class FeedbackSelectivePruning(FeedbackAttribution):
 
         Maps drawn from it (:func:`~captum_feedback.summation_energy_map` with the same
         configuration) show what FSP's selection adds to a map and what the summation alone gives.
-        Takes the arguments of :meth:`select`; ``outputs`` holds the one plain pass.
+        Args:
+            inputs, target, additional_forward_args: As for :meth:`attribute`.
+            config: The configuration whose maps will be drawn (a contrastive one makes the
+                dual's state too); no gate is set, so its selection settings do not matter.
+
+        Returns:
+            A :class:`FeedbackState` whose ``outputs`` hold the one plain pass.
         """
         batch = self._batch(inputs, target, additional_forward_args)
         return self._select(batch, resolve_config(config), True, (), updates=0)

@@ -25,11 +25,13 @@ class FeedbackState:
         site_outputs: Gated output ``z * x`` of every site in the last pass, same keys and
             shapes; kept with the CWs.
         site_kinds: ``"activation"`` (ReLU-like) or ``"pool"`` (max-pooling) per site.
-        outputs: The model's full output at every pass, ``(iterations + 1, B, n_outputs)``:
-            index 0 is the plain forward pass, index ``i`` the pass with the gates of update
+        outputs: The model's full output at every pass, ``(config.iterations + 1, B, n_outputs)``,
+            one row per pass: ``config.iterations`` counts the updates of all stages (the
+            ``iterations=`` argument of ``attribute`` and ``select`` sets only the last stage's).
+            Index 0 is the plain forward pass, index ``i`` the pass with the gates of update
             ``i`` -- the curves of the paper's Fig. 6. Samples that converged early repeat
             their last row.
-        target_scores: The target score at every pass, ``(iterations + 1, B)``.
+        target_scores: The target score at every pass, ``(config.iterations + 1, B)``.
         updates: Per sample, how many gate updates changed at least one gate.
         converged: Per sample, whether the gates reached a fixed point within ``iterations``.
         reverted: Per sample, whether its ``attributions`` come from the gates of an earlier pass:
