@@ -58,7 +58,7 @@ def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, method
     unknown = [m for m in methods if m not in task.methods]
     if unknown or not methods:
         raise ValueError(f"Unknown method(s) {unknown} for {task_name}; choose from {list(task.methods)}.")
-    device = next(classifier.model.parameters()).device
+    device = classifier.device
     shard = join_process_group(device)
     config = resolve_config(config)
     maps = MethodMaps(classifier.model, classifier.middle, classifier.last, ig_steps=32, internal_batch_size=16,

@@ -453,7 +453,7 @@ def cell_side(classifier: Classifier, k: int, cell: Optional[int] = None) -> int
 
 def takes_size(classifier: Classifier, side: int) -> bool:
     """Whether the model runs on ``side x side`` inputs, not only on its own size."""
-    probe = torch.zeros(1, classifier.channels, side, side, device=_device(classifier))
+    probe = torch.zeros(1, classifier.channels, side, side, device=classifier.device)
     try:
         with torch.no_grad():
             classifier.model(probe)
@@ -469,11 +469,6 @@ def grid_layout(classifier: Classifier, candidates: Sequence[Candidate], count: 
     size the model knows, and the only one some take)."""
 
     def scores(cells: Tensor) -> Tensor:
-        inputs = classifier.normalize(classifier.squeeze(cells).to(_device(classifier)))
-        return classifier.probabilities(classifier.model(inputs))
+        return classifier.probabilities(classifier.model(classifier.inputs(cells)))
 
     return GridLayout(confident_cells(candidates, scores, side, confidence), classifier.classes, count, k, seed)
-
-
-def _device(classifier: Classifier) -> torch.device:
-    return next(classifier.model.parameters()).device

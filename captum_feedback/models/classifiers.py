@@ -78,8 +78,12 @@ class Classifier:
             probabilities = model.probabilities(model.model(x))
         """
         images = images[None] if images.dim() == 3 else images
-        device = next(self.model.parameters()).device
-        return self.normalize(self.squeeze(images, resize=resize).to(device))
+        return self.normalize(self.squeeze(images, resize=resize).to(self.device))
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return next(self.model.parameters()).device
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """The outputs' probabilities: a softmax over them, or each output's sigmoid for a
