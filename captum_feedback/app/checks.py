@@ -211,11 +211,17 @@ def class_by_name(name: str, classes: Sequence[str]) -> int:
 
 
 def check_targets(spec: Iterable[str], classes: Sequence[str]) -> None:
-    """``--target`` values that can be checked before the model runs: names and indices."""
+    """``--target`` values: names, indices and ``topK`` for a model of ``classes`` (before it
+    loads with the named model's classes, after with its own)."""
     for item in spec:
-        if item.lower() == "auto" or re.fullmatch(r"top\d+", item.lower()):
+        top = re.fullmatch(r"top(\d+)", item.lower())
+        if item.lower() == "auto":
             continue
-        if item.isdigit():
+        if top:
+            if not 1 <= int(top.group(1)) <= len(classes):
+                raise CommandError(f"--target {item}: K must lie in 1..{len(classes)} (the model has "
+                                   f"{len(classes)} classes).")
+        elif item.isdigit():
             if int(item) >= len(classes):
                 raise CommandError(f"--target {item}: class index out of range (0..{len(classes) - 1}).")
         else:

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from captum_feedback.app.checks import CommandError, class_by_name
+from captum_feedback.app.checks import CommandError, check_targets, class_by_name
 from captum_feedback.core.attribution import ungated_share
 from captum_feedback.core.config import FeedbackConfig, resolve_config
 from captum_feedback.models.classifiers import Classifier, ModelError, first_line, load_classifier
@@ -23,20 +23,15 @@ from captum_feedback.wsol.registry import TASK_DEFAULTS, method_name
 
 def resolve_targets(spec: Sequence[str], logits: Tensor, classes: Sequence[str]) -> List[int]:
     """Class indices for ``--target`` values: names, indices, ``auto`` (top class) or ``topK``."""
+    check_targets(spec, classes)
     chosen: List[int] = []
-    n = len(classes)
     for item in spec:
         top = re.fullmatch(r"top(\d+)", item.lower())
         if item.lower() == "auto":
             chosen.append(int(logits.argmax()))
         elif top:
-            k = int(top.group(1))
-            if not 1 <= k <= n:
-                raise CommandError(f"--target {item}: K must lie in 1..{n} (the model has {n} classes).")
-            chosen += logits.topk(k).indices.tolist()
+            chosen += logits.topk(int(top.group(1))).indices.tolist()
         elif item.isdigit():
-            if int(item) >= n:
-                raise CommandError(f"--target {item}: class index out of range (0..{n - 1}).")
             chosen.append(int(item))
         else:
             chosen.append(class_by_name(item, classes))
