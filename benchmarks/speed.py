@@ -68,10 +68,9 @@ def model_and_inputs(name: str, batch: int, device: torch.device) -> Tuple[torch
         return model, x, torch.randint(0, 1000, (batch,), device=device)
     classifier = load_classifier(EMBEDDED)
     photos = list(bundled_photos().values())
-    x = torch.cat([classifier.inputs(photos[i % len(photos)][None]) for i in range(batch)])
-    x = torch.nn.functional.interpolate(x, size=(PHOTO_SIDE, PHOTO_SIDE), mode="bilinear", align_corners=False)
-    model = classifier.model.to(device)
-    x = x.to(device)
+    model = classifier.to(device).model
+    squeezed = torch.cat([classifier.squeeze(photos[i % len(photos)][None], PHOTO_SIDE) for i in range(batch)])
+    x = classifier.normalize(squeezed.to(device))
     with torch.no_grad():
         return model, x, model(x).argmax(1)
 
