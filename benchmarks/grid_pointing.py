@@ -53,7 +53,7 @@ def candidates(bed: str, split: str, side: int) -> List[grids.Candidate]:
 def run_bed(bed: str, args: argparse.Namespace) -> Dict[str, dict]:
     """Every row of one test bed: the default's methods, then each extra configuration's."""
     classifier = load_classifier(bed)
-    side = cell_side(classifier, 2, None if bed == "efficientnet_lite0" else classifier.size // 2)
+    side = cell_side(classifier, 2, scenes=bed != "efficientnet_lite0")
     seed = 1 if args.split == "tune" else 0
     layout = grid_layout(classifier, candidates(bed, args.split, side), args.grids, 2, side, 0.5, seed)
     rows: Dict[str, dict] = {}

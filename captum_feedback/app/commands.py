@@ -242,8 +242,7 @@ def grid_layout(args: argparse.Namespace, model: Classifier) -> Tuple[object, st
 
     split = args.split or ("heldout" if args.dataset == "photos" else "val")
     try:
-        scene_cell = model.size // args.grid if args.dataset == "scenes" else None  # the scenes' scale
-        side = cell_side(model, args.grid, args.cell or scene_cell)
+        side = cell_side(model, args.grid, args.cell, scenes=args.dataset == "scenes")
         if args.dataset == "photos":
             candidates = grids.photo_candidates(None if split == "all" else split)
         elif args.dataset == "folder":

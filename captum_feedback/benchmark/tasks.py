@@ -436,15 +436,16 @@ class GridError(ValueError):
     """Grids that cannot be drawn for this model: the message is one line for the user."""
 
 
-def cell_side(classifier: Classifier, k: int, cell: Optional[int] = None) -> int:
-    """A grid cell's side: ``cell``, else 160 pixels where the model takes any input size (global
-    pooling), else its input size divided by ``k``.
+def cell_side(classifier: Classifier, k: int, cell: Optional[int] = None, scenes: bool = False) -> int:
+    """A grid cell's side: ``cell``, else the model's input size divided by ``k`` for a model of
+    one input size or for cluttered ``scenes`` (which keep the scale the model was trained at),
+    else 160 pixels (a model with global pooling on photos).
 
     Raises:
         GridError: a model of one input size and a ``cell`` that does not make it.
     """
     fixed = not takes_size(classifier, 2 * 160)
-    side = cell or (classifier.size // k if fixed else 160)
+    side = cell or (classifier.size // k if fixed or scenes else 160)
     if fixed and side * k != classifier.size:
         raise GridError(f"the model takes {classifier.size} x {classifier.size} inputs only: --cell must be "
                         f"{classifier.size // k} for a grid of {k}.")
