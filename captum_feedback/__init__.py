@@ -5,18 +5,13 @@ The package: ``core/`` (the gating engine and the methods FSP, FR, LayerFeedback
 figures), ``benchmark/`` (the paper's tables on data sets), ``data/`` and ``models/``.
 
 The names below load their modules (and torch) on first use, so that ``captum-feedback --help``
-starts without torch. The modules' earlier homes at the package root
-(``captum_feedback.localization``, ...) still import, as the same module objects.
+starts without torch.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
-from types import ModuleType
-from typing import Any, List, Optional, Sequence
+from typing import Any, List
 
 __version__ = "0.2.0"
 
@@ -46,49 +41,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> List[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-_EARLIER_HOMES = {
-    "_compat": "core._compat",
-    "attribution": "core.attribution",
-    "config": "core.config",
-    "engine": "core.engine",
-    "layer": "core.layer",
-    "pruning": "core.pruning",
-    "recovering": "core.recovering",
-    "selection": "core.selection",
-    "sites": "core.sites",
-    "state": "core.state",
-    "energy": "wsol.energy",
-    "pipeline": "wsol.pipeline",
-    "localization": "wsol.localization",
-    "segmentation": "wsol.segmentation",
-    "metrics": "wsol.metrics",
-    "methods": "wsol.methods",
-    "cli": "app.cli",
-    "commands": "app.commands",
-    "demo": "app.demo",
-    "visualization": "app.visualization",
-    "photos": "data.photos",
-    "classifiers": "models.classifiers",
-}
-"""Modules that moved into ``core/``, ``wsol/``, ``app/``, ``data/`` and ``models/``, by their
-earlier names under the package root."""
-
-
-class _EarlierHomes(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports ``captum_feedback.<earlier name>`` as the module at its new home."""
-
-    def find_spec(self, name: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None) -> Any:
-        prefix, _, short = name.rpartition(".")
-        if prefix == __name__ and short in _EARLIER_HOMES:
-            return importlib.util.spec_from_loader(name, self)
-        return None
-
-    def create_module(self, spec: Any) -> ModuleType:
-        return importlib.import_module(f"{__name__}.{_EARLIER_HOMES[spec.name.rpartition('.')[2]]}")
-
-    def exec_module(self, module: ModuleType) -> None:
-        """The module ran at its new home."""
-
-
-sys.meta_path.append(_EarlierHomes())

@@ -2,7 +2,7 @@
 
 import matplotlib.image as mpimg
 
-from captum_feedback import demo
+from captum_feedback.app import demo
 
 
 def test_demo_writes_every_figure_and_none_is_blank(tmp_path):

@@ -204,7 +204,7 @@ def test_nothing_of_a_call_outlives_it(call, model, monkeypatch):
     import gc
     import weakref
 
-    from captum_feedback import engine
+    from captum_feedback.core import engine
 
     sessions = []
     original = engine.GatingSession.__init__

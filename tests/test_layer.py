@@ -48,16 +48,13 @@ def test_layer_feedback_is_layer_shaped_like_captums_layer_attributions():
     assert attribution.shape == layer(model.features[2](model.features[1](model.features[0](x)))).shape
 
 
-def test_old_calls_still_work_with_a_deprecation_warning():
+def test_the_layer_classes_are_initialized_as_captums():
     model = seeded(VGGish())
     layer = model.features[4]
-    x = torch.randn(2, 3, 16, 16)
-    with pytest.warns(DeprecationWarning, match="NeuronFeedback"):
-        old = LayerFeedback(model, layer).attribute(x, neuron_selector=(0, 1, 1))
-    torch.testing.assert_close(old, NeuronFeedback(model, layer).attribute(x, (0, 1, 1)))
-    with pytest.warns(DeprecationWarning, match="attribute"):
-        contribution = LayerFeedback(model, layer).contribution(x, target=1, config="paper")
-    torch.testing.assert_close(contribution, LayerFeedback(model, layer).attribute(x, 1, config="paper"))
+    for attribution in (LayerFeedback(model, layer), NeuronFeedback(model, layer)):
+        assert attribution.layer is layer and attribution.device_ids is None and attribution.forward_func is model
+    with pytest.raises(TypeError, match="neuron_selector"):
+        LayerFeedback(model, layer).attribute(torch.randn(1, 3, 16, 16), neuron_selector=(0, 1, 1))
 
 
 def test_neurons_fsp_kept_at_a_relu_layer_are_its_open_gates_with_positive_cw():

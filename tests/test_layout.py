@@ -1,43 +1,107 @@
 """The package's layout shows its design: the algorithm in core/, the paper's applications in
-wsol/, what users run in app/, and data/ depending on nothing above it; the modules' earlier
-homes at the package root still import."""
+wsol/, what users run in app/, and data/ depending on nothing above it; no module imports one
+that imports it back, by any import form."""
 
 import ast
 import importlib
 from pathlib import Path
+from typing import Dict, Iterator, List, Set
 
 import pytest
+
+import captum_feedback
 
 PACKAGE = Path(__file__).resolve().parents[1] / "captum_feedback"
 LAYERS = {"core": set(), "wsol": {"core"}, "data": set(), "models": {"data"}}
 """Which other parts of the package each part may import."""
 
 
-def _imported_parts(path: Path):
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _resolved(name: str) -> str:
+    """The package module a dotted name refers to: itself, or the module holding the attribute
+    it names (``captum_feedback.FSP`` lives in ``captum_feedback.core.pruning``)."""
+    if name in MODULES:
+        return name
+    package, _, attribute = name.rpartition(".")
+    if package == "captum_feedback" and attribute in captum_feedback._HOME_OF:
+        return captum_feedback._HOME_OF[attribute]
+    return package if package in MODULES else name
+
+
+def imported_modules(module: str) -> Iterator[str]:
+    """Every package module ``module`` imports, at the top or inside a function: ``import a.b``,
+    ``from a.b import c`` (``c`` a module or an attribute), relative imports, the package root's
+    lazy names, and ``importlib.import_module("...")`` with a literal name."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
-            [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        names: List[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [f"{base}.{alias.name}" for alias in node.names]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names = [node.args[0].value]
         for name in names:
-            parts = name.split(".")
-            if parts[0] == "captum_feedback" and len(parts) > 1:
-                yield parts[1]
+            if name.startswith("captum_feedback."):
+                yield _resolved(name)
+
+
+GRAPH: Dict[str, Set[str]] = {m: set(imported_modules(m)) & set(MODULES) - {m} for m in MODULES}
 
 
 @pytest.mark.parametrize("part", sorted(LAYERS))
 def test_each_part_imports_only_the_parts_below_it(part):
     allowed = LAYERS[part] | {part}
-    for path in (PACKAGE / part).rglob("*.py"):
-        outside = set(_imported_parts(path)) - allowed
-        if part == "wsol" and path.name == "methods.py":
+    for module in (m for m in MODULES if m.split(".")[1:2] == [part]):
+        outside = {name.split(".")[1] for name in GRAPH[module]} - allowed
+        if module == "captum_feedback.wsol.methods":
             outside -= {"models"}  # recommended_layers, for MethodMaps' default layers
-        assert not outside, f"{path.relative_to(PACKAGE)} imports {sorted(outside)}"
+        assert not outside, f"{module} imports {sorted(outside)}"
 
 
-@pytest.mark.parametrize("earlier, home", [("localization", "wsol.localization"), ("photos", "data.photos"),
-                                           ("engine", "core.engine"), ("cli", "app.cli"),
-                                           ("classifiers", "models.classifiers")])
-def test_the_earlier_module_paths_still_import_as_the_same_modules(earlier, home):
-    assert importlib.import_module(f"captum_feedback.{earlier}") is importlib.import_module(f"captum_feedback.{home}")
+def test_no_module_imports_itself_through_others():
+    def cycle_from(start: str, node: str, seen: List[str]) -> List[str]:
+        for nxt in sorted(GRAPH[node]):
+            if nxt == start:
+                return seen + [nxt]
+            if nxt not in seen:
+                found = cycle_from(start, nxt, seen + [nxt])
+                if found:
+                    return found
+        return []
+
+    cycles = {m: cycle_from(m, m, [m]) for m in MODULES if not m.endswith("__init__")}
+    assert not {m: c for m, c in cycles.items() if c}, " -> ".join(next(c for c in cycles.values() if c))
+
+
+@pytest.mark.parametrize("source", ["from captum_feedback import FSP",
+                                    "from captum_feedback.core import pruning",
+                                    "from ..core.pruning import FSP",
+                                    "import captum_feedback.core.pruning",
+                                    "importlib.import_module('captum_feedback.core.pruning')"])
+def test_the_layering_sees_every_import_form(source, tmp_path, monkeypatch):
+    module = "captum_feedback.data.probe"
+    monkeypatch.setitem(MODULES, module, tmp_path / "probe.py")
+    (tmp_path / "probe.py").write_text(source + "\n")
+    assert list(imported_modules(module)) == ["captum_feedback.core.pruning"]
+
+
+def test_the_earlier_module_paths_are_gone():
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("captum_feedback.localization")
 
 
 def test_one_method_vocabulary_serves_maps_cli_and_benchmarks():

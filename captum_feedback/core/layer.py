@@ -11,7 +11,6 @@ The FSP-FR map, FR from the neurons FSP kept (Procedure 1, steps 5-6), is
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
@@ -23,7 +22,7 @@ from captum_feedback.core._compat import TargetType, TensorOrTuple, format_outpu
 from captum_feedback.core.attribution import FeedbackAttribution
 from captum_feedback.core.config import ConfigLike, resolve_config
 from captum_feedback.core.pruning import FeedbackSelectivePruning
-from captum_feedback.core.recovering import FeedbackRecovering
+from captum_feedback.core.recovering import RecoveringPolicy
 from captum_feedback.core.selection import Threshold, as_rule
 from captum_feedback.core.state import FeedbackState
 from captum_feedback.core.tokens import ReshapeTransform
@@ -77,8 +76,7 @@ class NeuronFeedback(NeuronAttribution, FeedbackAttribution):
     def __init__(self, forward_func: nn.Module, layer: nn.Module) -> None:
         check_layer(forward_func, layer)
         FeedbackAttribution.__init__(self, forward_func)
-        self.layer = layer
-        self._fr = FeedbackRecovering(forward_func)
+        NeuronAttribution.__init__(self, forward_func, layer)
 
     @log_usage()
     def attribute(
@@ -107,7 +105,7 @@ class NeuronFeedback(NeuronAttribution, FeedbackAttribution):
         def score(_output: Tensor, tapped: dict) -> Tensor:
             return _neuron_scores(tapped[self.layer], neuron_selector)
 
-        grads = self._fr.recover(batch, rule, score, taps=(self.layer,))
+        grads = self.gated_gradients(batch, RecoveringPolicy(rule), score, taps=(self.layer,))
         return format_output(batch.is_tuple, grads)
 
 
@@ -136,7 +134,8 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
                  reshape_transform: Optional[ReshapeTransform] = None) -> None:
         self._layer_name = check_layer(forward_func, layer)
         FeedbackAttribution.__init__(self, forward_func)
-        self.layer, self.reshape_transform = layer, reshape_transform
+        LayerAttribution.__init__(self, forward_func, layer)
+        self.reshape_transform = reshape_transform
 
     @log_usage()
     def attribute(
@@ -146,7 +145,6 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
         additional_forward_args: Any = None,
         config: ConfigLike = None,
         state: Optional[FeedbackState] = None,
-        neuron_selector: Optional[NeuronSelector] = None,
         iterations: Optional[int] = None,
         threshold: Optional[Threshold] = None,
         linearize: Optional[bool] = None,
@@ -161,7 +159,6 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
                 :class:`~captum_feedback.FeedbackConfig`).
             state: A :class:`FeedbackState` from :meth:`FeedbackPipeline.select` on the same
                 inputs and layer, to reuse instead of running FSP again.
-            neuron_selector: Deprecated: FR from hidden neurons is :class:`NeuronFeedback`.
             iterations, threshold, linearize: Override ``config``'s fields, as for
                 :meth:`FeedbackSelectivePruning.attribute`.
 
@@ -169,11 +166,6 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
             ``dS/dh * h`` under FSP's final gates, shaped like the layer's output (after the
             ``reshape_transform``, if any).
         """
-        if neuron_selector is not None:
-            warnings.warn("LayerFeedback.attribute(neuron_selector=...) is deprecated; use NeuronFeedback.",
-                          DeprecationWarning, stacklevel=2)
-            return NeuronFeedback(self.forward_func, self.layer).attribute(
-                inputs, neuron_selector, additional_forward_args, threshold or "zero")
         if state is None:
             settings = resolve_config(config, iterations, threshold, linearize)
             state = FeedbackSelectivePruning(self.forward_func).select(
@@ -181,12 +173,6 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
         state.check_inputs(inputs)
         contribution = layer_contribution(state, self._layer_name)
         return self.reshape_transform(contribution) if self.reshape_transform else contribution
-
-    def contribution(self, inputs: TensorOrTuple, target: TargetType = None, **kwargs: Any) -> Tensor:
-        """Deprecated name of :meth:`attribute`."""
-        warnings.warn("LayerFeedback.contribution is deprecated; use LayerFeedback.attribute.",
-                      DeprecationWarning, stacklevel=2)
-        return self.attribute(inputs, target, **kwargs)
 
 
 def layer_contribution(state: FeedbackState, name: str) -> Tensor:

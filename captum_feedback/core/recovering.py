@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from captum.log import log_usage
 from torch import Tensor
 
 from captum_feedback.core._compat import TargetType, TensorOrTuple
-from captum_feedback.core.attribution import Batch, FeedbackAttribution
+from captum_feedback.core.attribution import FeedbackAttribution
 from captum_feedback.core.engine import GatePolicy, Site
 from captum_feedback.core.selection import SelectionRule, Threshold, as_rule, keep_mask
 
@@ -79,15 +79,6 @@ class FeedbackRecovering(FeedbackAttribution):
         """
         return self.target_gradients(inputs, target, additional_forward_args, RecoveringPolicy(as_rule(threshold)))
 
-    def recover(
-        self,
-        batch: Batch,
-        rule: SelectionRule,
-        score: Callable[[Tensor, Dict[Any, Tensor]], Tensor],
-        taps: Tuple[Any, ...] = (),
-    ) -> Tuple[Tensor, ...]:
-        """One FR pass from any per-sample score of the output and the tapped layers."""
-        return self.gated_gradients(batch, RecoveringPolicy(rule), score, taps)
 
 
 FR = FeedbackRecovering
