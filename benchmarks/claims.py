@@ -49,8 +49,8 @@ import quality  # noqa: E402
 METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Summation, no FSP",
            "Summation abs(gradient), no FSP", "Summation gradient x activation, no FSP", "Saliency",
            "GuidedBackprop", "IntegratedGradients", "LayerGradCam")
-CONFIGS = ("paper", "released_code", "pruning", "default-not-contrastive", "default-max-normalized",
-           "default-ratio-1", "paper-reevaluated", "paper-no-pool-gates")
+CONFIGS = ("paper", "released_code", "pruning", "default-unweighted", "default-not-contrastive",
+           "default-max-normalized", "default-ratio-1", "paper-reevaluated", "paper-no-pool-gates")
 GRADIENT_METHODS = ("Saliency", "GuidedBackprop", "IntegratedGradients")
 BOX = quality.box_metric(0.99)
 Interval = Tuple[float, float, float]
@@ -237,6 +237,7 @@ def write(path: Path, results: Dict, ascent: Dict[str, float], grids: Dict, comm
                   for claim, measurement, verdict in claims_rows(results[model], ascent)]
         lines += ["", f"### Ablations on {model}: one choice changed at a time", "",
                   "`[pruning]`: the default before issue #21 (the released code's pruning, ratio 2); "
+                  "`[default-unweighted]`: the contrast alone, not weighted by the target's evidence; "
                   "`[default-not-contrastive]`: the default without the dual; `[default-max-normalized]`: sites "
                   "scaled by their maximum; `[default-ratio-1]`: the released code's threshold at the head; "
                   "`[paper-reevaluated]`, `[paper-no-pool-gates]`: the paper preset without linearization, with "

@@ -192,14 +192,16 @@ def other_items(classes: Sequence[Tensor]) -> Tensor:
 
 
 ABLATION_CONFIGS: Dict[str, FeedbackConfig] = {
-    "default-not-contrastive": replace(PRESETS["default"], contrastive=False),
+    "default-not-contrastive": replace(PRESETS["default"], contrastive=False, evidence_weighted=False),
     "default-max-normalized": replace(PRESETS["default"], site_normalization="max"),
     "paper-reevaluated": replace(PRESETS["paper"], linearize=False),
     "paper-no-pool-gates": replace(PRESETS["paper"], gate_pools=False),
     "default-ratio-1": replace(PRESETS["default"], threshold=MeanRatio(1.0)),
+    "default-all-sites": replace(PRESETS["default"], summation_sites=(0.0, 1.0)),
+    "default-unweighted": replace(PRESETS["default"], evidence_weighted=False),
 }
 """One choice of a preset changed at a time: the dual, the site normalization, linearization,
-max-pool gates, the threshold rule."""
+max-pool gates, the threshold rule, the summed sites, the evidence weighting."""
 CONFIGS = {**PRESETS, **ABLATION_CONFIGS}
 
 

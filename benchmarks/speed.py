@@ -52,10 +52,10 @@ PHOTO_SIDE = 320
 
 def passes(config: FeedbackConfig, summation: bool = False) -> int:
     """Forward and backward passes of one call, in units of the input batch: the plain pass and
-    one per update; the Summation map of a contrastive configuration runs them on a batch of
-    twice the size (the target and its dual)."""
-    count = config.iterations + 1
-    return 2 * count if summation and config.contrastive else count
+    one per update; the Summation map of a contrastive configuration runs the updates again for
+    the target's dual (the plain pass is shared)."""
+    count = config.updates + 1
+    return count + config.updates if summation and config.contrastive else count
 
 
 def model_and_inputs(name: str, batch: int, device: torch.device) -> Tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -94,7 +94,7 @@ def methods(name: str, model: torch.nn.Module, configs: Dict[str, FeedbackConfig
                  for label, config in configs.items()}
     default_label, default = next(iter(configs.items()))
     fsp_calls[fsp_label(default, default_label, summation=True)] = (
-        lambda x, t: summation_energy_map(fsp.select(x, t, config=default, keep_cws=True)))
+        lambda x, t: summation_energy_map(fsp.select(x, t, config=default)))
     return {
         "Saliency": lambda x, t: Saliency(model).attribute(x, target=t, abs=False),
         **fsp_calls,

@@ -56,8 +56,28 @@ def test_the_map_is_where_the_evidence_for_is_denser_than_the_evidence_against()
     # (0, 1). Difference per site 0.75 and -0.75, twice: rectified and normalized, (1, 0).
     torch.testing.assert_close(summation_energy_map(state)[0, 0, 0], torch.tensor([1.0, 0.0]))
     # Unnormalized, the weak evidence against does not cancel: (3 - 0, 1 - 0.4) = (3, 0.6)
-    plain = summation_energy_map(replace(state, config=replace(CONTRASTIVE, site_normalization="none")))
+    unweighted = replace(CONTRASTIVE, site_normalization="none", evidence_weighted=False)
+    plain = summation_energy_map(replace(state, config=unweighted))
     torch.testing.assert_close(plain[0, 0, 0], torch.tensor([3.0, 0.6]) / torch.tensor([3.0, 0.6]).norm())
+
+
+def test_the_contrast_is_weighted_by_the_targets_own_evidence():
+    """Where the target's evidence is faint, a positive contrast is faint too."""
+    x = torch.tensor([[[[3.0, 0.1, 0.0]], [[0.0, 0.0, 2.0]]]])
+    state = FSP(Pooled().eval()).select(x, target=0, config=CONTRASTIVE)
+    # At both sites the kept contributions are (3, 0.1, 0) / 3 for the target and (0, 0, 2) / 3
+    # against it (the 1/3 of the mean cancels in each normalization).
+    evidence, against = torch.tensor([3.0, 0.1, 0.0]), torch.tensor([0.0, 0.0, 2.0])
+    contrast = (2 * (evidence / evidence.sum() - against / against.sum())).clamp(min=0)  # (1.94, 0.065, 0)
+    weighted = contrast * 2 * evidence / evidence.max()  # times (2, 0.067, 0)
+    torch.testing.assert_close(summation_energy_map(state)[0, 0, 0], weighted / weighted.norm())
+    unweighted = summation_energy_map(replace(state, config=replace(CONTRASTIVE, evidence_weighted=False)))
+    torch.testing.assert_close(unweighted[0, 0, 0], contrast / contrast.norm())
+
+
+def test_evidence_weighting_needs_the_contrast():
+    with pytest.raises(ValueError, match="contrastive=True"):
+        replace(PRESETS["default"], contrastive=False)
 
 
 def test_with_every_gate_open_the_map_nets_the_signed_contributions():
@@ -102,3 +122,49 @@ def test_a_stage_names_a_share_or_the_head():
     assert Stage("head").sites == "head"
     with pytest.raises(ValueError, match="'head'"):
         Stage("top")
+
+
+class Negated(nn.Module):
+    """The model with its output negated: FSP of its target is FSP of the original's dual."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return -self.model(x)
+
+
+@pytest.mark.parametrize("config", [PRESETS["default"], replace(PRESETS["paper"], contrastive=True)],
+                         ids=["default", "paper-contrastive"])
+def test_the_dual_shares_the_first_pass_and_equals_fsp_of_the_negated_score(config):
+    """The dual's first pass is the target's with the CWs negated (every gate is open), so it is
+    not run again; what follows must equal FSP run on the negated model from scratch."""
+    model = seeded(VGGish())
+    x = torch.rand(3, 3, 16, 16)
+    state = FSP(model).select(x, target=[0, 1, 2], config=config, keep_cws=True)
+    single = replace(config, contrastive=False, evidence_weighted=False)
+    alone = FSP(Negated(model).eval()).select(x, target=[0, 1, 2], config=single, keep_cws=True)
+    assert {f"model.{name}" for name in state.dual.gates} == set(alone.gates)
+    for name, gate in state.dual.gates.items():
+        assert torch.equal(gate, alone.gates[f"model.{name}"]), name
+        torch.testing.assert_close(state.dual.cws[name], alone.cws[f"model.{name}"])
+    torch.testing.assert_close(state.dual.target_scores, alone.target_scores)
+    torch.testing.assert_close(state.dual.attributions, alone.attributions)
+    torch.testing.assert_close(state.dual.outputs, -alone.outputs)
+
+
+def test_select_keeps_the_cws_of_the_summed_sites_unless_asked_for_all():
+    model = seeded(VGGish())
+    x = torch.rand(2, 3, 16, 16)
+    summed = FSP(model).select(x, target=1)
+    every = FSP(model).select(x, target=1, keep_cws=True)
+    assert list(summed.cws) == list(summed.site_outputs) == summed.summation_sites() == ["features.6"]
+    assert list(summed.dual.cws) == ["features.6"]
+    assert set(every.cws) == set(every.gates)
+    torch.testing.assert_close(summation_energy_map(summed), summation_energy_map(every))
+    assert not FSP(model).select(x, target=1, keep_cws=False).cws
+    with pytest.raises(ValueError, match="keep_cws=True"):
+        summation_energy_map(summed, sites=["features.1"])
+    with pytest.raises(ValueError, match="keep_cws must be one of"):
+        FSP(model).select(x, target=1, keep_cws="all")

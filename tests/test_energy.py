@@ -17,7 +17,6 @@ from captum_feedback import (
     summation_energy_map,
     summation_fsp_fr_energy_map,
 )
-from captum_feedback.wsol.energy import summation_sites
 
 
 def unit_norm(maps):
@@ -148,5 +147,5 @@ def test_a_site_no_gradient_reaches_is_not_summed():
     model = seeded(SideBranch())
     state = FSP(model).select(torch.rand(2, 3, 8, 8), target=[0, 1])
     assert len(state.site_kinds) == 2 and len(state.cws) == 1
-    assert summation_sites(state) == list(state.cws)
+    assert state.summation_sites() == list(state.cws)
     assert summation_energy_map(state).shape == (2, 1, 8, 8)

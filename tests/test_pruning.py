@@ -26,7 +26,7 @@ def test_hand_worked_gates_and_attribution():
     # (unit 2 speaks against S, unit 3 is inactive), so S rises from -1 to 1 and the
     # attribution is the first row of W1 alone, where the plain gradient is (1, -1, 0).
     x = torch.tensor([[1.0, 2.0, -1.0]])
-    state = FSP(hand_net()).select(x, iterations=3, config="paper")
+    state = FSP(hand_net()).select(x, iterations=3, config="paper", keep_cws=True)
     assert state.gates["1"].tolist() == [[True, False, False]]
     torch.testing.assert_close(state.cws["1"], torch.tensor([[1.0, -1.0, 2.0]]))
     assert state.target_scores[:, 0].tolist() == [-1.0, 1.0, 1.0, 1.0]
@@ -102,7 +102,7 @@ def test_target_score_never_decreases_on_torchvision_resnet18():
 def test_select_records_the_full_output_of_every_pass_for_fig6():
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    state = FSP(model).select(x, target=1, iterations=4, config="paper")
+    state = FSP(model).select(x, target=1, iterations=4, config="paper", keep_cws=True)
     assert isinstance(state, FeedbackState)
     assert state.outputs.shape == (5, 2, 5)
     torch.testing.assert_close(state.outputs[0], model(x))

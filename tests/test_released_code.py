@@ -213,7 +213,7 @@ def test_every_threshold_becomes_one_validated_rule():
 
 
 def test_presets_and_configs_are_validated_once():
-    assert PRESETS["released_code"].iterations == 2 and PRESETS["paper"].iterations == 5
+    assert PRESETS["released_code"].updates == 2 and PRESETS["paper"].updates == 5
     with pytest.raises(ValueError, match="Unknown configuration"):
         FSP(seeded(VGGish())).attribute(torch.randn(1, 3, 16, 16), target=0, config="caffe")
     for bad in [dict(stages=()), dict(stages=((0.5, 1),)), dict(summation="gradients"),

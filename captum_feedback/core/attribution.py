@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -29,7 +29,7 @@ class Batch:
 
     Attributes:
         signs: Per sample, ``1`` to explain its target score or ``-1`` for the score's negation
-            (the dual of :meth:`with_dual`); ``None``: all ``1``.
+            (the dual of :meth:`negated`); ``None``: all ``1``.
     """
 
     inputs: Tuple[Tensor, ...]
@@ -63,15 +63,11 @@ class Batch:
                       tuple(row(arg, i) for arg in self.args), [self.targets[i]],
                       None if self.signs is None else self.signs[i:i + 1]) for i in range(self.size)]
 
-    def with_dual(self) -> Batch:
-        """The batch twice (new leaves): first each sample's target score, then its negation,
-        the target's dual (Zhang et al., ECCV 2016)."""
-        def twice(value: Any) -> Any:
-            return torch.cat([value, value]) if self._per_sample(value) else value
-
-        signs = torch.cat([torch.ones(self.size), -torch.ones(self.size)])
-        return Batch(tuple(twice(x).detach().requires_grad_() for x in self.inputs), self.is_tuple,
-                     tuple(twice(arg) for arg in self.args), self.targets * 2, signs)
+    def negated(self) -> Batch:
+        """The same samples (new leaves) for their negated target scores: the targets' duals
+        (Zhang et al., ECCV 2016)."""
+        return replace(self, inputs=tuple(x.detach().requires_grad_() for x in self.inputs),
+                       signs=-torch.ones(self.size))
 
 
 def input_gradients(scores: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

@@ -103,6 +103,10 @@ class FeedbackConfig:
             pooling a unit's CW is the same at every location, and what makes a map
             class-specific is the negative evidence that cancels the features other objects
             share; a pruning for the target alone removes it.
+        evidence_weighted: With ``contrastive``, multiply the contrastive map by the target's
+            own evidence, each summed site's map divided by its maximum: the contrast says where
+            the target's evidence is denser than the evidence against it, the evidence says how
+            much of the object lies there (:func:`~captum_feedback.summation_energy_map`).
         neuron_ratio: The FSP-FR map's neurons: those of the layer whose CW is at least this
             share of the layer's mean positive CW (``mean_thd.m``); 0 keeps every neuron with a
             positive contribution.
@@ -128,6 +132,7 @@ class FeedbackConfig:
     summation_sites: Optional[SiteRange] = None
     site_normalization: str = "none"
     contrastive: bool = False
+    evidence_weighted: bool = False
     neuron_ratio: float = 0.0
     fr_threshold: Threshold = "zero"
     batch_invariant: bool = False
@@ -150,13 +155,16 @@ class FeedbackConfig:
             start, stop = self.summation_sites
             if not 0 <= start < stop <= 1:
                 raise ValueError(f"summation_sites must be shares 0 <= start < stop <= 1, got {start, stop}.")
+        if self.evidence_weighted and not self.contrastive:
+            raise ValueError("evidence_weighted weights a contrastive map: set contrastive=True too.")
         if not (isinstance(self.neuron_ratio, (int, float)) and math.isfinite(self.neuron_ratio)
                 and self.neuron_ratio >= 0):
             raise ValueError(f"neuron_ratio must be a finite number >= 0, got {self.neuron_ratio!r}.")
 
     @property
-    def iterations(self) -> int:
-        """Total number of gate updates over all stages."""
+    def updates(self) -> int:
+        """Total number of gate updates over all stages (the ``iterations=`` argument of
+        ``attribute`` and ``select`` sets the last stage's)."""
         return sum(stage.updates for stage in self.stages)
 
     @property
@@ -188,8 +196,8 @@ PRESETS: Dict[str, FeedbackConfig] = {
 }
 PRESETS["default"] = FeedbackConfig(
     threshold="zero", stages=(Stage(HEAD, 1),), linearize=False, gate_pools=False, contrastive=True,
-    summation="contribution", summation_sites=(0.5, 1.0), site_normalization="sum", neuron_ratio=0.1,
-    fr_threshold=MeanRatio(0.1),
+    evidence_weighted=True, summation="contribution", summation_sites=(0.5, 1.0), site_normalization="sum",
+    neuron_ratio=0.1, fr_threshold=MeanRatio(0.1),
 )
 """Contrastive FSP, chosen on the tune splits of three test beds (EfficientNet-Lite0 on grids of
 real photos, the cluttered VGG and the cluttered ResNet on their scenes; the held-out splits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
@@ -14,7 +15,7 @@ from captum_feedback.core.config import ConfigLike, FeedbackConfig, Stage, resol
 from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
 from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
-from captum_feedback.core.state import FeedbackState, digest
+from captum_feedback.core.state import KEEP_CWS, FeedbackState, KeepCws, digest
 from captum_feedback.core.tokens import ReshapeTransform, default_reshape_transform, is_spatial
 
 
@@ -56,6 +57,10 @@ class _PruningPolicy(GatePolicy):
         """How many passes back :meth:`revert` has gone."""
         self.reverted = torch.zeros(batch_size, dtype=torch.bool)
         """Samples whose final gates :meth:`revert` took from an earlier pass."""
+        self.mirror: Optional[_PruningPolicy] = None
+        """The dual's policy during the first pass. With every gate open the dual's score is the
+        target's negation, so its CWs are this pass's negated and its outputs the same: one
+        backward pass serves both, and the dual starts at its first update."""
 
     def needs_cw(self, site: Site) -> bool:
         return self.updating is None or site.index in self.updating
@@ -79,7 +84,15 @@ class _PruningPolicy(GatePolicy):
         slot.copy_(mask)
         return Gate(slot.view(torch.bool), mask, within_active=site.nonnegative)
 
+    def _mirrored(self) -> Optional[_PruningPolicy]:
+        """The mirror, told which sites this pass updates and whether it is the last."""
+        if self.mirror is not None:
+            self.mirror.updating, self.mirror.final_pass = self.updating, self.final_pass
+        return self.mirror
+
     def observe(self, site: Site, output: Tensor) -> None:
+        if self._mirrored() is not None:
+            self.mirror.observe(site, output)
         if self.keep_cws and self.final_pass:
             self.outputs[site.index] = output
 
@@ -126,6 +139,8 @@ class _PruningPolicy(GatePolicy):
         return self.active
 
     def backward(self, site: Site, cw: Tensor) -> Tensor:
+        if self._mirrored() is not None:
+            self.mirror.backward(site, -cw)
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
@@ -137,7 +152,7 @@ class _PruningPolicy(GatePolicy):
             if site.support is not None:  # a frozen ReLU's gates stay within its support
                 slot.mul_(site.support.view(torch.int8))
             self.selected.add(site.index)
-        if self.keep_cws:
+        if self.keep_cws and self.final_pass:
             self.cws[site.index] = cw.detach()
         return cw
 
@@ -159,6 +174,11 @@ class _Passes(NamedTuple):
     scores: Tensor
     updates: Tensor
     layer_outputs: Dict[str, Tensor]
+
+    def negated(self) -> _Passes:
+        """The passes of the dual of a run with no update: its one pass is this one's, with the
+        score, and so its gradients, negated."""
+        return self._replace(grads=tuple(-g for g in self.grads), scores=-self.scores)
 
 
 class FeedbackSelectivePruning(FeedbackAttribution):
@@ -259,7 +279,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         threshold: Optional[Threshold] = None,
         linearize: Optional[bool] = None,
         config: ConfigLike = None,
-        keep_cws: bool = True,
+        keep_cws: KeepCws = "summed",
         layers: Sequence[nn.Module] = (),
     ) -> FeedbackState:
         r"""Runs FSP and returns everything it chose: gates, CWs and per-pass outputs.
@@ -267,14 +287,17 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         Takes the arguments of :meth:`attribute`, and:
 
         Args:
-            keep_cws: Keep every site's CWs and gated outputs in the state (needed by
-                :func:`captum_feedback.summation_energy_map`).
+            keep_cws: Which sites' CWs and gated outputs the state keeps: ``"summed"``, those
+                the configuration's :func:`captum_feedback.summation_energy_map` sums;
+                ``True``, every site's (to sum other sites); ``False``, none.
             layers: Modules whose outputs and CWs under the final gates are kept in
                 ``layer_outputs`` and ``layer_cws`` (keyed by module name).
 
         Returns:
             A :class:`FeedbackState`.
         """
+        if keep_cws not in KEEP_CWS:
+            raise ValueError(f"keep_cws must be one of {KEEP_CWS}, got {keep_cws!r}.")
         settings = resolve_config(config, iterations, threshold, linearize)
         return self._select(self._batch(inputs, target, additional_forward_args), settings, keep_cws, layers)
 
@@ -293,40 +316,52 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             A :class:`FeedbackState` whose ``outputs`` hold the one plain pass.
         """
         batch = self._batch(inputs, target, additional_forward_args)
-        return self._select(batch, resolve_config(config), True, (), updates=0)
+        return self._select(batch, resolve_config(config), "summed", (), updates=0)
 
-    def _select(self, batch: Batch, config: FeedbackConfig, keep_cws: bool, layers: Sequence[nn.Module],
+    def _select(self, batch: Batch, config: FeedbackConfig, keep_cws: KeepCws, layers: Sequence[nn.Module],
                 updates: Optional[int] = None, dual: Optional[bool] = None) -> FeedbackState:
         """The state of one run; with ``config.batch_invariant``, each sample's own run; with
-        ``dual`` (default: ``config.contrastive``), the run for the target and its dual at once,
-        the dual's state in :attr:`FeedbackState.dual`."""
+        ``dual`` (default: ``config.contrastive``), also the run for the target's dual, the
+        negated score, in :attr:`FeedbackState.dual`: after the shared first pass, the target's
+        passes and then the dual's, each on the batch alone, so that memory stays that of one
+        batch."""
         dual = config.contrastive if dual is None else dual
         if config.batch_invariant and batch.size > 1:
             states = [self._select(sample, config, keep_cws, layers, updates, dual) for sample in batch.samples()]
             return FeedbackState.cat(states, batch.inputs)
-        if dual:
-            both = self._select(batch.with_dual(), config, keep_cws, layers, updates, dual=False)
-            return both.split_dual(batch.inputs)
         session = self._session(batch, config.linearize)
-        policy = _PruningPolicy(config.rule, session.sites, batch.size, keep_cws)
+        policy = _PruningPolicy(config.rule, session.sites, batch.size, bool(keep_cws))
+        mirror = _PruningPolicy(config.rule, session.sites, batch.size, bool(keep_cws)) if dual else None
+        policy.mirror = mirror
+        total = config.updates if updates is None else updates
         with session.installed():
-            iterations = config.iterations if updates is None else updates
-            passes = self._iterate(session, batch, policy, config, layers, iterations)
-        return self._state(session, policy, passes, config, batch.inputs)
+            passes = self._iterate(session, batch, policy, config, layers, total)
+            state = self._state(session, policy, passes, config, batch.inputs).kept(keep_cws)
+            del policy  # what the state does not keep goes once the dual's first pass replaces it
+            if mirror is None:
+                return state
+            negated = batch.negated()
+            if total == 0:
+                dual_passes = passes.negated()
+            else:
+                dual_passes = self._iterate(session, negated, mirror, config, layers, total, first=passes)
+        return replace(state, dual=self._state(session, mirror, dual_passes, config, negated.inputs).kept(keep_cws))
 
     def _iterate(
         self, session: GatingSession, batch: Batch, policy: _PruningPolicy, config: FeedbackConfig,
-        layers: Sequence[nn.Module], iterations: int,
+        layers: Sequence[nn.Module], total_updates: int, first: Optional[_Passes] = None,
     ) -> _Passes:
+        """FSP's passes: the first with every gate open, then one per update. ``first``: the
+        target's passes, whose first pass this policy (the target's dual) mirrored."""
         stage_of = [k for k, stage in enumerate(config.stages) for _ in range(stage.updates)]
         transform = default_reshape_transform(session.forward_func)
-        outputs: List[Tensor] = []
-        scores: List[Tensor] = []
+        outputs: List[Tensor] = [] if first is None else [first.outputs[0]]
+        scores: List[Tensor] = [] if first is None else [-first.scores[0]]
         updates = torch.zeros(batch.size, dtype=torch.long)
-        for update in range(iterations + 1):
-            policy.final_pass = update == iterations
+        for update in range(len(outputs), total_updates + 1):
+            policy.final_pass = update == total_updates
             # A new stage names its sites before the forward pass, whose backward updates them.
-            new_stage = 0 < update < iterations and stage_of[update] != stage_of[update - 1]
+            new_stage = 0 < update < total_updates and stage_of[update] != stage_of[update - 1]
             if new_stage:
                 policy.updating = _stage_sites(session.sites, config, config.stages[stage_of[update]], transform)
             output, tapped, target_scores = self._pass(session, batch, policy, layers, outputs, scores)
@@ -348,10 +383,12 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             if new_stage:
                 policy.restart()
             session.propagate_cws(target_scores)
+            policy.mirror = None  # the first pass is the only one the dual shares
             # The graph below the lowest site, which that backward pass did not free, goes now
             # rather than during the next forward pass.
             del output, tapped, target_scores
-        missing = iterations + 1 - len(outputs)
+        policy.mirror = None
+        missing = total_updates + 1 - len(outputs)
         return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
 
     def _earlier_gradients(self, session: GatingSession, batch: Batch, policy: _PruningPolicy,

@@ -10,6 +10,11 @@ from torch import Tensor
 
 from captum_feedback.core.config import FeedbackConfig
 
+KeepCws = Union[bool, str]
+"""Which sites' CWs and outputs a state keeps: ``"summed"`` (the Summation Energy Map's), ``True``
+(every site's) or ``False`` (none)."""
+KEEP_CWS = (True, False, "summed")
+
 
 @dataclass
 class FeedbackState:
@@ -20,18 +25,19 @@ class FeedbackState:
             per input (the "visualization map" of Sec. 3.4.1 before normalization).
         gates: Boolean gate ``z`` of every site after the last update, keyed by site name in
             execution order, each shaped like the site's activation ``(B, ...)``.
-        cws: Contribution weights ``alpha = dS/d(z x)`` (Eq. 6) of every site under the final
-            gates, same keys and shapes. Empty when not requested.
-        site_outputs: Gated output ``z * x`` of every site in the last pass, same keys and
-            shapes; kept with the CWs.
+        cws: Contribution weights ``alpha = dS/d(z x)`` (Eq. 6) under the final gates, same keys
+            and shapes, of the sites ``select``'s ``keep_cws`` asked for: by default those the
+            Summation Energy Map sums (:meth:`summation_sites`).
+        site_outputs: Gated output ``z * x`` in the last pass, same keys and shapes; kept with
+            the CWs.
         site_kinds: ``"activation"`` (ReLU-like) or ``"pool"`` (max-pooling) per site.
-        outputs: The model's full output at every pass, ``(config.iterations + 1, B, n_outputs)``,
-            one row per pass: ``config.iterations`` counts the updates of all stages (the
+        outputs: The model's full output at every pass, ``(config.updates + 1, B, n_outputs)``,
+            one row per pass: ``config.updates`` counts the updates of all stages (the
             ``iterations=`` argument of ``attribute`` and ``select`` sets only the last stage's).
             Index 0 is the plain forward pass, index ``i`` the pass with the gates of update
             ``i`` -- the curves of the paper's Fig. 6. Samples that converged early repeat
             their last row.
-        target_scores: The target score at every pass, ``(config.iterations + 1, B)``.
+        target_scores: The target score at every pass, ``(config.updates + 1, B)``.
         updates: Per sample, how many gate updates changed at least one gate.
         converged: Per sample, whether the gates reached a fixed point within ``iterations``.
         reverted: Per sample, whether its ``attributions`` come from the gates of an earlier pass:
@@ -102,15 +108,26 @@ class FeedbackState:
         return cls(**joined, site_kinds=first.site_kinds, config=first.config, input_digest=digest(inputs),
                    reshape_transform=first.reshape_transform, dual=dual)
 
-    def split_dual(self, inputs: Tuple[Tensor, ...]) -> FeedbackState:
-        """The state of a run on :meth:`~captum_feedback.core.attribution.Batch.with_dual`'s
-        batch as the target's state (the first half of the rows) holding the dual's (the second)."""
-        half = len(self.updates) // 2
-        parts = [{name: _slice(name, getattr(self, name), rows) for name in _ROWS}
-                 for rows in (slice(0, half), slice(half, None))]
-        common = dict(site_kinds=self.site_kinds, config=self.config, input_digest=digest(inputs),
-                      reshape_transform=self.reshape_transform)
-        return replace(FeedbackState(**parts[0], **common), dual=FeedbackState(**parts[1], **common))
+    def summation_sites(self, reshape_transform: Optional[Callable[[Tensor], Tensor]] = None) -> List[str]:
+        """The sites the configuration's Summation Energy Map sums, in execution order: its
+        ``summation_sites`` share of the activation sites that are ``(B, C, H, W)`` maps after
+        ``reshape_transform`` (default: the state's), less those that no gradient reached (no CW)."""
+        transform = reshape_transform or self.reshape_transform or (lambda activation: activation)
+        names = [name for name, kind in self.site_kinds.items()
+                 if kind == "activation" and transform(self.gates[name]).dim() == 4]
+        if self.config.summation_sites is not None:
+            start, stop = (round(share * len(names)) for share in self.config.summation_sites)
+            names = names[start:max(stop, start + 1)]
+        return [name for name in names if name in self.cws]
+
+    def kept(self, keep_cws: KeepCws) -> FeedbackState:
+        """The state with the CWs and site outputs ``keep_cws`` names: ``"summed"``, those of
+        :meth:`summation_sites`; ``True`` every site's; ``False``, none (the policy kept none)."""
+        if keep_cws != "summed":
+            return self
+        names = set(self.summation_sites())
+        return replace(self, cws={k: v for k, v in self.cws.items() if k in names},
+                       site_outputs={k: v for k, v in self.site_outputs.items() if k in names})
 
     @property
     def input_size(self) -> Tuple[int, ...]:

@@ -13,8 +13,9 @@ the paper (the squares of a map sum to one). To show one with Captum, move the c
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -75,10 +76,14 @@ def summation_energy_map(
     rectified: what is left is where the target's evidence is denser than the evidence against
     it. On a network with global average pooling the top site's contributions ``alpha * x``
     are the terms of the class activation map (Zhou et al., CVPR 2016), whose class specificity
-    lies as much in its negative terms as in its positive ones.
+    lies as much in its negative terms as in its positive ones. With
+    ``config.evidence_weighted`` the rectified contrast is then multiplied by the target's own
+    evidence (each site's map divided by its maximum, summed over the same sites): the contrast
+    decides where the target wins, the evidence how strongly each pixel carries it.
 
     Args:
-        state: From :meth:`FeedbackSelectivePruning.select` with ``keep_cws=True``.
+        state: From :meth:`FeedbackSelectivePruning.select` (its default ``keep_cws="summed"``
+            keeps what the configuration's map sums).
         size: Output ``(H, W)``; defaults to the input's spatial size.
         sites: Names of the sites to sum; defaults to the configuration's ``summation_sites``
             share of the spatial activation sites (all of them when ``None``).
@@ -93,7 +98,7 @@ def summation_energy_map(
         ``(B, 1, H, W)``.
     """
     if not state.cws:
-        raise ValueError("The state holds no CWs; run select(..., keep_cws=True).")
+        raise ValueError("The state holds no CWs; run select() without keep_cws=False.")
     quantity = summation or state.config.summation
     if quantity not in SUMMATIONS:
         raise ValueError(f"Unknown summation {quantity!r}; use one of {SUMMATIONS}.")
@@ -101,17 +106,30 @@ def summation_energy_map(
         raise ValueError("The configuration is contrastive but the state holds no dual: make it with select().")
     size = tuple(size or state.input_size)
     transform = _transform(state, reshape_transform)
-    names = list(sites) if sites is not None else summation_sites(state, transform)
+    names = list(sites) if sites is not None else state.summation_sites(transform)
     if not names:
         raise ValueError("The model has no spatial (B, C, H, W) ReLU-like site to sum.")
-    total: Optional[Tensor] = None
-    for name in names:
-        kept = _scaled(_site_map(state, name, quantity, transform), state.config.site_normalization)
-        if state.config.contrastive:
-            kept = kept - _scaled(_site_map(state.dual, name, quantity, transform), state.config.site_normalization)
-        resized = F.interpolate(kept, size=size, mode="bilinear", align_corners=False)
-        total = resized if total is None else total + resized
-    return l2_normalize(total.clamp(min=0))
+    unkept = [name for name in names if name not in state.cws]
+    if unkept:
+        raise ValueError(f"The state kept no CWs at {unkept[:3]}: select(..., keep_cws=True) keeps every site's.")
+    evidence = [_site_map(state, name, quantity, transform) for name in names]
+    sem = _summed(evidence, size, state.config.site_normalization)
+    if state.config.contrastive:
+        against = [_site_map(state.dual, name, quantity, transform) for name in names]
+        sem = sem - _summed(against, size, state.config.site_normalization)
+    sem = sem.clamp(min=0)
+    if state.config.evidence_weighted:
+        sem = sem * _summed(evidence, size, "max")
+    return l2_normalize(sem)
+
+
+def _summed(site_maps: Sequence[Tensor], size: Tuple[int, ...], normalization: str) -> Tensor:
+    """The sum of the sites' maps, each scaled (``normalization``) and resized to ``size``."""
+    total = torch.zeros(())
+    for site_map in site_maps:
+        total = total + F.interpolate(_scaled(site_map, normalization), size=size, mode="bilinear",
+                                      align_corners=False)
+    return total
 
 
 def _scaled(site_map: Tensor, normalization: str) -> Tensor:
@@ -121,18 +139,6 @@ def _scaled(site_map: Tensor, normalization: str) -> Tensor:
     flat = site_map.flatten(1)
     scale = flat.amax(1) if normalization == "max" else flat.sum(1)
     return site_map / scale.clamp(min=1e-30).view(-1, 1, 1, 1)
-
-
-def summation_sites(state: FeedbackState, reshape_transform: Optional[ReshapeTransform] = None) -> List[str]:
-    """The spatial activation sites (``(B, C, H, W)`` after ``reshape_transform``, default the
-    state's) the state's configuration sums, in execution order."""
-    transform = _transform(state, reshape_transform)
-    names = [name for name, kind in state.site_kinds.items()  # a site no gradient reached has no CW
-             if kind == "activation" and name in state.cws and transform(state.cws[name]).dim() == 4]
-    if state.config.summation_sites is None:
-        return names
-    start, stop = state.config.summation_sites
-    return names[round(start * len(names)):max(round(stop * len(names)), round(start * len(names)) + 1)]
 
 
 def _transform(state: FeedbackState, reshape_transform: Optional[ReshapeTransform]) -> ReshapeTransform:

@@ -18,7 +18,7 @@ from captum_feedback.core.config import ConfigLike, FeedbackConfig, resolve_conf
 from captum_feedback.core.layer import NeuronFeedback, check_layer, layer_contribution
 from captum_feedback.core.pruning import FeedbackSelectivePruning
 from captum_feedback.core.selection import MeanRatio, SelectionRule, keep_mask
-from captum_feedback.core.state import FeedbackState
+from captum_feedback.core.state import FeedbackState, KeepCws
 from captum_feedback.wsol.energy import energy_map, summation_energy_map, summation_fsp_fr_energy_map
 
 
@@ -61,7 +61,7 @@ class FeedbackPipeline:
         self._neurons = NeuronFeedback(model, layer)
 
     def select(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
-               keep_cws: bool = True) -> FeedbackState:
+               keep_cws: KeepCws = "summed") -> FeedbackState:
         """FSP with the layer's output and CWs kept (:meth:`FeedbackSelectivePruning.select`)."""
         return self._fsp.select(inputs, target, additional_forward_args, config=self.config, keep_cws=keep_cws,
                                 layers=(self.layer,))
