@@ -91,8 +91,9 @@ class _PruningPolicy(GatePolicy):
         return self.mirror
 
     def observe(self, site: Site, output: Tensor) -> None:
-        if self._mirrored() is not None:
-            self.mirror.observe(site, output)
+        mirror = self._mirrored()
+        if mirror is not None:
+            mirror.observe(site, output)
         if self.keep_cws and self.final_pass:
             self.outputs[site.index] = output
 
@@ -139,8 +140,9 @@ class _PruningPolicy(GatePolicy):
         return self.active
 
     def backward(self, site: Site, cw: Tensor) -> Tensor:
-        if self._mirrored() is not None:
-            self.mirror.backward(site, -cw)
+        mirror = self._mirrored()
+        if mirror is not None:
+            mirror.backward(site, -cw)
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
@@ -387,7 +389,6 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             # The graph below the lowest site, which that backward pass did not free, goes now
             # rather than during the next forward pass.
             del output, tapped, target_scores
-        policy.mirror = None
         missing = total_updates + 1 - len(outputs)
         return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
 

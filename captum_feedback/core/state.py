@@ -112,13 +112,19 @@ class FeedbackState:
         """The sites the configuration's Summation Energy Map sums, in execution order: its
         ``summation_sites`` share of the activation sites that are ``(B, C, H, W)`` maps after
         ``reshape_transform`` (default: the state's), less those that no gradient reached (no CW)."""
-        transform = reshape_transform or self.reshape_transform or (lambda activation: activation)
+        transform = self.maps_transform(reshape_transform)
         names = [name for name, kind in self.site_kinds.items()
                  if kind == "activation" and transform(self.gates[name]).dim() == 4]
         if self.config.summation_sites is not None:
             start, stop = (round(share * len(names)) for share in self.config.summation_sites)
             names = names[start:max(stop, start + 1)]
         return [name for name in names if name in self.cws]
+
+    def maps_transform(self, reshape_transform: Optional[Callable[[Tensor], Tensor]] = None
+                       ) -> Callable[[Tensor], Tensor]:
+        """``reshape_transform`` if given, else the state's, else the identity: what turns a
+        site's activation into ``(B, C, H, W)``."""
+        return reshape_transform or self.reshape_transform or (lambda activation: activation)
 
     def kept(self, keep_cws: KeepCws) -> FeedbackState:
         """The state with the CWs and site outputs ``keep_cws`` names: ``"summed"``, those of
@@ -144,7 +150,6 @@ def digest(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tuple[Tuple[int, 
     return tuple(rows)
 
 
-
 _ROWS = ("attributions", "gates", "cws", "site_outputs", "outputs", "target_scores", "updates", "converged",
          "reverted", "layer_outputs", "layer_cws")
 """The fields of a :class:`FeedbackState` that hold rows per sample: tensors, and tuples and dicts
@@ -161,12 +166,3 @@ def _join(name: str, values: List[Any]) -> Any:
     if isinstance(first, tuple):
         return tuple(torch.cat(parts) for parts in zip(*values))
     return torch.cat(values, 1 if name in _PASSES else 0)
-
-
-def _slice(name: str, value: Any, rows: slice) -> Any:
-    """Field ``name``'s samples ``rows``."""
-    if isinstance(value, dict):
-        return {k: v[rows] for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(v[rows] for v in value)
-    return value[:, rows] if name in _PASSES else value[rows]

@@ -105,7 +105,7 @@ def summation_energy_map(
     if state.config.contrastive and state.dual is None:
         raise ValueError("The configuration is contrastive but the state holds no dual: make it with select().")
     size = tuple(size or state.input_size)
-    transform = _transform(state, reshape_transform)
+    transform = state.maps_transform(reshape_transform)
     names = list(sites) if sites is not None else state.summation_sites(transform)
     if not names:
         raise ValueError("The model has no spatial (B, C, H, W) ReLU-like site to sum.")
@@ -139,11 +139,6 @@ def _scaled(site_map: Tensor, normalization: str) -> Tensor:
     flat = site_map.flatten(1)
     scale = flat.amax(1) if normalization == "max" else flat.sum(1)
     return site_map / scale.clamp(min=1e-30).view(-1, 1, 1, 1)
-
-
-def _transform(state: FeedbackState, reshape_transform: Optional[ReshapeTransform]) -> ReshapeTransform:
-    """The given transform, else the state's, else none."""
-    return reshape_transform or state.reshape_transform or (lambda activation: activation)
 
 
 def _site_map(state: FeedbackState, name: str, quantity: str, transform: ReshapeTransform) -> Tensor:
