@@ -10,7 +10,7 @@ import torch
 from nets import VGGish, seeded
 from torch import nn
 
-from captum_feedback import FSP, PRESETS, FeedbackConfig, Stage, summation_energy_map
+from captum_feedback import FSP, PRESETS, FeedbackConfig, MeanRatio, Stage, summation_energy_map
 
 CONTRASTIVE = replace(PRESETS["default"], summation_sites=None)
 """The default, summing both spatial sites of the tiny network."""
@@ -118,6 +118,53 @@ def test_the_head_of_a_vgg_is_its_last_feature_map_and_the_fully_connected_relus
     assert all(state.gates[name].all() for name in ("features.1", "features.3"))
 
 
+class Located(nn.Module):
+    """``x (1, 2, 1, 2) -> relu (the head) -> flatten -> linear``: a fully connected head, whose
+    class 0 weighs channel 0's two locations 4 and 1, channel 1's 2 and 1 (the CWs at the head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.ReLU()
+        self.fc = nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[4.0, 1.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
+
+    def forward(self, x):
+        return self.fc(self.head(x).flatten(1))
+
+
+def test_where_the_cws_tell_locations_apart_the_default_keeps_twice_the_mean():
+    state = FSP(Located().eval()).select(torch.ones(1, 2, 1, 2), target=0)
+    # mean positive CW (4 + 1 + 2 + 1) / 4 = 2, tau = 4: only channel 0's first location stays open
+    assert state.gates["head"].flatten().tolist() == [True, False, False, False]
+    assert state.target_scores[-1].item() == pytest.approx(4.0)
+
+
+def test_where_every_channel_cw_is_the_same_at_all_locations_the_default_keeps_alpha_above_zero():
+    """Global average pooling: a ratio would rank channels, not places (the tiny network's head
+    above keeps its weak channel 0 location too, which twice the mean would close)."""
+    x = torch.tensor([[[[3.0, 1.0]], [[0.0, 2.0]]]])
+    default = FSP(Pooled().eval()).select(x, target=0)
+    zero = FSP(Pooled().eval()).select(x, target=0, config=replace(PRESETS["default"], threshold="zero"))
+    assert all(torch.equal(default.gates[n], zero.gates[n]) for n in zero.gates)
+    assert default.gates["head"].tolist() == [[[[True, True]], [[False, False]]]]
+
+
+@pytest.mark.parametrize("positive, located", [
+    ([[[[0.5, 0.5]], [[0.0, 0.0]]]], False),        # (B, C, H, W), constant per channel
+    ([[[[0.5, 0.0]], [[0.2, 0.2]]]], False),        # a closed or inactive unit (0) is left out
+    ([[[[0.5, 0.2], [0.5, 0.2]]]], False),          # channels last (B, H, W, C), constant per channel
+    ([[[[0.5, 0.25]], [[0.1, 0.1]]]], True),        # channel 0 differs between its locations
+    ([[0.5, 0.25, 0.0]], False),                    # (B, n): no locations
+])
+def test_located_only_applies_the_ratio_where_cws_differ_between_locations(positive, located):
+    positive = torch.tensor(positive)
+    tau = MeanRatio(2.0, located_only=True).tau(positive).flatten()
+    mean = positive.sum() / (positive > 0).sum()
+    expected = 2 * mean if located else torch.finfo(torch.float32).tiny
+    torch.testing.assert_close(tau, torch.full((1,), float(expected)))
+
+
 def test_a_stage_names_a_share_or_the_head():
     assert Stage("head").sites == "head"
     with pytest.raises(ValueError, match="'head'"):
@@ -161,6 +208,9 @@ def test_select_keeps_the_cws_of_the_summed_sites_unless_asked_for_all():
     every = FSP(model).select(x, target=1, keep_cws=True)
     assert list(summed.cws) == list(summed.site_outputs) == summed.summation_sites() == ["features.6"]
     assert list(summed.dual.cws) == ["features.6"]
+    # the dual's last backward pass ends at the summed site: its map needs no input gradient
+    assert summed.dual.attributions == () and len(every.dual.attributions) == 1
+    torch.testing.assert_close(summed.dual.cws["features.6"], every.dual.cws["features.6"])
     assert set(every.cws) == set(every.gates)
     torch.testing.assert_close(summation_energy_map(summed), summation_energy_map(every))
     assert not FSP(model).select(x, target=1, keep_cws=False).cws

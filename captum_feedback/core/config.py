@@ -17,11 +17,13 @@ benchmarks -- takes one, so that no option is dropped on the way. Presets:
   2-8 of 13), each divided by its maximum. ``FR_sim.m`` and ``mean_thd.m``: FR from the layer's
   neurons whose CW is at least 0.1 times the mean positive CW, FR threshold ``MeanRatio(0.1)``.
 * ``"default"``: contrastive FSP, chosen by measurement on three models (README, "Which
-  configuration is the default"): the paper's rule ``alpha > 0`` for one update of the head
-  sites (the last feature map and any fully connected ReLUs above it), run for the target and
-  for its dual, the negated score; the Summation Energy Map sums the upper half of the spatial
-  sites' contributions ``alpha x``, the target's less the dual's, each a distribution over
-  locations. FSP-FR as in the released code.
+  configuration is the default"): one update of the head sites (the last feature map and any
+  fully connected ReLUs above it), run for the target and for its dual, the negated score; a
+  unit stays open while its CW is at least twice its site's mean positive CW where the CWs tell
+  locations apart (a VGG-style head's last feature map), and while it is positive elsewhere
+  (the paper's ``alpha > 0``: global pooling, fully connected ReLUs); the Summation Energy
+  Map sums the upper half of the spatial sites' contributions ``alpha x``, the target's less
+  the dual's, each a distribution over locations. FSP-FR as in the released code.
 * ``"pruning"``: the default before issue #21, the released code's rule with ratio 2 and sites
   4-10 of 13; for VGG-style heads.
 """
@@ -195,9 +197,9 @@ PRESETS: Dict[str, FeedbackConfig] = {
     ),
 }
 PRESETS["default"] = FeedbackConfig(
-    threshold="zero", stages=(Stage(HEAD, 1),), linearize=False, gate_pools=False, contrastive=True,
-    evidence_weighted=True, summation="contribution", summation_sites=(0.5, 1.0), site_normalization="sum",
-    neuron_ratio=0.1, fr_threshold=MeanRatio(0.1),
+    threshold=MeanRatio(2.0, located_only=True), stages=(Stage(HEAD, 1),), linearize=False, gate_pools=False,
+    contrastive=True, evidence_weighted=True, summation="contribution", summation_sites=(0.5, 1.0),
+    site_normalization="sum", neuron_ratio=0.1, fr_threshold=MeanRatio(0.1),
 )
 """Contrastive FSP, chosen on the tune splits of three test beds (EfficientNet-Lite0 on grids of
 real photos, the cluttered VGG and the cluttered ResNet on their scenes; the held-out splits

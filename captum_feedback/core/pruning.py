@@ -15,7 +15,7 @@ from captum_feedback.core.config import ConfigLike, FeedbackConfig, Stage, resol
 from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
 from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
-from captum_feedback.core.state import KEEP_CWS, FeedbackState, KeepCws, digest
+from captum_feedback.core.state import KEEP_CWS, FeedbackState, KeepCws, digest, summed_sites
 from captum_feedback.core.tokens import ReshapeTransform, default_reshape_transform, is_spatial
 
 
@@ -57,12 +57,17 @@ class _PruningPolicy(GatePolicy):
         """How many passes back :meth:`revert` has gone."""
         self.reverted = torch.zeros(batch_size, dtype=torch.bool)
         """Samples whose final gates :meth:`revert` took from an earlier pass."""
+        self.kept_sites: Optional[Set[int]] = None
+        """The sites whose CWs the last pass keeps, when it ends at the lowest of them rather
+        than at the inputs (the dual's, whose map needs no input gradient); ``None``: every site."""
         self.mirror: Optional[_PruningPolicy] = None
         """The dual's policy during the first pass. With every gate open the dual's score is the
         target's negation, so its CWs are this pass's negated and its outputs the same: one
         backward pass serves both, and the dual starts at its first update."""
 
     def needs_cw(self, site: Site) -> bool:
+        if self.final_pass:
+            return self.kept_sites is None or site.index in self.kept_sites
         return self.updating is None or site.index in self.updating
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
@@ -98,9 +103,9 @@ class _PruningPolicy(GatePolicy):
             self.outputs[site.index] = output
 
     def gates(self, site: Site) -> Tensor:
-        """The site's current gates, all open if it never had any."""
+        """The site's current gates; all open, as a read-only view of one value, if it never had any."""
         if site.index not in self.gated:
-            return torch.ones(site.shape, dtype=torch.bool)
+            return torch.ones((), dtype=torch.bool).expand(site.shape)
         return self.bytes.slot(site).view(torch.bool).clone()
 
     def restart(self) -> None:
@@ -346,6 +351,8 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             if total == 0:
                 dual_passes = passes.negated()
             else:
+                if keep_cws == "summed" and not layers:  # the dual's map needs no input gradient
+                    mirror.kept_sites = _summed_indices(session, config)
                 dual_passes = self._iterate(session, negated, mirror, config, layers, total, first=passes)
         return replace(state, dual=self._state(session, mirror, dual_passes, config, negated.inputs).kept(keep_cws))
 
@@ -373,6 +380,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 # Every sample at a fixed point in the last stage: these gates are final.
                 last_stage = stage_of[update - 1] == len(config.stages) - 1
                 policy.final_pass = policy.final_pass or (last_stage and not active.any())
+            if policy.final_pass and policy.kept_sites is not None:
+                session.propagate_cws(target_scores)
+                grads, layer_outputs = (), {}
+                break
             if policy.final_pass:
                 grads = input_gradients(target_scores, batch.inputs)
                 layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
@@ -427,7 +438,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
     def _state(session: GatingSession, policy: _PruningPolicy, passes: _Passes, config: FeedbackConfig,
                inputs: Tuple[Tensor, ...]) -> FeedbackState:
         names = {site.index: site.name for site in session.sites}
-        device = passes.grads[0].device
+        device = inputs[0].device
         return FeedbackState(
             attributions=passes.grads,
             gates={site.name: policy.gates(site).to(device) for site in session.sites},
@@ -455,6 +466,15 @@ def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage,
     spatial = [k for k, site in enumerate(gated) if is_spatial(site.shape, transform)]
     head = len(gated) - spatial[-1] if spatial else 1
     return {site.index for site in gated[len(gated) - stage.count(len(gated), head):]}
+
+
+def _summed_indices(session: GatingSession, config: FeedbackConfig) -> Set[int]:
+    """The indices of the sites the configuration's Summation Energy Map sums."""
+    by_name = {site.name: site for site in session.sites}
+    kinds = {name: site.kind for name, site in by_name.items()}
+    shapes = {name: tuple(site.shape) for name, site in by_name.items()}
+    transform = default_reshape_transform(session.forward_func) or (lambda activation: activation)
+    return {by_name[name].index for name in summed_sites(kinds, shapes, config, transform)}
 
 
 def _rows(rows: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

@@ -29,16 +29,31 @@ class MeanRatio:
     ``demo.m`` uses ``ratio=1`` for FSP and ``0.1`` for FR from all selected neurons at once.
     One deviation: where none of a site's open units has a positive CW, the released code
     divides 0 by 0 and closes every gate, which blanks the map; here the site keeps its gates.
+
+    Attributes:
+        ratio: The multiple of the mean positive CW a unit's CW must reach.
+        located_only: Apply the ratio only where the CWs tell locations apart. Where every
+            channel's CW is the same at all of its locations (the last feature map before
+            global average pooling), or a site has no locations (a fully connected ReLU), the
+            ratio would rank channels, not places, and a unit stays open while its CW is
+            positive (the paper's ``alpha > 0``). Per sample. The default configuration's rule:
+            it prunes a VGG-style head's last feature map to the target's strongest places
+            and leaves a pooled network's channel evidence to the contrast (issue #21).
     """
 
     ratio: float = 1.0
+    located_only: bool = False
 
     def tau(self, positive: Tensor) -> Tensor:
         """The threshold of each sample from the positive parts of its open units' CWs
         (``(B, ...)``, zero elsewhere): ``ratio`` times their mean, at least the dtype's smallest
         normal number, shaped to broadcast over ``positive``."""
-        tau = self.ratio * _mean_positive(positive.flatten(1)).to(positive.dtype)
-        return tau.clamp(min=torch.finfo(positive.dtype).tiny).view((-1,) + (1,) * (positive.dim() - 1))
+        shape = (-1,) + (1,) * (positive.dim() - 1)
+        tiny = torch.finfo(positive.dtype).tiny
+        tau = (self.ratio * _mean_positive(positive.flatten(1)).to(positive.dtype)).clamp(min=tiny)
+        if self.located_only:
+            tau = torch.where(_tells_locations_apart(positive), tau, torch.full_like(tau, tiny))
+        return tau.view(shape)
 
 
 Threshold = Union[str, float, MeanRatio, Callable[[Tensor], Tensor]]
@@ -149,6 +164,26 @@ def _mean_positive(flat: Tensor) -> Tensor:
     wide = flat.dtype == torch.float64 or flat.shape[1] > 2**24
     dtype = torch.float64 if wide else torch.float32
     return flat.sum(1, dtype=dtype) / torch.sign(flat).sum(1, dtype=dtype).clamp(min=1)
+
+
+def _tells_locations_apart(positive: Tensor) -> Tensor:
+    """Per sample, whether some channel's positive CWs differ between its locations (``(B,)``).
+
+    A ``(B, C, H, W)`` or channels-last ``(B, H, W, C)`` site (``(B, N, C)`` tokens) is constant
+    over its locations when it is constant over its last two (last one) or its middle dimensions:
+    a real site's CWs are never constant over channels. Zeros (closed, inactive or negative
+    units) are left out; a ``(B, n)`` site has no locations.
+    """
+    if positive.dim() < 3:
+        return torch.zeros(positive.shape[0], dtype=torch.bool, device=positive.device)
+    spans = ((2, 3), (1, 2)) if positive.dim() == 4 else tuple((d,) for d in range(1, positive.dim()))
+    return torch.stack([_varies(positive, dims) for dims in spans]).all(0)
+
+
+def _varies(positive: Tensor, dims: Tuple[int, ...]) -> Tensor:
+    """Per sample, whether a positive entry lies below its maximum over ``dims`` (by 1e-4 of it)."""
+    top = positive.amax(dims, keepdim=True)
+    return ((positive > 0) & (positive < top * (1 - 1e-4))).flatten(1).any(1)
 
 
 def _spatial(cw: Tensor) -> bool:

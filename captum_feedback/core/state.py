@@ -24,7 +24,9 @@ class FeedbackState:
         attributions: Input gradients of the target score under the final gates, one tensor
             per input (the "visualization map" of Sec. 3.4.1 before normalization).
         gates: Boolean gate ``z`` of every site after the last update, keyed by site name in
-            execution order, each shaped like the site's activation ``(B, ...)``.
+            execution order, each shaped like the site's activation ``(B, ...)``. A site that
+            never took a gate holds an expanded view of one ``True`` (no memory; ``clone()``
+            it to write).
         cws: Contribution weights ``alpha = dS/d(z x)`` (Eq. 6) under the final gates, same keys
             and shapes, of the sites ``select``'s ``keep_cws`` asked for: by default those the
             Summation Energy Map sums (:meth:`summation_sites`).
@@ -112,12 +114,8 @@ class FeedbackState:
         """The sites the configuration's Summation Energy Map sums, in execution order: its
         ``summation_sites`` share of the activation sites that are ``(B, C, H, W)`` maps after
         ``reshape_transform`` (default: the state's), less those that no gradient reached (no CW)."""
-        transform = self.maps_transform(reshape_transform)
-        names = [name for name, kind in self.site_kinds.items()
-                 if kind == "activation" and transform(self.gates[name]).dim() == 4]
-        if self.config.summation_sites is not None:
-            start, stop = (round(share * len(names)) for share in self.config.summation_sites)
-            names = names[start:max(stop, start + 1)]
+        shapes = {name: tuple(gate.shape) for name, gate in self.gates.items()}
+        names = summed_sites(self.site_kinds, shapes, self.config, self.maps_transform(reshape_transform))
         return [name for name in names if name in self.cws]
 
     def maps_transform(self, reshape_transform: Optional[Callable[[Tensor], Tensor]] = None
@@ -139,6 +137,19 @@ class FeedbackState:
     def input_size(self) -> Tuple[int, ...]:
         """Spatial size of the first input (everything after batch and channel dimensions)."""
         return tuple(self.attributions[0].shape[2:])
+
+
+def summed_sites(kinds: Dict[str, str], shapes: Dict[str, Tuple[int, ...]], config: FeedbackConfig,
+                 transform: Callable[[Tensor], Tensor]) -> List[str]:
+    """The sites (names, in execution order) whose maps a Summation Energy Map of ``config``
+    sums: its ``summation_sites`` share of the activation sites (``kinds``) whose activations
+    (``shapes``) are ``(B, C, H, W)`` maps after ``transform``."""
+    names = [name for name, kind in kinds.items()
+             if kind == "activation" and transform(torch.empty(shapes[name], device="meta")).dim() == 4]
+    if config.summation_sites is not None:
+        start, stop = (round(share * len(names)) for share in config.summation_sites)
+        names = names[start:max(stop, start + 1)]
+    return names
 
 
 def digest(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tuple[Tuple[int, ...], Tensor], ...]:
