@@ -30,9 +30,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from captum_feedback import FSP, PRESETS, FeedbackConfig, MeanRatio, Stage, summation_energy_map
+from captum_feedback.compare.methods import MethodMaps
 from captum_feedback.data import ClutteredScenes
 from captum_feedback.models.cluttered_vgg import cluttered_vgg
-from captum_feedback.wsol.methods import MethodMaps
 from captum_feedback.wsol.metrics import boxes_to_masks, energy_coverage, pointing_game
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,6 +60,9 @@ CANDIDATES: Dict[str, FeedbackConfig] = {
     "released_code, stages of 1 and 2": replace(RELEASED, stages=(Stage(7 / 15, 1), Stage(1.0, 2))),
     "pruning (ratio 2, sites 4-10 of 13)": PRESETS["pruning"],
     "default (contrastive)": PRESETS["default"],
+    "contrastive, alpha > 0": replace(PRESETS["default"], threshold="zero"),
+    "contrastive, located ratio 2": replace(PRESETS["default"], threshold=MeanRatio(2.0, located_only=True)),
+    "contrastive, located ratio 3": replace(PRESETS["default"], threshold=MeanRatio(3.0, located_only=True)),
     "ratio 2, stages of 1 and 2": replace(RELEASED, threshold=MeanRatio(2.0), stages=(Stage(7 / 15, 1),
                                                                                       Stage(1.0, 2))),
 }

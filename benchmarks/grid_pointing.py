@@ -28,10 +28,10 @@ import warnings
 from pathlib import Path
 from typing import Dict, List
 
-from captum_feedback.benchmark import run_benchmark
-from captum_feedback.benchmark.tasks import cell_side, grid_layout
 from captum_feedback.core.config import PRESETS, FeedbackConfig
 from captum_feedback.data import grids
+from captum_feedback.evaluation import run_benchmark
+from captum_feedback.evaluation.tasks import cell_side, grid_layout
 from captum_feedback.models.classifiers import load_classifier
 
 METHODS = ("FSP Summation", "Summation, no FSP", "FSP", "LayerGradCam",

@@ -51,19 +51,19 @@ from labelme_photos import fetch_labelme_photos  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from captum_feedback.benchmark.tasks import PROCEDURE_1  # noqa: E402
+from captum_feedback.compare.methods import ALL_METHODS, MethodMaps  # noqa: E402
 from captum_feedback.core.config import PRESETS, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.core.selection import MeanRatio  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.layouts import voc_photos  # noqa: E402
 from captum_feedback.data.voc import VOC_CLASSES, imagenet_target  # noqa: E402
+from captum_feedback.evaluation.tasks import PROCEDURE_1  # noqa: E402
 from captum_feedback.models import efficientnet_lite0  # noqa: E402
 from captum_feedback.models.classifiers import recommended_layers  # noqa: E402
 from captum_feedback.models.cluttered_resnet import cluttered_resnet  # noqa: E402
 from captum_feedback.models.cluttered_vgg import WIDTHS, cluttered_vgg  # noqa: E402
 from captum_feedback.wsol.faithfulness import deletion_insertion  # noqa: E402
 from captum_feedback.wsol.localization import energy_box, two_stage_localization  # noqa: E402
-from captum_feedback.wsol.methods import ALL_METHODS, MethodMaps  # noqa: E402
 from captum_feedback.wsol.metrics import (  # noqa: E402
     bootstrap_interval,
     box_accuracy,
@@ -448,7 +448,7 @@ def main() -> None:
                         help="configurations reported as extra FSP rows beside the default: presets and "
                              "ablations (ABLATION_CONFIGS)")
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS, metavar="METHOD",
-                        help="methods to score (default: all of captum_feedback.wsol.methods.ALL_METHODS)")
+                        help="methods to score (default: all of captum_feedback.compare.methods.ALL_METHODS)")
     parser.add_argument("--ig-steps", type=int, default=20)
     parser.add_argument("--superpixels", type=int, default=150)
     parser.add_argument("--sanity-pairs", type=int, default=64)

@@ -1,8 +1,9 @@
 """Feedback CNN attributions (Cao et al., TPAMI 2018) for Captum and any PyTorch model.
 
 The package: ``core/`` (the gating engine and the methods FSP, FR, LayerFeedback), ``wsol/``
-(energy maps, Procedures 1 and 2, scores, every method's map), ``app/`` (the command, the demo,
-figures), ``benchmark/`` (the paper's tables on data sets), ``data/`` and ``models/``.
+(energy maps, Procedures 1 and 2, scores), ``compare/`` (every method's map, Captum's beside
+the package's), ``app/`` (the command, the demo, figures), ``evaluation/`` (the paper's tables
+on data sets), ``data/`` and ``models/``.
 
 The names below load their modules (and torch) on first use, so that ``captum-feedback --help``
 starts without torch.

@@ -14,9 +14,9 @@ from torch import nn
 
 from captum_feedback import FSP
 from captum_feedback.app.cli import main
-from captum_feedback.benchmark.tasks import point_hits
 from captum_feedback.data import FASHION_MNIST_CLASSES
 from captum_feedback.data.layouts import cluttered_images, open_layout, write_layout
+from captum_feedback.evaluation.tasks import point_hits
 
 POINTING = ["--model", "cluttered_vgg", "--methods", "FSP Summation", "saliency", "--tolerance", "3"]
 
@@ -214,7 +214,7 @@ def test_the_embedded_imagenet_model_points_at_voc_classes_through_their_imagene
 def test_coco_classes_map_to_the_imagenet_classes_that_depict_them():
     from types import SimpleNamespace
 
-    from captum_feedback.benchmark.tasks import COCO_IMAGENET_NAMES, TargetMap
+    from captum_feedback.evaluation.tasks import COCO_IMAGENET_NAMES, TargetMap
     from captum_feedback.models import imagenet_classes
 
     names = imagenet_classes()

@@ -9,7 +9,7 @@ import torch
 from nets import FunctionalVGGish, VGGish, seeded
 from torch import nn
 
-from captum_feedback.wsol.methods import RELU_MODULE_METHODS, MethodMaps, unguided_sites
+from captum_feedback.compare.methods import RELU_MODULE_METHODS, MethodMaps, unguided_sites
 
 
 def maps_of(model, methods):

@@ -76,7 +76,7 @@ def test_layer_feedback_on_a_vit_block_gives_a_channel_map_with_tokens_to_maps()
 
 @pytest.mark.parametrize("name", ["vit_b_32", "swin_t"])
 def test_grad_cam_reads_token_and_channels_last_layers_as_maps(name):
-    from captum_feedback.wsol.methods import MethodMaps
+    from captum_feedback.compare.methods import MethodMaps
 
     model = zoo.build(name)
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(3)).expand(2, -1, -1, -1)

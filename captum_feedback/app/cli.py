@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 from captum_feedback.app import checks
 from captum_feedback.app.checks import CommandError
-from captum_feedback.wsol.registry import REGISTRY, TASK_DEFAULTS
+from captum_feedback.compare.registry import REGISTRY, TASK_DEFAULTS
 
 MAP_SLUGS = tuple(m.slug for m in REGISTRY if m.family != "boxes")
 

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from captum_feedback.app.checks import CommandError, check_targets, class_by_name
+from captum_feedback.compare.registry import TASK_DEFAULTS, method_name
 from captum_feedback.core.attribution import ungated_share
 from captum_feedback.core.config import FeedbackConfig, resolve_config
 from captum_feedback.models.classifiers import Classifier, ModelError, first_line, load_classifier
-from captum_feedback.wsol.registry import TASK_DEFAULTS, method_name
 
 
 def resolve_targets(spec: Sequence[str], logits: Tensor, classes: Sequence[str]) -> List[int]:
@@ -42,7 +42,7 @@ def classifier(args: argparse.Namespace, classes: Optional[Sequence[str]] = None
     """The ``--model`` / ``--weights`` classifier (``--num-classes`` outputs named ``classes``,
     where the command has them) on ``--device`` (this process's GPU under torchrun), or a
     :class:`CommandError`."""
-    from captum_feedback.benchmark.runner import rank_device
+    from captum_feedback.evaluation.runner import rank_device
 
     try:
         model = load_classifier(args.model, args.weights, getattr(args, "num_classes", None), classes)
@@ -73,8 +73,8 @@ def device(name: str) -> torch.device:
 def explain(args: argparse.Namespace) -> List[Path]:
     from tqdm import tqdm
 
+    from captum_feedback.compare.methods import MethodMaps
     from captum_feedback.data.photos import load_image
-    from captum_feedback.wsol.methods import MethodMaps
 
     model = classifier(args)
     maps_of = MethodMaps(model.model, model.middle, model.last, ig_steps=32, internal_batch_size=16,
@@ -172,8 +172,8 @@ def demo(args: argparse.Namespace) -> List[Path]:
 
 
 def benchmark(args: argparse.Namespace) -> List[Path]:
-    """``captum-feedback benchmark``: one task over a data set folder (:mod:`captum_feedback.benchmark`)."""
-    from captum_feedback.benchmark import run_benchmark
+    """``captum-feedback benchmark``: one task over a data set folder (:mod:`captum_feedback.evaluation`)."""
+    from captum_feedback.evaluation import run_benchmark
 
     grids = args.task == "grid-pointing"
     if grids:
@@ -235,10 +235,10 @@ def data_set(args: argparse.Namespace) -> Tuple[object, str]:
 
 
 def grid_layout(args: argparse.Namespace, model: Classifier) -> Tuple[object, str]:
-    """The grids of ``benchmark grid-pointing`` (:func:`~captum_feedback.benchmark.tasks.grid_layout`)
+    """The grids of ``benchmark grid-pointing`` (:func:`~captum_feedback.evaluation.tasks.grid_layout`)
     and the split their photos come from, or a :class:`CommandError`."""
-    from captum_feedback.benchmark.tasks import GridError, cell_side, grid_layout
     from captum_feedback.data import grids
+    from captum_feedback.evaluation.tasks import GridError, cell_side, grid_layout
 
     split = args.split or ("heldout" if args.dataset == "photos" else "val")
     try:

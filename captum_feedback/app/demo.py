@@ -34,6 +34,7 @@ from captum_feedback.app.visualization import (  # noqa: E402
     plot_fsp_iterations,
     visualize_energy_map,
 )
+from captum_feedback.compare.methods import MethodMaps  # noqa: E402
 from captum_feedback.core.config import PRESETS, ConfigLike, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.photos import bundled_photos  # noqa: E402
@@ -42,7 +43,6 @@ from captum_feedback.models import efficientnet_lite0, imagenet_classes, preproc
 from captum_feedback.models.cluttered_vgg import cluttered_vgg  # noqa: E402
 from captum_feedback.models.efficientnet_lite import EfficientNetLite  # noqa: E402
 from captum_feedback.wsol.localization import energy_box  # noqa: E402
-from captum_feedback.wsol.methods import MethodMaps  # noqa: E402
 from captum_feedback.wsol.metrics import map_cosine  # noqa: E402
 from captum_feedback.wsol.segmentation import segment  # noqa: E402
 

@@ -179,7 +179,7 @@ def compare_methods(
 
     Args:
         images: ``(B, C, H, W)`` (or one ``(C, H, W)``) images.
-        maps: ``{method: (B, 1, H, W) maps}``, e.g. from :class:`captum_feedback.wsol.methods.MethodMaps`.
+        maps: ``{method: (B, 1, H, W) maps}``, e.g. from :class:`captum_feedback.compare.methods.MethodMaps`.
         row_titles: A label per image (e.g. the target class).
         outlier_perc: The brightest percent of each map saturates, as in Captum; every panel is
             scaled to its own ``100 - outlier_perc`` percentile, which the shared colorbar reads.

@@ -20,7 +20,8 @@ from captum_feedback.core._compat import (
     per_sample_targets,
     select_targets,
 )
-from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site, check_depends_on_inputs
+from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
+from captum_feedback.core.guards import check_depends_on_inputs
 
 
 @dataclass

@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
-from captum_feedback.core.sites import FROZEN_OPS, SITE_OPS, FrozenOp, SiteOp
+from captum_feedback.core.frozen_ops import FROZEN_OPS, FrozenOp
+from captum_feedback.core.guards import check_depends_on_inputs, check_eval_mode, check_single_thread, preserved_state
+from captum_feedback.core.sites import SITE_OPS, SiteOp
 
 
 @dataclass
@@ -149,12 +151,6 @@ class _Gate(torch.autograd.Function):
         return mask.mul_(ctx.on_cw(grad)), None, None, None
 
 
-def check_depends_on_inputs(scores: Tensor) -> None:
-    """Raises ``ValueError`` for target scores that no backward pass can reach the inputs from."""
-    if not scores.requires_grad:
-        raise ValueError("The target score does not depend on the inputs; nothing to attribute.")
-
-
 def _all_reach(lowest: Node, nodes: Sequence[Node]) -> bool:
     """Whether a backward pass from each of ``nodes`` passes through ``lowest``."""
     reaches: Dict[Node, bool] = {lowest: True}
@@ -182,65 +178,6 @@ def _hooked(output: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:
     if output.requires_grad:
         output.register_hook(on_cw)
     return output
-
-
-def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
-    if not isinstance(model, nn.Module):
-        return []
-    modules = [(m, "training", m.training) for m in model.modules()]
-    params = [(p, "requires_grad", p.requires_grad) for p in model.parameters()]
-    grads = [(p, "grad", p.grad) for p in model.parameters()]
-    return modules + params + grads
-
-
-def check_single_thread(model: Any) -> None:
-    """Raises ``ValueError`` for ``nn.DataParallel`` anywhere in the model: its replicas run in
-    other threads, where the gating (a thread-local ``TorchFunctionMode``) does not reach, so
-    they would compute plain gradients. ``DistributedDataParallel`` runs in the caller's thread
-    and works."""
-    if not isinstance(model, nn.Module):
-        return
-    for name, module in model.named_modules():
-        if isinstance(module, nn.DataParallel):
-            raise ValueError(
-                f"'{name or 'model'}' is a torch.nn.DataParallel: its replicas run in other threads, which the "
-                "feedback gates do not reach. Pass its .module (and move inputs to that device), or run one "
-                "process per GPU with DistributedDataParallel (torchrun)."
-            )
-
-
-def check_eval_mode(model: Any) -> None:
-    """Raises ``ValueError`` where a module in training mode would change the model or make the
-    passes differ: batch normalization (batch statistics, running statistics updated on every
-    pass), instance normalization that tracks running statistics, and dropout."""
-    if not isinstance(model, nn.Module):
-        return
-    for name, module in model.named_modules():
-        if not module.training:
-            continue
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) or (
-                isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats):
-            effect = "normalize with batch statistics and update its running statistics"
-        elif isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.p > 0:
-            effect = "drop other units"
-        else:
-            continue
-        raise ValueError(
-            f"The model is in training mode: {type(module).__name__} '{name or 'model'}' would {effect} on "
-            "every one of feedback's passes, and its buffers would change. Call model.eval() first."
-        )
-
-
-@contextlib.contextmanager
-def preserved_state(model: Any) -> Iterator[None]:
-    """Restores training flags, ``requires_grad`` and ``.grad`` of every module and parameter."""
-    snapshot = _state_snapshot(model)
-    try:
-        yield
-    finally:
-        for obj, attr, value in snapshot:
-            if getattr(obj, attr) is not value:
-                setattr(obj, attr, value)
 
 
 class _SiteMode(TorchFunctionMode):
@@ -349,7 +286,7 @@ class GatingSession:
 
     def _on_frozen(self, func: Callable, op: FrozenOp, args: tuple, kwargs: dict) -> Any:
         """A nonlinearity that is not a gate site, in a linearized session: the first pass
-        records its state, later passes evaluate it frozen (:class:`~.sites.FrozenOp`)."""
+        records its state, later passes evaluate it frozen (:class:`~.frozen_ops.FrozenOp`)."""
         params = op.bind(args, kwargs)
         index = self._frozen_calls
         self._frozen_calls += 1

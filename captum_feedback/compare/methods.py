@@ -27,6 +27,7 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
+from captum_feedback.compare.registry import names
 from captum_feedback.core._compat import TargetType, per_sample_targets, select_targets
 from captum_feedback.core.attribution import GatePolicyAttribution
 from captum_feedback.core.config import ConfigLike
@@ -36,7 +37,6 @@ from captum_feedback.core.recovering import FeedbackRecovering
 from captum_feedback.core.tokens import default_reshape_transform
 from captum_feedback.wsol.energy import energy_map, l2_normalize, summation_energy_map
 from captum_feedback.wsol.pipeline import FeedbackPipeline
-from captum_feedback.wsol.registry import names
 
 PIPELINE_METHODS = names("pipeline")
 """The maps one :class:`~captum_feedback.FeedbackPipeline` run gives."""
@@ -50,7 +50,7 @@ ABLATIONS = names("ablation")
 CAPTUM_METHODS = names("captum")
 BASELINES = names("baseline")
 ALL_METHODS = names()
-"""Every method with a map, in :data:`~captum_feedback.wsol.registry.REGISTRY`'s order."""
+"""Every method with a map, in :data:`~captum_feedback.compare.registry.REGISTRY`'s order."""
 
 
 def center_map(inputs: Tensor, sigma: float = 0.25) -> Tensor:

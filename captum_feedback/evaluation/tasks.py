@@ -20,7 +20,7 @@ records add up to, and the scores those counts give.
   maximum lies there, and RISE's deletion and insertion areas (faithfulness), with bootstrap
   intervals over grids.
 
-Every map comes from :class:`~captum_feedback.wsol.methods.MethodMaps`, as in ``benchmarks/quality.py``.
+Every map comes from :class:`~captum_feedback.compare.methods.MethodMaps`, as in ``benchmarks/quality.py``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from captum_feedback.compare.methods import ALL_METHODS, MethodMaps
+from captum_feedback.compare.registry import names
 from captum_feedback.core.config import FeedbackConfig
 from captum_feedback.data.annotations import IGNORE, AnnotatedImage, box_mask
 from captum_feedback.data.grids import Candidate, GridLayout, confident_cells
@@ -42,9 +44,7 @@ from captum_feedback.data.voc import IMAGENET_CLASSES_OF_VOC
 from captum_feedback.models.classifiers import Classifier
 from captum_feedback.wsol.faithfulness import deletion_insertion
 from captum_feedback.wsol.localization import energy_box, two_stage_localization
-from captum_feedback.wsol.methods import ALL_METHODS, MethodMaps
 from captum_feedback.wsol.metrics import bootstrap_interval, confusion_matrix, energy_coverage, pointing_game
-from captum_feedback.wsol.registry import names
 from captum_feedback.wsol.segmentation import segment
 
 PROCEDURE_1 = names("boxes")[0]

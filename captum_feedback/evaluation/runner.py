@@ -5,7 +5,7 @@ repeated to pad). Each process appends one JSON line per image to its own file i
 ``OUT/records/`` and syncs it to disk, so a killed run loses at most the image in flight; a run
 in the same ``OUT`` skips every image that has a record in any file (whatever the number of
 processes that wrote it). Each rank then adds up the records of its own images, an
-``all_reduce`` sums the counts, and rank 0 writes the report (:mod:`~captum_feedback.benchmark.report`).
+``all_reduce`` sums the counts, and rank 0 writes the report (:mod:`~captum_feedback.evaluation.report`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from captum_feedback.benchmark.tasks import Context, Task
+from captum_feedback.evaluation.tasks import Context, Task
 
 RECORDS = "records"
 SETTINGS = "settings.json"

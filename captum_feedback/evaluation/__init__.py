@@ -15,8 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from captum_feedback.benchmark.report import run_stats, write_report
-from captum_feedback.benchmark.runner import (
+from captum_feedback.compare.methods import MethodMaps
+from captum_feedback.core.config import ConfigLike, resolve_config
+from captum_feedback.data.layouts import Layout
+from captum_feedback.evaluation.report import run_stats, write_report
+from captum_feedback.evaluation.runner import (
     barrier,
     check_settings,
     join_process_group,
@@ -24,11 +27,8 @@ from captum_feedback.benchmark.runner import (
     score_images,
     totals,
 )
-from captum_feedback.benchmark.tasks import PROCEDURE_1, TASKS, Context, TargetMap, method_view
-from captum_feedback.core.config import ConfigLike, resolve_config
-from captum_feedback.data.layouts import Layout
+from captum_feedback.evaluation.tasks import PROCEDURE_1, TASKS, Context, TargetMap, method_view
 from captum_feedback.models.classifiers import Classifier
-from captum_feedback.wsol.methods import MethodMaps
 
 __all__ = ["PROCEDURE_1", "TASKS", "TargetMap", "run_benchmark"]
 
@@ -46,7 +46,7 @@ def run_benchmark(task_name: str, layout: Layout, classifier: Classifier, method
 
     Returns:
         The summary: per method, ``hits``, ``total``, ``accuracy`` and ``per_class`` (see
-        :mod:`captum_feedback.benchmark.tasks` for each task's further fields).
+        :mod:`captum_feedback.evaluation.tasks` for each task's further fields).
 
     Raises:
         ValueError: an unknown task or method, settings that differ from the records in ``out``,

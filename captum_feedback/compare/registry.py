@@ -1,6 +1,6 @@
 """Every method the package compares, in one vocabulary: its name (the key of maps, tables and
 ``summary.json``), the command line's spelling, its family and what it is. The CLI, the demo,
-:class:`~captum_feedback.wsol.methods.MethodMaps` and the benchmarks all read this table (it
+:class:`~captum_feedback.compare.methods.MethodMaps` and the benchmarks all read this table (it
 imports nothing heavy, so that ``captum-feedback --help`` stays fast)."""
 
 from __future__ import annotations
