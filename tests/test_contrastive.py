@@ -201,6 +201,19 @@ def test_the_dual_shares_the_first_pass_and_equals_fsp_of_the_negated_score(conf
     torch.testing.assert_close(state.dual.outputs, -alone.outputs)
 
 
+def test_a_run_whose_samples_all_converge_early_keeps_what_its_map_needs():
+    """Every sample at a fixed point before the last update: that pass is the last, and its
+    site outputs and the dual's CWs of the summed sites are kept all the same."""
+    model = seeded(VGGish())
+    x = torch.rand(2, 3, 16, 16)
+    config = replace(PRESETS["default"], stages=(Stage("head", 30),))
+    summed = FSP(model).select(x, target=[0, 1], config=config)
+    assert summed.converged.all() and summed.dual.converged.all() and summed.updates.max() < 30
+    assert list(summed.site_outputs) == list(summed.dual.site_outputs) == ["features.6"]
+    every = FSP(model).select(x, target=[0, 1], config=config, keep_cws=True)
+    torch.testing.assert_close(summation_energy_map(summed), summation_energy_map(every))
+
+
 def test_select_keeps_the_cws_of_the_summed_sites_unless_asked_for_all():
     model = seeded(VGGish())
     x = torch.rand(2, 3, 16, 16)

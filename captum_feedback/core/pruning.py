@@ -50,6 +50,9 @@ class _PruningPolicy(GatePolicy):
         self.layer_cws: Dict[str, Tensor] = {}
         self.final_pass = False
         """Set before the last pass: its CWs choose no further gates."""
+        self.may_be_final = False
+        """Set before every pass of the last stage, which may turn out the last (every sample
+        converged): its site outputs are kept, and so are its CWs of :attr:`kept_sites`."""
         self.active = torch.ones(batch_size, dtype=torch.bool)
         self.converged_any = False
         """``not active.all()``, kept as a flag so that sites need not ask the tensor each pass."""
@@ -66,8 +69,13 @@ class _PruningPolicy(GatePolicy):
         backward pass serves both, and the dual starts at its first update."""
 
     def needs_cw(self, site: Site) -> bool:
-        if self.final_pass:
-            return self.kept_sites is None or site.index in self.kept_sites
+        kept = self.kept_sites is not None and self.may_be_final and site.index in self.kept_sites
+        if self.final_pass and self.kept_sites is not None:
+            return kept
+        return kept or self._updates(site)
+
+    def _updates(self, site: Site) -> bool:
+        """Whether this pass's CW of the site chooses its next gates."""
         return self.updating is None or site.index in self.updating
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
@@ -93,13 +101,14 @@ class _PruningPolicy(GatePolicy):
         """The mirror, told which sites this pass updates and whether it is the last."""
         if self.mirror is not None:
             self.mirror.updating, self.mirror.final_pass = self.updating, self.final_pass
+            self.mirror.may_be_final = self.may_be_final
         return self.mirror
 
     def observe(self, site: Site, output: Tensor) -> None:
         mirror = self._mirrored()
         if mirror is not None:
             mirror.observe(site, output)
-        if self.keep_cws and self.final_pass:
+        if self.keep_cws and self.may_be_final:
             self.outputs[site.index] = output
 
     def gates(self, site: Site) -> Tensor:
@@ -151,7 +160,7 @@ class _PruningPolicy(GatePolicy):
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        if not self.final_pass and self.needs_cw(site):  # the site's gates have been used: its
+        if not self.final_pass and self._updates(site):  # the site's gates have been used: its
             if self.bytes is None:  # bytes take the selector
                 self.bytes = GateStore(self.sites, len(self.active), cw.device, keep_history=self.rule.prunes_only)
             slot = self.bytes.slot(site)
@@ -369,6 +378,8 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         updates = torch.zeros(batch.size, dtype=torch.long)
         for update in range(len(outputs), total_updates + 1):
             policy.final_pass = update == total_updates
+            in_last_stage = update > 0 and stage_of[update - 1] == len(config.stages) - 1
+            policy.may_be_final = policy.final_pass or in_last_stage
             # A new stage names its sites before the forward pass, whose backward updates them.
             new_stage = 0 < update < total_updates and stage_of[update] != stage_of[update - 1]
             if new_stage:
