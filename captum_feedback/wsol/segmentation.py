@@ -89,8 +89,9 @@ def saliency_cut(image: Tensor, energy: Tensor, foreground: float = 0.5, backgro
         energy: ``(H, W)`` energy map of the object.
 
     Returns:
-        ``(H, W)`` bool mask. A map without energy gives an empty mask; when GrabCut has no
-        pixels on one side to learn from, the thresholded seed is returned.
+        ``(H, W)`` bool mask, the same for the same image and map whatever ran before (OpenCV's
+        generator is seeded for each cut). A map without energy gives an empty mask; when
+        GrabCut has no pixels on one side to learn from, the thresholded seed is returned.
     """
     import cv2
 
@@ -116,6 +117,7 @@ def saliency_cut(image: Tensor, energy: Tensor, foreground: float = 0.5, backgro
     if min(_colours(pixels[inside]), _colours(pixels[~inside])) < GMM_COMPONENTS:
         return torch.from_numpy(seeded_foreground)
     models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means starts from OpenCV's global generator: the same cut, whatever ran before
     cv2.grabCut(pixels, mask, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
     cut = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
     if shrink < 1:
