@@ -11,6 +11,7 @@ import torchvision
 from PIL import Image
 
 from captum_feedback.app.cli import main
+from captum_feedback.app.commands import device
 from captum_feedback.data.photos import bundled_photos
 
 
@@ -162,3 +163,12 @@ def test_a_portrait_photo_gets_a_mask_of_its_own_size_and_a_box_inside_it(cat_jp
     assert Image.open(mask).size == (810, 1080)
     x1, y1, x2, y2 = json.loads(next((tmp_path / "out").glob("*_box.json")).read_text())["box_xyxy"]
     assert 0 <= x1 < x2 <= 810 and 0 <= y1 < y2 <= 1080
+
+
+def test_under_torchrun_cuda_means_this_process_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert device("cuda") == torch.device("cuda", 1)
+    assert device("cuda:0") == torch.device("cuda", 0) and device("cpu") == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert device("cuda") == torch.device("cuda")

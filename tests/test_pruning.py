@@ -222,7 +222,7 @@ def test_fsp_is_class_specific_where_the_gradient_is_shared():
     assert torch.cosine_similarity(a, b, dim=0) < 0.99
 
 
-@pytest.mark.parametrize("threshold", ["positive_mean", MeanRatio(2.0), 0.01, lambda cw: cw.flatten(1).std(1)])
+@pytest.mark.parametrize("threshold", [MeanRatio(1.0), MeanRatio(2.0), 0.01, lambda cw: cw.flatten(1).std(1)])
 def test_threshold_rules_prune_at_least_as_much_as_zero(threshold):
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)

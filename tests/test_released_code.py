@@ -190,7 +190,7 @@ def test_each_following_rule_on_a_hand_computed_example(threshold, expected):
 @pytest.mark.parametrize("threshold, open_units, expected", [
     (MeanRatio(1.0), None, [1, 0, -1, 0, 0]),          # mean positive CW (3 + 1 + 0.5) / 3 = 1.5
     (MeanRatio(0.5), None, [1, 1, -1, 0, 0]),          # tau 0.75
-    ("positive_mean", [0, 1, 1, 1, 1], [0, 1, -1, 0, 0]),  # unit 0 closed: (1 + 0.5) / 2 = 0.75
+    (MeanRatio(1.0), [0, 1, 1, 1, 1], [0, 1, -1, 0, 0]),  # unit 0 closed: (1 + 0.5) / 2 = 0.75
     (MeanRatio(4.0), [0, 1, 1, 1, 0], [0, 1, 1, 1, 0]),    # no open CW reaches 3: the site keeps its gates
 ])
 def test_each_pruning_rule_on_a_hand_computed_example(threshold, open_units, expected):
@@ -204,7 +204,9 @@ def test_the_text_rule_mean_is_refused_with_the_reason():
 
 
 def test_every_threshold_becomes_one_validated_rule():
-    assert as_rule("positive_mean") == SelectionRule(MeanRatio(1.0))
+    assert as_rule(MeanRatio(1.0)) == SelectionRule(MeanRatio(1.0))
+    with pytest.raises(ValueError, match=r"another name of MeanRatio\(1.0\)"):
+        as_rule("positive_mean")
     assert as_rule(MeanRatio(0.1), drop_edges=True).drop_edges
     for bad, error in [("median", ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
                        (MeanRatio(-1.0), ValueError), (MeanRatio(float("nan")), ValueError), ([1], TypeError)]:

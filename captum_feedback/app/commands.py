@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -42,13 +43,11 @@ def classifier(args: argparse.Namespace, classes: Optional[Sequence[str]] = None
     """The ``--model`` / ``--weights`` classifier (``--num-classes`` outputs named ``classes``,
     where the command has them) on ``--device`` (this process's GPU under torchrun), or a
     :class:`CommandError`."""
-    from captum_feedback.evaluation.runner import rank_device
-
     try:
         model = load_classifier(args.model, args.weights, getattr(args, "num_classes", None), classes)
     except ModelError as error:
         raise CommandError(str(error)) from None
-    return model.to(rank_device(device(args.device)))
+    return model.to(device(args.device))
 
 
 def config(args: argparse.Namespace) -> FeedbackConfig:
@@ -60,13 +59,16 @@ def config(args: argparse.Namespace) -> FeedbackConfig:
 
 
 def device(name: str) -> torch.device:
-    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, checked; under ``torchrun``, ``cuda`` is
+    this process's GPU (``LOCAL_RANK``)."""
     try:
         chosen = torch.device(name)
     except RuntimeError:
         raise CommandError(f"--device {name}: not a device (cpu, cuda, cuda:N).") from None
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise CommandError(f"--device {name}: CUDA is not available on this machine.")
+    if chosen.type == "cuda" and chosen.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return chosen
 
 

@@ -144,10 +144,10 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         config: ConfigLike = None,
-        state: Optional[FeedbackState] = None,
         iterations: Optional[int] = None,
         threshold: Optional[Threshold] = None,
         linearize: Optional[bool] = None,
+        state: Optional[FeedbackState] = None,
     ) -> Union[Tensor, TensorOrTuple]:
         r"""The layer's contributions to the target after FSP.
 
@@ -157,10 +157,10 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
             additional_forward_args: Further arguments to the model, after the inputs.
             config: FSP's configuration (a preset name or a
                 :class:`~captum_feedback.FeedbackConfig`).
-            state: A :class:`FeedbackState` from :meth:`FeedbackPipeline.select` on the same
-                inputs and layer, to reuse instead of running FSP again.
             iterations, threshold, linearize: Override ``config``'s fields, as for
                 :meth:`FeedbackSelectivePruning.attribute`.
+            state: A :class:`FeedbackState` from :meth:`FeedbackPipeline.select` on the same
+                inputs and layer, to reuse instead of running FSP again.
 
         Returns:
             ``dS/dh * h`` under FSP's final gates, shaped like the layer's output (after the

@@ -244,10 +244,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         inputs: TensorOrTuple,
         target: TargetType = None,
         additional_forward_args: Any = None,
+        config: ConfigLike = None,
         iterations: Optional[int] = None,
         threshold: Optional[Threshold] = None,
         linearize: Optional[bool] = None,
-        config: ConfigLike = None,
     ) -> TensorOrTuple:
         r"""Input attribution of the target under the gates FSP selects.
 
@@ -258,19 +258,19 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 with one entry per sample (Captum's target forms). ``None`` when the model
                 returns one value per sample.
             additional_forward_args: Further arguments to the model, passed after the inputs.
+            config: A preset name (``"default"``, ``"paper"``, ``"released_code"``,
+                ``"pruning"``) or a :class:`~captum_feedback.FeedbackConfig`; the three
+                arguments below override its fields.
             iterations: Number of gate updates of the last (or only) stage; ``None`` takes the
                 configuration's. Each sample stops early once an update of the last stage
                 changes none of its gates (a fixed point). The paper converges in about 5
                 (Sec. 4.1, Figs. 6-7).
             threshold: ``"zero"`` (Algorithm 2; guarantees a non-decreasing score when
-                linearized), ``"positive_mean"`` or a :class:`~captum_feedback.MeanRatio` (the
+                linearized), a :class:`~captum_feedback.MeanRatio` (``MeanRatio(1.0)``: the
                 authors' released code, per sample and site), a number, or a callable; see
                 :data:`captum_feedback.core.selection.Threshold`. ``None`` takes the configuration's.
             linearize: Freeze ReLU states and max-pool choices after the first forward pass
                 (Sec. 3.3); ``None`` takes the configuration's.
-            config: A preset name (``"default"``, ``"paper"``, ``"released_code"``) or a
-                :class:`~captum_feedback.FeedbackConfig`; the arguments above override its
-                fields.
 
         Returns:
             Gradients of the target with respect to each input under the final gates, the
@@ -291,10 +291,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         inputs: TensorOrTuple,
         target: TargetType = None,
         additional_forward_args: Any = None,
+        config: ConfigLike = None,
         iterations: Optional[int] = None,
         threshold: Optional[Threshold] = None,
         linearize: Optional[bool] = None,
-        config: ConfigLike = None,
         keep_cws: KeepCws = "summed",
         layers: Sequence[nn.Module] = (),
     ) -> FeedbackState:
@@ -323,6 +323,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
 
         Maps drawn from it (:func:`~captum_feedback.summation_energy_map` with the same
         configuration) show what FSP's selection adds to a map and what the summation alone gives.
+
         Args:
             inputs, target, additional_forward_args: As for :meth:`attribute`.
             config: The configuration whose maps will be drawn (a contrastive one makes the

@@ -57,8 +57,8 @@ class MeanRatio:
 
 
 Threshold = Union[str, float, MeanRatio, Callable[[Tensor], Tensor]]
-"""``"zero"`` (Algorithms 1 and 2), ``"positive_mean"`` (``MeanRatio(1.0)``, the authors' rule), a
-:class:`MeanRatio`, a constant, or a callable mapping the CWs ``(B, ...)`` of a site to per-sample
+"""``"zero"`` (Algorithms 1 and 2), a :class:`MeanRatio` (``MeanRatio(1.0)``: the authors' rule), a
+constant, or a callable mapping the CWs ``(B, ...)`` of a site to per-sample
 thresholds of shape ``(B,)``.
 
 A threshold below zero is raised to zero: it would keep units whose contribution lowers the
@@ -66,7 +66,7 @@ target score, which no reading of Eq. 7 wants. For that reason the paper's text 
 (the mean of *all* CWs of a layer, which is almost always negative) is not offered: raised to zero
 it is ``"zero"``; the released code's reading of it is :class:`MeanRatio`."""
 
-_NAMES = ("zero", "positive_mean")
+_NAMES = ("zero",)
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,7 @@ class SelectionRule:
     """A validated threshold, with the edge rule of the released code.
 
     Attributes:
-        threshold: The threshold as given (see :data:`Threshold`); ``"positive_mean"`` is
-            stored as ``MeanRatio(1.0)``.
+        threshold: The threshold as given (see :data:`Threshold`).
         drop_edges: Close the outermost row and column of every spatial map before anything
             else (``drop_edge_pixels`` of the released code).
     """
@@ -216,11 +215,12 @@ def as_rule(threshold: Union[Threshold, SelectionRule] = "zero", drop_edges: boo
             raise ValueError("threshold='mean' (the mean of all CWs of a layer, Sec. 3.5) is gone: that mean is "
                              "almost always negative, so the rule was 'zero'. Use MeanRatio(r), the authors' reading "
                              "(the mean of the positive CWs), or 'zero'.")
+        if threshold == "positive_mean":
+            raise ValueError("threshold='positive_mean' is gone: it was another name of MeanRatio(1.0), the authors' "
+                             "rule; pass MeanRatio(1.0).")
         if threshold not in _NAMES:
             raise ValueError(f"Unknown threshold rule {threshold!r}; use one of {_NAMES}, a MeanRatio, a number "
                              "or a callable.")
-        if threshold == "positive_mean":
-            threshold = MeanRatio(1.0)
     elif isinstance(threshold, MeanRatio):
         if not (isinstance(threshold.ratio, (int, float)) and math.isfinite(threshold.ratio) and threshold.ratio >= 0):
             raise ValueError(f"MeanRatio needs a finite ratio >= 0, got {threshold.ratio!r}.")

@@ -50,13 +50,6 @@ def join_process_group(device: torch.device) -> Shard:
     return Shard(dist.get_rank(), dist.get_world_size())
 
 
-def rank_device(device: torch.device) -> torch.device:
-    """Under ``torchrun``, ``cuda`` means this process's GPU (``LOCAL_RANK``)."""
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
-
-
 def check_settings(out: Path, settings: dict, shard: Shard) -> None:
     """Records of another task, data set, model or method list must not mix: the first run in
     ``out`` writes its settings, later runs must match them."""
