@@ -49,7 +49,7 @@ import quality  # noqa: E402
 METHODS = ("FSP", "FSP Summation", "FSP-FR", "Summation-FSP-FR", "FR", "Summation, no FSP",
            "Summation abs(gradient), no FSP", "Summation gradient x activation, no FSP", "Saliency",
            "GuidedBackprop", "IntegratedGradients", "LayerGradCam")
-CONFIGS = ("paper", "released_code", "pruning", "default-unweighted", "default-not-contrastive",
+CONFIGS = ("paper", "released_code", "pruning", "default-unweighted", "default-alpha-0", "default-not-contrastive",
            "default-max-normalized", "default-ratio-1", "paper-reevaluated", "paper-no-pool-gates")
 GRADIENT_METHODS = ("Saliency", "GuidedBackprop", "IntegratedGradients")
 BOX = quality.box_metric(0.99)
@@ -238,8 +238,10 @@ def write(path: Path, results: Dict, ascent: Dict[str, float], grids: Dict, comm
         lines += ["", f"### Ablations on {model}: one choice changed at a time", "",
                   "`[pruning]`: the default before issue #21 (the released code's pruning, ratio 2); "
                   "`[default-unweighted]`: the contrast alone, not weighted by the target's evidence; "
+                  "`[default-alpha-0]`: `alpha > 0` at the head everywhere (the default before the located ratio); "
                   "`[default-not-contrastive]`: the default without the dual; `[default-max-normalized]`: sites "
-                  "scaled by their maximum; `[default-ratio-1]`: the released code's threshold at the head; "
+                  "scaled by their maximum; `[default-ratio-1]`: the released code's threshold at the head, wherever "
+                  "the CWs carry location or not; "
                   "`[paper-reevaluated]`, `[paper-no-pool-gates]`: the paper preset without linearization, with "
                   "ReLU gates only. \"Summation, no FSP\" is the default's map with every gate open; the other "
                   "two \"no FSP\" rows sum the same sites one-sided.", "", ablation_table(results[model]), ""]

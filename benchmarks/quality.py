@@ -197,11 +197,14 @@ ABLATION_CONFIGS: Dict[str, FeedbackConfig] = {
     "paper-reevaluated": replace(PRESETS["paper"], linearize=False),
     "paper-no-pool-gates": replace(PRESETS["paper"], gate_pools=False),
     "default-ratio-1": replace(PRESETS["default"], threshold=MeanRatio(1.0)),
+    "default-alpha-0": replace(PRESETS["default"], threshold="zero"),
     "default-all-sites": replace(PRESETS["default"], summation_sites=(0.0, 1.0)),
     "default-unweighted": replace(PRESETS["default"], evidence_weighted=False),
 }
 """One choice of a preset changed at a time: the dual, the site normalization, linearization,
-max-pool gates, the threshold rule, the summed sites, the evidence weighting."""
+max-pool gates, the threshold rule (``default-ratio-1``: the ratio at every site and layout;
+``default-alpha-0``: ``alpha > 0`` everywhere, the default before the located ratio), the
+summed sites, the evidence weighting."""
 CONFIGS = {**PRESETS, **ABLATION_CONFIGS}
 
 

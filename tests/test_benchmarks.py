@@ -8,6 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import claims  # noqa: E402
 import configs  # noqa: E402
+import located_ratio  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
 
@@ -55,6 +56,12 @@ def test_the_configuration_search_scores_candidates_beside_grad_cam(monkeypatch,
     table = capsys.readouterr().out
     for row in ("LayerGradCam", "Saliency", "default (contrastive)"):
         assert f"| {row} |" in table
+
+
+def test_the_located_ratio_leaves_the_pooled_embedded_model_as_alpha_above_zero(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["located_ratio.py", "--grids", "1"])
+    located_ratio.main()
+    assert "4 targets on 1 heldout grids: gates equal: True; largest map difference: 0 " in capsys.readouterr().out
 
 
 def test_scores_count_energy_on_the_other_item_of_two_item_scenes():

@@ -1,9 +1,11 @@
 """The embedded default model: real ImageNet EfficientNet-Lite0 with packaged weights."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from captum_feedback import FSP
+from captum_feedback import FSP, PRESETS, summation_energy_map
 from captum_feedback.core.engine import GatePolicy, GatingSession
 from captum_feedback.data.photos import bundled_photos
 from captum_feedback.models import class_index, efficientnet_lite0, imagenet_classes, preprocess
@@ -47,3 +49,16 @@ def test_fsp_raises_the_target_score_on_the_real_model(model, cat):
     state = FSP(model).select(cat, target=class_index("tiger cat"), iterations=3, config="paper")
     scores = state.target_scores[:, 0]
     assert (scores[1:] >= scores[:-1]).all() and scores[-1] > 10 * scores[0]
+
+
+def test_the_default_keeps_alpha_above_zero_at_the_head_of_a_pooled_model(model, cat):
+    """Global average pooling: the head's CWs are the same at every location, so the default's
+    located ratio does not apply and its gates, the dual's and the map are the paper's rule's."""
+    x = torch.cat([cat, preprocess(bundled_photos()["coffee"])])
+    default = FSP(model).select(x, target=[281, 967])
+    zero = FSP(model).select(x, target=[281, 967], config=replace(PRESETS["default"], threshold="zero"))
+    assert not default.gates["head_relu"].all()
+    for name in zero.gates:
+        assert torch.equal(default.gates[name], zero.gates[name]), name
+        assert torch.equal(default.dual.gates[name], zero.dual.gates[name]), name
+    torch.testing.assert_close(summation_energy_map(default), summation_energy_map(zero), rtol=0, atol=0)
