@@ -26,13 +26,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from captum_feedback.core.config import PRESETS, FeedbackConfig
 from captum_feedback.data import grids
 from captum_feedback.evaluation import run_benchmark
 from captum_feedback.evaluation.tasks import cell_side, grid_layout
-from captum_feedback.models.classifiers import load_classifier
+from captum_feedback.models.classifiers import Classifier, load_classifier
 
 METHODS = ("FSP Summation", "Summation, no FSP", "FSP", "LayerGradCam",
            "IntegratedGradients", "InputXGradient", "Saliency", "Center")
@@ -50,12 +50,17 @@ def candidates(bed: str, split: str, side: int) -> List[grids.Candidate]:
     return grids.scene_candidates(400, side, seed=1 if split == "tune" else 0)
 
 
-def run_bed(bed: str, args: argparse.Namespace) -> Dict[str, dict]:
-    """Every row of one test bed: the default's methods, then each extra configuration's."""
+def bed_layout(bed: str, split: str, count: int) -> Tuple[Classifier, grids.GridLayout]:
+    """A test bed's classifier and its ``count`` 2 x 2 grids of ``split`` (seed 1: tune, 0: held out)."""
     classifier = load_classifier(bed)
     side = cell_side(classifier, 2, scenes=bed != "efficientnet_lite0")
-    seed = 1 if args.split == "tune" else 0
-    layout = grid_layout(classifier, candidates(bed, args.split, side), args.grids, 2, side, 0.5, seed)
+    seed = 1 if split == "tune" else 0
+    return classifier, grid_layout(classifier, candidates(bed, split, side), count, 2, side, 0.5, seed)
+
+
+def run_bed(bed: str, args: argparse.Namespace) -> Dict[str, dict]:
+    """Every row of one test bed: the default's methods, then each extra configuration's."""
+    classifier, layout = bed_layout(bed, args.split, args.grids)
     rows: Dict[str, dict] = {}
     runs = [("default", PRESETS["default"], METHODS)] + [(name, c, CONFIG_METHODS) for name, c in CONFIGS.items()]
     for name, config, methods in runs:

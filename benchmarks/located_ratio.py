@@ -22,11 +22,9 @@ from pathlib import Path
 import torch
 
 from captum_feedback import FSP, PRESETS, summation_energy_map
-from captum_feedback.evaluation.tasks import cell_side, grid_layout
-from captum_feedback.models.classifiers import load_classifier
 
 sys.path.insert(0, str(Path(__file__).parent))
-from grid_pointing import candidates  # noqa: E402
+from grid_pointing import bed_layout  # noqa: E402
 
 BED = "efficientnet_lite0"
 
@@ -37,10 +35,7 @@ def main() -> None:
     parser.add_argument("--split", choices=("tune", "heldout"), default="heldout")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    classifier = load_classifier(BED)
-    side = cell_side(classifier, 2, scenes=False)
-    layout = grid_layout(classifier, candidates(BED, args.split, side), args.grids, 2, side, 0.5,
-                         1 if args.split == "tune" else 0)
+    classifier, layout = bed_layout(BED, args.split, args.grids)
     located, zero = PRESETS["default"], replace(PRESETS["default"], threshold="zero")
     worst, same_gates, targets, start = 0.0, True, 0, time.time()
     for index in range(len(layout)):

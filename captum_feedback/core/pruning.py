@@ -390,8 +390,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 active = policy.end_pass()
                 updates += active.long()
                 # Every sample at a fixed point in the last stage: these gates are final.
-                last_stage = stage_of[update - 1] == len(config.stages) - 1
-                policy.final_pass = policy.final_pass or (last_stage and not active.any())
+                policy.final_pass = policy.final_pass or (in_last_stage and not active.any())
             if policy.final_pass and policy.kept_sites is not None:
                 session.propagate_cws(target_scores)
                 grads, layer_outputs = (), {}
