@@ -1,10 +1,17 @@
-"""Every torchvision classifier (weights=None) through FSP and FR: what is gated, whether the
-contract holds, and how long it takes.
+"""The models users bring, with random weights, through FSP and FR: what is gated, whether the
+contract holds, whether the maps are degenerate, and how long it takes.
 
-For each model of ``torchvision.models.list_models(module=torchvision.models)``, at its
-smallest input (64 x 64; 96 x 96 for Inception v3; 224 x 224 for the transformers, whose patch
-grids are fixed), with a
-batch of two images:
+Three libraries (``--library``):
+
+* ``torchvision``: every model of ``torchvision.models.list_models(module=torchvision.models)``,
+  at its smallest input (64 x 64; 96 x 96 for Inception v3; 224 x 224 for the transformers,
+  whose patch grids are fixed);
+* ``timm`` (optional): one model per architecture family (timm's model module), the one with the
+  fewest parameters among those whose input is at most 224 px, at that input;
+* ``transformers`` (optional): small random configurations of Hugging Face's image classifiers
+  (:data:`HF_MODELS`), at 64 x 64.
+
+Each runs with a batch of two images:
 
 * FSP (default configuration) and FR give finite, input-shaped attributions;
 * no hook, no torch-function mode and no training flag is left, and the parameters, buffers,
@@ -12,12 +19,17 @@ batch of two images:
 * the batch's attributions equal those of each image alone, bit for bit, with
   ``batch_invariant=True``; the difference of the default's batched passes (relative to the
   attribution's scale) is reported beside it;
-* under the paper's linearized zero-threshold rule the target score never falls (Sec. 3.3).
+* under the paper's linearized zero-threshold rule the target score never falls (Sec. 3.3);
+* the Summation Energy Map is finite and not zero;
+* and it reports how the sites' activations lie (:class:`~captum_feedback.core.tokens.MapLayout`),
+  the share of the gradient that passes no gate (``ungated_share``) and which degeneracies
+  (:mod:`captum_feedback.core.diagnosis`) the default and the paper preset show.
 
 ::
 
-    python benchmarks/zoo.py                         # every model: a markdown table and zoo.json
+    python benchmarks/zoo.py                         # every torchvision model: a table and zoo.json
     python benchmarks/zoo.py --models resnet18 vit_b_16
+    python benchmarks/zoo.py --library timm --out benchmarks/results/zoo_timm.json
 
 ``tests/test_zoo.py`` runs the same checks on a few small models of each family.
 """
@@ -30,39 +42,131 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision
 from torch import nn
 
-from captum_feedback import FR, FSP, PRESETS, FeedbackConfig
+from captum_feedback import FR, FSP, PRESETS, FeedbackConfig, summation_energy_map
+from captum_feedback.core.attribution import model_scores, ungated_share
+from captum_feedback.core.diagnosis import degeneracies
+from captum_feedback.core.tokens import MapLayout
 
+LIBRARIES = ("torchvision", "timm", "transformers")
 FIXED_SIZE = ("vit_", "swin", "maxvit")
-"""Models whose input size is fixed by a patch grid or window size: they take 224 x 224."""
+"""torchvision models whose input size is fixed by a patch grid or window size: they take 224 x 224."""
 BATCH_TOLERANCE = 0.0
 """``batch_invariant=True`` runs each image alone: its maps must be equal, not close."""
+TIMM_LARGEST_INPUT = 224
+HF_SIZE = 64
+"""The side of the ``transformers`` models' images (their configurations are made for it)."""
 
 
-def input_size(name: str) -> int:
+def _hf(model_class: str, config_class: str, **config: object) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import transformers
+
+        settings = dict(num_labels=10, image_size=HF_SIZE, **config)
+        return getattr(transformers, model_class)(getattr(transformers, config_class)(**settings))
+
+    return make
+
+
+_HF_VIT = dict(num_hidden_layers=4, hidden_size=64, num_attention_heads=2, intermediate_size=128, patch_size=8)
+HF_MODELS: Dict[str, Callable[[], nn.Module]] = {
+    "ViTForImageClassification": _hf("ViTForImageClassification", "ViTConfig", **_HF_VIT),
+    "DeiTForImageClassificationWithTeacher": _hf("DeiTForImageClassificationWithTeacher", "DeiTConfig", **_HF_VIT),
+    "BeitForImageClassification": _hf("BeitForImageClassification", "BeitConfig", **_HF_VIT),
+    "SwinForImageClassification": _hf("SwinForImageClassification", "SwinConfig", patch_size=4, embed_dim=32,
+                                      depths=[2, 2], num_heads=[2, 4], window_size=4),
+    "ConvNextForImageClassification": _hf("ConvNextForImageClassification", "ConvNextConfig",
+                                          hidden_sizes=[16, 32, 64], depths=[1, 1, 1], num_stages=3),
+    "ResNetForImageClassification": _hf("ResNetForImageClassification", "ResNetConfig", embedding_size=16,
+                                        hidden_sizes=[16, 32, 64], depths=[1, 1, 1], layer_type="basic"),
+}
+"""Hugging Face image classifiers in small random configurations, by class name."""
+
+
+def timm_families(largest: int = TIMM_LARGEST_INPUT) -> Dict[str, str]:
+    """``{family: model}``: per timm model module, the model with the fewest parameters (counted
+    on the meta device) among those whose default input is at most ``largest`` px."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    best: Dict[str, Tuple[int, str]] = {}
+    for name in timm.list_models():
+        cfg = get_pretrained_cfg(name)
+        size = getattr(cfg, "input_size", None) or (3, 224, 224)
+        if max(size[1:]) > largest:
+            continue
+        family = _timm_family(name)
+        try:
+            with torch.device("meta"):
+                count = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
+        except Exception:  # noqa: BLE001 - a model that does not build is left out
+            continue
+        if family not in best or count < best[family][0]:
+            best[family] = (count, name)
+    return {family: name for family, (_, name) in sorted(best.items())}
+
+
+def _timm_family(name: str) -> str:
+    from timm.models._registry import _model_to_module
+
+    return _model_to_module[name]
+
+
+def model_names(library: str) -> List[str]:
+    """Every model the zoo runs for ``library``."""
+    if library == "torchvision":
+        return torchvision.models.list_models(module=torchvision.models)
+    if library == "timm":
+        return list(timm_families().values())
+    return list(HF_MODELS)
+
+
+def input_size(name: str, library: str = "torchvision") -> int:
+    if library == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        return (getattr(cfg, "input_size", None) or (3, 224, 224))[-1]
+    if library == "transformers":
+        return HF_SIZE
     if name.startswith(FIXED_SIZE):
         return 224
     return 96 if name == "inception_v3" else 64  # Inception v3 needs at least 75 x 75
 
 
-def build(name: str) -> nn.Module:
-    """The model with random weights, made informative: torchvision starts ViT's head at zero
-    (every logit 0, every gradient 0) and ConvNeXt's layer scales at 1e-6 (every block almost
-    skipped); those start at N(0, 0.02) and 1 here."""
+def build(name: str, library: str = "torchvision") -> nn.Module:
+    """The model with random weights, made informative: torchvision and timm start ViT's head at
+    zero (every logit 0, every gradient 0) and ConvNeXt's layer scales at 1e-6 (every block
+    almost skipped); those start at N(0, 0.02) and 1 here."""
     torch.manual_seed(0)
-    kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    if library == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+    elif library == "transformers":
+        model = HF_MODELS[name]()
+    else:
+        kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    return informative(model.eval())
+
+
+def informative(model: nn.Module) -> nn.Module:
+    """Zero linear weights drawn from N(0, 0.02), layer scales (``layer_scale``, ``gamma``, and
+    ``ls``/``scale`` vectors under 1e-3) set to 1."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear) and not module.weight.any():
                 nn.init.normal_(module.weight, std=0.02)
         for parameter_name, parameter in model.named_parameters():
-            if parameter_name.endswith("layer_scale"):
+            last = parameter_name.rsplit(".", 1)[-1]
+            tiny = parameter.dim() == 1 and 0 < parameter.abs().max() < 1e-3
+            if last.endswith("layer_scale") or (tiny and ("gamma" in last or "scale" in parameter_name)):
                 parameter.fill_(1.0)
     return model
 
@@ -84,35 +188,53 @@ def check(model: nn.Module, size: int, seed: int = 0) -> Dict[str, object]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(2, 3, size, size, generator=generator)
     with torch.no_grad():
-        target = model(x).argmax(1).tolist()
+        target = model_scores(model(x)).argmax(1).tolist()
     before, flags = _snapshot(model), [(p.requires_grad, p.grad) for p in model.parameters()]
     start = time.perf_counter()
     fsp = FSP(model)
-    state = fsp.select(x, target, keep_cws=False)
+    state = fsp.select(x, target)
     fsp_seconds = time.perf_counter() - start
+    summation = summation_energy_map(state)
     fr = FR(model).attribute(x, target)
     batch = state.attributions[0]
     invariant = replace(PRESETS["default"], batch_invariant=True)
     difference = {name: batch_vs_alone(fsp, x, target, config) for name, config in
                   (("default", PRESETS["default"]), ("batch_invariant", invariant))}
-    linearized = fsp.select(x, target, config="paper", iterations=3, keep_cws=False).target_scores
+    paper = fsp.select(x, target, config="paper", iterations=3, keep_cws=False)
+    linearized = paper.target_scores
     falls = (linearized[1:] - linearized[:-1] < -1e-4 * linearized.abs().amax(0).clamp_min(1)).any()
+    share = ungated_share(model, x, target)
     after = _snapshot(model)
     unchanged = all(torch.equal(a, b) for a, b in zip(before, after)) and not model.training and all(
         (p.requires_grad, p.grad) == flag for p, flag in zip(model.parameters(), flags))
+    layout = MapLayout.of((x,))
     return {
         "sites": len(state.gates),
-        "site kinds": dict(sorted({k: list(state.site_kinds.values()).count(k)
-                                   for k in set(state.site_kinds.values())}.items())),
+        "site kinds": _counts(state.site_kinds.values()),
+        "layouts": _counts(str(layout.describe(g.shape)) for g in state.gates.values()),
         "finite": bool(torch.isfinite(batch).all() and torch.isfinite(fr).all()),
         "shapes": batch.shape == x.shape == fr.shape,
+        "summation map": bool(torch.isfinite(summation).all() and summation.shape == (2, 1, size, size)
+                              and summation.sum() > 0),
         "left over": _leftovers(model),
         "state unchanged": bool(unchanged),
         "batch vs alone": difference["batch_invariant"],
         "batch vs alone (default)": difference["default"],
         "score never falls (linearized)": not bool(falls),
+        "ungated share": round(float(share.mean()), 3),
+        "degenerate (default)": _reasons(state),
+        "degenerate (paper)": _reasons(paper),
         "fsp seconds": round(fsp_seconds, 2),
     }
+
+
+def _counts(values) -> Dict[str, int]:
+    values = list(values)
+    return dict(sorted((value, values.count(value)) for value in set(values)))
+
+
+def _reasons(state) -> List[str]:
+    return [reason for reason, holds in degeneracies(state).items() if holds.any()]
 
 
 def batch_vs_alone(fsp: FSP, x: torch.Tensor, target: List[int], config: FeedbackConfig) -> float:
@@ -124,18 +246,22 @@ def batch_vs_alone(fsp: FSP, x: torch.Tensor, target: List[int], config: Feedbac
 
 def passes(finding: Dict[str, object]) -> bool:
     return bool(finding["finite"] and finding["shapes"] and not finding["left over"] and finding["state unchanged"]
-                and finding["batch vs alone"] <= BATCH_TOLERANCE and finding["score never falls (linearized)"])
+                and finding["batch vs alone"] <= BATCH_TOLERANCE and finding["score never falls (linearized)"]
+                and finding["summation map"])
 
 
-def run(names: Sequence[str], out: Optional[Path]) -> Dict[str, Dict[str, object]]:
+def run(names: Sequence[str], out: Optional[Path], library: str = "torchvision") -> Dict[str, Dict[str, object]]:
     findings: Dict[str, Dict[str, object]] = {}
     for name in names:
         start = time.perf_counter()
         try:
-            finding = check(build(name), input_size(name))
+            finding = check(build(name, library), input_size(name, library))
         except Exception as error:  # noqa: BLE001 - a model that fails is a finding
             finding = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
         finding["seconds"] = round(time.perf_counter() - start, 1)
+        finding["input"] = input_size(name, library)
+        if library == "timm":
+            finding["family"] = _timm_family(name)
         findings[name] = finding
         print(name, "ok" if "error" not in finding and passes(finding) else "FAIL", finding, flush=True)
         if out:
@@ -144,31 +270,39 @@ def run(names: Sequence[str], out: Optional[Path]) -> Dict[str, Dict[str, object
 
 
 def markdown(findings: Dict[str, Dict[str, object]]) -> str:
-    lines = ["| model | input | sites (activation / pool) | contract | batch vs alone (batch_invariant) | "
-             "batched by default | FSP s | all checks s |", "|---|---:|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | input | sites (activation / pool) | layouts | contract | batch vs alone (batch_invariant) | "
+             "batched by default | ungated share | degenerate (default; paper) | FSP s | all checks s |",
+             "|---|---:|---|---|---|---:|---:|---:|---|---:|---:|"]
     for name, f in findings.items():
+        label = f"{f['family']}: {name}" if "family" in f else name
         if "error" in f:
-            lines.append(f"| {name} | {input_size(name)} | | error: {f['error']} | | | | {f['seconds']} |")
+            lines.append(f"| {label} | {f['input']} | | | error: {f['error']} | | | | | | {f['seconds']} |")
             continue
         kinds = f["site kinds"]
-        failed = [k for k in ("finite", "shapes", "state unchanged", "score never falls (linearized)") if not f[k]]
+        failed = [k for k in ("finite", "shapes", "state unchanged", "score never falls (linearized)",
+                              "summation map") if not f[k]]
         failed += ["left over: " + ", ".join(f["left over"])] if f["left over"] else []
         failed += ["batch"] if f["batch vs alone"] > BATCH_TOLERANCE else []
         verdict = "holds" if not failed else "fails: " + "; ".join(failed)
-        lines.append(f"| {name} | {input_size(name)} | {f['sites']} ({kinds.get('activation', 0)} / "
-                     f"{kinds.get('pool', 0)}) | {verdict} | {f['batch vs alone']:.1e} | "
-                     f"{f['batch vs alone (default)']:.1e} | {f['fsp seconds']} | "
-                     f"{f['seconds']} |")
+        layouts = ", ".join(f"{kind} {count}" for kind, count in f["layouts"].items() if kind != "None")
+        degenerate = f"{', '.join(f['degenerate (default)']) or '-'}; {', '.join(f['degenerate (paper)']) or '-'}"
+        lines.append(f"| {label} | {f['input']} | {f['sites']} ({kinds.get('activation', 0)} / "
+                     f"{kinds.get('pool', 0)}) | {layouts or '-'} | {verdict} | {f['batch vs alone']:.1e} | "
+                     f"{f['batch vs alone (default)']:.1e} | {f['ungated share']:.2f} | {degenerate} | "
+                     f"{f['fsp seconds']} | {f['seconds']} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=torchvision.models.list_models(module=torchvision.models))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/zoo.json"))
+    parser.add_argument("--library", choices=LIBRARIES, default="torchvision")
+    parser.add_argument("--models", nargs="+", help="default: every model of the library (see above)")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/zoo[_LIBRARY].json")
     args = parser.parse_args()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    findings = run(args.models, args.out)
+    suffix = "" if args.library == "torchvision" else f"_{args.library}"
+    out = args.out or Path(f"benchmarks/results/zoo{suffix}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    findings = run(args.models or model_names(args.library), out, args.library)
     print(markdown(findings))
     print(f"{sum('error' not in f and passes(f) for f in findings.values())} of {len(findings)} models hold "
           f"the contract; {math.fsum(f['seconds'] for f in findings.values()):.0f} s in all")

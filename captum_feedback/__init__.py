@@ -19,6 +19,7 @@ __version__ = "0.2.0"
 _HOMES = {
     "captum_feedback.core.attribution": ("GatePolicyAttribution", "ungated_share"),
     "captum_feedback.core.config": ("PRESETS", "FeedbackConfig", "Stage"),
+    "captum_feedback.core.diagnosis": ("FeedbackDegenerateWarning", "degeneracies"),
     "captum_feedback.core.engine": ("Gate", "GatePolicy", "Site"),
     "captum_feedback.wsol.energy": ("energy_map", "summation_energy_map", "summation_fsp_fr_energy_map"),
     "captum_feedback.core.layer": ("LayerFeedback", "NeuronFeedback", "rank_channels"),
@@ -27,6 +28,7 @@ _HOMES = {
     "captum_feedback.core.recovering": ("FR", "FeedbackRecovering"),
     "captum_feedback.core.selection": ("MeanRatio",),
     "captum_feedback.core.state": ("FeedbackState",),
+    "captum_feedback.core.tokens": ("MapLayout",),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = sorted(_HOME_OF)

@@ -13,7 +13,8 @@ import pytest
 import captum_feedback
 
 PACKAGE = Path(__file__).resolve().parents[1] / "captum_feedback"
-LAYERS = {"core": set(), "wsol": {"core"}, "compare": {"core", "wsol", "models"}, "data": set(), "models": {"data"}}
+LAYERS = {"core": set(), "wsol": {"core"}, "compare": {"core", "wsol", "models"}, "data": set(),
+          "models": {"data", "core"}}
 """Which other parts of the package each part may import."""
 
 

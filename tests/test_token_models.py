@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from captum_feedback import FSP, summation_energy_map
-from captum_feedback.core.tokens import channels_last_to_maps, tokens_to_maps
+from captum_feedback.core.tokens import MapLayout, channels_last_to_maps, tokens_to_maps
 from captum_feedback.wsol.energy import energy_map
 from captum_feedback.wsol.metrics import map_cosine
 
@@ -24,6 +24,31 @@ def test_tokens_and_channels_last_become_maps():
     assert maps.shape == (2, 3, 7, 7) and torch.equal(maps[1, 2, 0, 1], tokens[1, 2, 2])
     assert tokens_to_maps(torch.rand(2, 35, 3)).shape == (2, 35, 3)  # 10 tokens past a 5 x 5 grid: no grid
     assert channels_last_to_maps(torch.rand(2, 5, 6, 3)).shape == (2, 3, 5, 6)
+
+
+@pytest.mark.parametrize("shape, size, kind, maps", [
+    ((2, 197, 768), (224, 224), "tokens, 1 prefix", (2, 768, 14, 14)),   # ViT: a class token
+    ((2, 198, 192), (224, 224), "tokens, 2 prefix", (2, 192, 14, 14)),   # DeiT: and a distillation token
+    ((2, 3136, 384), (224, 224), "tokens", (2, 384, 56, 56)),            # Swin's MLP: no prefix
+    ((2, 730, 256), (224, 224), "tokens, 1 prefix", (2, 256, 27, 27)),   # PiT: a 27 x 27 grid
+    ((2, 1 + 14 * 20, 64), (224, 320), "tokens, 1 prefix", (2, 64, 14, 20)),  # a wide image
+    ((2, 56, 56, 256), (224, 224), "channels last", (2, 256, 56, 56)),   # ConvNeXt's, MaxViT's MLP
+    ((2, 64, 112, 112), (224, 224), "channels first", (2, 64, 112, 112)),
+    ((2, 56, 56, 56), (224, 224), "channels first", (2, 56, 56, 56)),    # both fit: PyTorch's order
+    ((2, 512, 256), (224, 224), None, (2, 512, 256)),                    # a mixer's token MLP: no grid
+    ((2, 16, 1, 1), (224, 224), None, (2, 16, 1, 1)),                    # squeeze-excitation
+    ((2, 1000), (224, 224), None, (2, 1000)),
+])
+def test_the_layout_of_an_activation_is_read_from_its_shape_and_the_input_size(shape, size, kind, maps):
+    layout = MapLayout(size)
+    assert layout.describe(shape) == kind and layout(torch.zeros(shape)).shape == maps
+    assert MapLayout().describe(shape) is None  # an input that is not an image: no grid
+
+
+def test_a_layout_keeps_each_token_at_its_place_in_the_grid():
+    tokens = torch.arange(2 * 31 * 3.0).view(2, 31, 3)  # 3 prefix tokens and a 4 x 7 grid
+    maps = MapLayout((40, 70))(tokens)
+    assert maps.shape == (2, 3, 4, 7) and torch.equal(maps[1, 2, 1, 3], tokens[1, 3 + 7 + 3, 2])
 
 
 def _maps(name):
@@ -83,3 +108,16 @@ def test_grad_cam_reads_token_and_channels_last_layers_as_maps(name):
     maps = MethodMaps(model)(x, [1, 2], ["LayerGradCam"])["LayerGradCam"]
     assert maps.shape == (2, 1, 224, 224) and maps.std() > 0  # not constant (a ViT's last block gives 0)
     assert float(map_cosine(maps[:1], maps[1:])) < 0.99
+
+
+def test_grad_cam_on_a_convolutional_layer_is_captums():
+    from captum.attr import LayerGradCam
+
+    from captum_feedback.compare.methods import _GradCam
+    from tests.nets import VGGish, seeded
+
+    model = seeded(VGGish()).eval()
+    x = torch.randn(3, 3, 16, 16)
+    layer = model.features[6]
+    torch.testing.assert_close(_GradCam(model, layer).attribute(x, [0, 1, 2]),
+                               LayerGradCam(model, layer).attribute(x, target=[0, 1, 2]))

@@ -22,19 +22,18 @@ from captum.attr import (
     GuidedGradCam,
     InputXGradient,
     IntegratedGradients,
-    LayerGradCam,
     Saliency,
 )
 from torch import Tensor, nn
 
 from captum_feedback.compare.registry import names
 from captum_feedback.core._compat import TargetType, per_sample_targets, select_targets
-from captum_feedback.core.attribution import GatePolicyAttribution
+from captum_feedback.core.attribution import GatePolicyAttribution, model_scores
 from captum_feedback.core.config import ConfigLike
 from captum_feedback.core.engine import Gate, GatePolicy, Site
 from captum_feedback.core.pruning import FeedbackSelectivePruning
 from captum_feedback.core.recovering import FeedbackRecovering
-from captum_feedback.core.tokens import default_reshape_transform
+from captum_feedback.core.tokens import MapLayout
 from captum_feedback.wsol.energy import energy_map, l2_normalize, summation_energy_map
 from captum_feedback.wsol.pipeline import FeedbackPipeline
 
@@ -91,27 +90,41 @@ def unguided_sites(model: nn.Module, inputs: Tensor, target: TargetType) -> Tupl
     return [name for name in activations if name.split("#")[0] not in relus], len(activations)
 
 
-class _TokenGradCam:
-    """Grad-CAM (Selvaraju et al.) of a token or channels-last layer: its output and gradient
-    read as ``(B, C, H, W)`` through the model's reshape transform, channel weights the spatial
-    mean of the gradient, as Captum's ``LayerGradCam`` on a convolutional layer."""
+class _Scores(nn.Module):
+    """The model with its scores as its output (:func:`model_scores`: a Hugging Face model's
+    ``logits``), for Captum's methods, which take a tensor."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, transform: Callable[[Tensor], Tensor]) -> None:
-        self.model, self.layer, self.transform = model, layer, transform
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Any) -> Tensor:
+        return model_scores(self.model(*inputs))
+
+
+class _GradCam:
+    """Grad-CAM (Selvaraju et al.) of any layer: its output and gradient read as ``(B, C, H, W)``
+    through the inputs' :class:`~captum_feedback.core.tokens.MapLayout` (token and channels-last
+    layers too), channel weights the spatial mean of the gradient, as Captum's ``LayerGradCam``
+    on a convolutional layer."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+        self.model, self.layer = model, layer
 
     def attribute(self, inputs: Tensor, target: TargetType) -> Tensor:
         outputs: list = []
         handle = self.layer.register_forward_hook(lambda _m, _i, output: outputs.append(output))
         try:
             with torch.enable_grad():
-                scores = select_targets(self.model(inputs), per_sample_targets(target, len(inputs)))
+                scores = select_targets(model_scores(self.model(inputs)), per_sample_targets(target, len(inputs)))
                 (gradient,) = torch.autograd.grad(scores.sum(), outputs[0])
         finally:
             handle.remove()
-        activation, gradient = self.transform(outputs[0].detach()), self.transform(gradient)
+        layout = MapLayout.of((inputs,))
+        activation, gradient = layout(outputs[0].detach()), layout(gradient)
         if activation.dim() != 4:
-            raise ValueError(f"Grad-CAM's layer gives {tuple(outputs[0].shape)}, not a (B, C, H, W) map after the "
-                             "model's reshape transform.")
+            raise ValueError(f"Grad-CAM's layer gives {tuple(outputs[0].shape)}, which is not a map of the "
+                             f"{tuple(inputs.shape[-2:])} input (channels first or last, or tokens).")
         return (gradient.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True)
 
 
@@ -208,14 +221,12 @@ class MethodMaps:
         return checked
 
     def _attribution_maps(self) -> Dict[str, Callable[[Tensor, TargetType], Tensor]]:
-        model = self.model
+        model = _Scores(self.model)
 
         def input_attribution(method: Any, **kwargs: Any) -> Callable[[Tensor, TargetType], Tensor]:
             return lambda x, t: energy_map(method.attribute(x, target=t, **kwargs))
 
-        transform = default_reshape_transform(model)
-        gradcam = LayerGradCam(model, self.gradcam_layer) if transform is None else _TokenGradCam(
-            model, self.gradcam_layer, transform)
+        gradcam = _GradCam(model, self.gradcam_layer)
         maps = {
             "FR": input_attribution(FeedbackRecovering(model)),
             "Saliency": input_attribution(Saliency(model), abs=True),

@@ -109,6 +109,11 @@ def model_scores(output: Any) -> Tensor:
                     f"{type(output).__name__}; pass an output_selector.")
 
 
+class _EveryGateClosed(GatePolicy):
+    def gate(self, site: Site, x: Tensor) -> Gate:
+        return Gate.of(torch.zeros_like(x, dtype=torch.bool), x)
+
+
 class FeedbackAttribution(GradientAttribution):
     """Shared plumbing of :class:`FeedbackSelectivePruning` and :class:`FeedbackRecovering`.
 
@@ -178,6 +183,14 @@ class FeedbackAttribution(GradientAttribution):
             output, tapped = self._forward(session, batch, policy, taps)
             return input_gradients(score(output, tapped), batch.inputs)
 
+    def ungated_share_of(self, batch: Batch, plain: Tuple[Tensor, ...], linearize: bool = False) -> Tensor:
+        """Per sample, the norm of the target's input gradient with every gate closed over that
+        of ``plain``, the gradient with every gate open (:func:`ungated_share`)."""
+        closed = self.gated_gradients(batch, _EveryGateClosed(), lambda output, _: batch.scores(output),
+                                      linearize=linearize)
+        norm = lambda grads: torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)  # noqa: E731
+        return torch.where(norm(plain) > 0, norm(closed) / norm(plain).clamp_min(1e-30), torch.zeros(()))
+
     def target_gradients(self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any,
                          policy: GatePolicy, linearize: bool = False) -> TensorOrTuple:
         """:meth:`gated_gradients` of the target score, shaped as ``inputs`` (Captum's
@@ -222,11 +235,6 @@ class GatePolicyAttribution(FeedbackAttribution):
         return self.target_gradients(inputs, target, additional_forward_args, self.policy, self.linearize)
 
 
-class _EveryGateClosed(GatePolicy):
-    def gate(self, site: Site, x: Tensor) -> Gate:
-        return Gate.of(torch.zeros_like(x, dtype=torch.bool), x)
-
-
 def ungated_share(model: Callable, inputs: TensorOrTuple, target: TargetType = None,
                   additional_forward_args: Any = None) -> Tensor:
     """Per sample, how much of the target's input gradient passes no gate site: the norm of the
@@ -241,8 +249,7 @@ def ungated_share(model: Callable, inputs: TensorOrTuple, target: TargetType = N
     Returns:
         ``(B,)`` shares (0 where the plain gradient is zero).
     """
-    closed = GatePolicyAttribution(model, _EveryGateClosed()).attribute(inputs, target, additional_forward_args)
-    plain = GatePolicyAttribution(model, GatePolicy()).attribute(inputs, target, additional_forward_args)
-    closed, plain = (closed, plain) if isinstance(closed, tuple) else ((closed,), (plain,))
-    norm = lambda grads: torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)  # noqa: E731
-    return torch.where(norm(plain) > 0, norm(closed) / norm(plain).clamp_min(1e-30), torch.zeros(()))
+    attribution = GatePolicyAttribution(model, GatePolicy())
+    batch = attribution._batch(inputs, target, additional_forward_args)
+    plain = attribution.gated_gradients(batch, GatePolicy(), lambda output, _: batch.scores(output))
+    return attribution.ungated_share_of(batch, plain)

@@ -18,14 +18,14 @@ from captum.attr import LayerAttribution, NeuronAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output
+from captum_feedback.core._compat import TargetType, TensorOrTuple, format_inputs, format_output
 from captum_feedback.core.attribution import FeedbackAttribution
 from captum_feedback.core.config import ConfigLike, resolve_config
 from captum_feedback.core.pruning import FeedbackSelectivePruning
 from captum_feedback.core.recovering import RecoveringPolicy
 from captum_feedback.core.selection import Threshold, as_rule
 from captum_feedback.core.state import FeedbackState
-from captum_feedback.core.tokens import ReshapeTransform
+from captum_feedback.core.tokens import MapLayout, ReshapeTransform
 
 NeuronSelector = Union[int, Tuple[Any, ...], slice, Callable[[Tensor], Tensor]]
 
@@ -120,18 +120,22 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
         forward_func: The model, an ``nn.Module`` in ``eval()`` mode.
         layer: A submodule of the model, called once per forward pass, returning a tensor.
         reshape_transform: Turns the layer's output shape into ``(B, C, H, W)`` for channel
-            ranking and maps (pytorch-grad-cam's convention), e.g.
-            :func:`~captum_feedback.core.tokens.tokens_to_maps` for a ViT encoder block or
-            ``default_reshape_transform(model)``; ``None`` returns the layer's own shape.
+            ranking and maps (pytorch-grad-cam's convention): ``"auto"`` reads token and
+            channels-last outputs by their shape (:class:`~captum_feedback.core.tokens.MapLayout`
+            of the inputs), a callable such as
+            :func:`~captum_feedback.core.tokens.tokens_to_maps` is applied as it is; ``None``
+            returns the layer's own shape.
 
     Example::
 
-        >>> layer_map = LayerFeedback(vit, vit.encoder.layers[-1], reshape_transform=tokens_to_maps)
+        >>> layer_map = LayerFeedback(vit, vit.encoder.layers[-1], reshape_transform="auto")
         >>> layer_map.attribute(images, target=3).shape   # (B, 768, 14, 14) for vit_b_16
     """
 
     def __init__(self, forward_func: nn.Module, layer: nn.Module,
-                 reshape_transform: Optional[ReshapeTransform] = None) -> None:
+                 reshape_transform: Union[None, str, ReshapeTransform] = None) -> None:
+        if not (reshape_transform in (None, "auto") or callable(reshape_transform)):
+            raise ValueError(f"reshape_transform must be None, 'auto' or a callable, got {reshape_transform!r}.")
         self._layer_name = check_layer(forward_func, layer)
         FeedbackAttribution.__init__(self, forward_func)
         LayerAttribution.__init__(self, forward_func, layer)
@@ -172,6 +176,8 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
                 inputs, target, additional_forward_args, config=settings, keep_cws=False, layers=(self.layer,))
         state.check_inputs(inputs)
         contribution = layer_contribution(state, self._layer_name)
+        if self.reshape_transform == "auto":
+            return MapLayout.of(format_inputs(inputs)[0])(contribution)
         return self.reshape_transform(contribution) if self.reshape_transform else contribution
 
 

@@ -12,11 +12,12 @@ from torch import Tensor, nn
 from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output
 from captum_feedback.core.attribution import Batch, FeedbackAttribution, input_gradients
 from captum_feedback.core.config import ConfigLike, FeedbackConfig, Stage, resolve_config
+from captum_feedback.core.diagnosis import MAP_TOLERANCE, outputs_unchanged, relative_change, warn_degenerate
 from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
 from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
 from captum_feedback.core.state import KEEP_CWS, FeedbackState, KeepCws, digest, summed_sites
-from captum_feedback.core.tokens import ReshapeTransform, default_reshape_transform, is_spatial
+from captum_feedback.core.tokens import MapLayout, ReshapeTransform, is_spatial
 
 
 class _PruningPolicy(GatePolicy):
@@ -284,7 +285,9 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         """
         settings = resolve_config(config, iterations, threshold, linearize)
         batch = self._batch(inputs, target, additional_forward_args)
-        return format_output(batch.is_tuple, self._select(batch, settings, False, (), dual=False).attributions)
+        state = self._select(batch, settings, False, (), dual=False)
+        warn_degenerate(state)
+        return format_output(batch.is_tuple, state.attributions)
 
     def select(
         self,
@@ -315,7 +318,9 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         if keep_cws not in KEEP_CWS:
             raise ValueError(f"keep_cws must be one of {KEEP_CWS}, got {keep_cws!r}.")
         settings = resolve_config(config, iterations, threshold, linearize)
-        return self._select(self._batch(inputs, target, additional_forward_args), settings, keep_cws, layers)
+        state = self._select(self._batch(inputs, target, additional_forward_args), settings, keep_cws, layers)
+        warn_degenerate(state)
+        return state
 
     def ungated(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
                 config: ConfigLike = None) -> FeedbackState:
@@ -355,16 +360,33 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             passes = self._iterate(session, batch, policy, config, layers, total)
             state = self._state(session, policy, passes, config, batch.inputs).kept(keep_cws)
             del policy  # what the state does not keep goes once the dual's first pass replaces it
-            if mirror is None:
-                return state
-            negated = batch.negated()
-            if total == 0:
-                dual_passes = passes.negated()
-            else:
-                if keep_cws == "summed" and not layers:  # the dual's map needs no input gradient
-                    mirror.kept_sites = _summed_indices(session, config)
-                dual_passes = self._iterate(session, negated, mirror, config, layers, total, first=passes)
-        return replace(state, dual=self._state(session, mirror, dual_passes, config, negated.inputs).kept(keep_cws))
+            if mirror is not None:
+                negated = batch.negated()
+                if total == 0:
+                    dual_passes = passes.negated()
+                else:
+                    if keep_cws == "summed" and not layers:  # the dual's map needs no input gradient
+                        mirror.kept_sites = _summed_indices(session, config, MapLayout.of(batch.inputs))
+                    dual_passes = self._iterate(session, negated, mirror, config, layers, total, first=passes)
+                dual_state = self._state(session, mirror, dual_passes, config, negated.inputs).kept(keep_cws)
+                state = replace(state, dual=dual_state)
+        return self._diagnosed(state, batch, config.linearize) if total > 0 and state.attributions else state
+
+    def _diagnosed(self, state: FeedbackState, batch: Batch, linearize: bool) -> FeedbackState:
+        """The state with what tells a degenerate map (:mod:`~captum_feedback.core.diagnosis`).
+        Where the final gates left the model's outputs as they were (:func:`outputs_unchanged`),
+        one more pass takes the gradient with every gate open (linearized as the run was), to
+        measure how far the attribution is from it, and where it is not, one more, every gate
+        closed, how much of it bypasses the gates."""
+        nan = torch.full((batch.size,), float("nan"))
+        change, share = nan, nan
+        if outputs_unchanged(state.outputs).any():
+            score = lambda output, _: batch.scores(output)  # noqa: E731
+            plain = self.gated_gradients(batch, GatePolicy(), score, linearize=linearize)
+            change = relative_change(state.attributions, plain).cpu()
+            if (change <= MAP_TOLERANCE).any():
+                share = self.ungated_share_of(batch, plain, linearize).cpu()
+        return replace(state, map_change=change, ungated_share=share)
 
     def _iterate(
         self, session: GatingSession, batch: Batch, policy: _PruningPolicy, config: FeedbackConfig,
@@ -373,7 +395,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         """FSP's passes: the first with every gate open, then one per update. ``first``: the
         target's passes, whose first pass this policy (the target's dual) mirrored."""
         stage_of = [k for k, stage in enumerate(config.stages) for _ in range(stage.updates)]
-        transform = default_reshape_transform(session.forward_func)
+        transform = MapLayout.of(batch.inputs)
         outputs: List[Tensor] = [] if first is None else [first.outputs[0]]
         scores: List[Tensor] = [] if first is None else [-first.scores[0]]
         updates = torch.zeros(batch.size, dtype=torch.long)
@@ -465,12 +487,12 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             layer_cws=dict(policy.layer_cws),
             config=config,
             input_digest=digest(inputs),
-            reshape_transform=default_reshape_transform(session.forward_func),
+            reshape_transform=MapLayout.of(inputs),
         )
 
 
 def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage,
-                 transform: Optional[ReshapeTransform]) -> Set[int]:
+                 transform: ReshapeTransform) -> Set[int]:
     """The indices of the sites a stage updates: the top share of the sites that take gates, or
     those from the output down to the last spatial one (``Stage("head")``)."""
     gated = [site for site in sites if site.kind == "activation" or config.gate_pools]
@@ -479,12 +501,12 @@ def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage,
     return {site.index for site in gated[len(gated) - stage.count(len(gated), head):]}
 
 
-def _summed_indices(session: GatingSession, config: FeedbackConfig) -> Set[int]:
-    """The indices of the sites the configuration's Summation Energy Map sums."""
+def _summed_indices(session: GatingSession, config: FeedbackConfig, transform: ReshapeTransform) -> Set[int]:
+    """The indices of the sites the configuration's Summation Energy Map sums (``transform``:
+    the activations' :class:`MapLayout`)."""
     by_name = {site.name: site for site in session.sites}
     kinds = {name: site.kind for name, site in by_name.items()}
     shapes = {name: tuple(site.shape) for name, site in by_name.items()}
-    transform = default_reshape_transform(session.forward_func) or (lambda activation: activation)
     return {by_name[name].index for name in summed_sites(kinds, shapes, config, transform)}
 
 

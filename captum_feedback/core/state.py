@@ -55,11 +55,18 @@ class FeedbackState:
         input_digest: Per input, its shape and per-sample sums of values and of squares (float64,
             on the CPU): what :meth:`check_inputs` compares a later call's inputs with.
         reshape_transform: Turns a site's activation into ``(B, C, H, W)`` for the Summation
-            Energy Map: :func:`~captum_feedback.core.tokens.default_reshape_transform` of the model
-            (torchvision's ViT tokens, ConvNeXt's and Swin's channels-last MLPs), ``None`` for
-            convolutional networks.
+            Energy Map: the :class:`~captum_feedback.core.tokens.MapLayout` of the inputs, which
+            reads token and channels-last activations from their shapes.
         dual: With a contrastive configuration, the state of FSP for the negated target score
             (the target's dual), which the Summation Energy Map subtracts; else ``None``.
+        map_change: Per sample, ``||a - g|| / ||g||`` of ``attributions`` ``a`` against the
+            input gradient ``g`` with every gate open (linearized as the run was), measured
+            (one more pass) where the final gates left the outputs as they were, else NaN;
+            ``None`` for a plain run and a dual.
+        ungated_share: Per sample, the share of ``g`` left with every gate closed
+            (:func:`~captum_feedback.core.attribution.ungated_share`), measured where
+            ``map_change`` shows no change, else NaN. With ``map_change`` and ``target_scores``
+            it tells when the map is degenerate (:func:`~captum_feedback.core.diagnosis.degeneracies`).
     """
 
     attributions: Tuple[Tensor, ...]
@@ -78,6 +85,8 @@ class FeedbackState:
     input_digest: Optional[Tuple[Tuple[Tuple[int, ...], Tensor], ...]] = None
     reshape_transform: Optional[Callable[[Tensor], Tensor]] = None
     dual: Optional[FeedbackState] = None
+    map_change: Optional[Tensor] = None
+    ungated_share: Optional[Tensor] = None
 
     def check_inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> None:
         """Raises ``ValueError`` unless ``inputs`` are the inputs this state was made for.
@@ -162,9 +171,10 @@ def digest(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tuple[Tuple[int, 
 
 
 _ROWS = ("attributions", "gates", "cws", "site_outputs", "outputs", "target_scores", "updates", "converged",
-         "reverted", "layer_outputs", "layer_cws")
+         "reverted", "layer_outputs", "layer_cws", "map_change", "ungated_share")
 """The fields of a :class:`FeedbackState` that hold rows per sample: tensors, and tuples and dicts
-of tensors, with the samples along the first dimension, except in :data:`_PASSES`."""
+of tensors, with the samples along the first dimension, except in :data:`_PASSES` (``None``
+where nothing was measured)."""
 _PASSES = ("outputs", "target_scores")
 """Fields of one row per pass, with the samples along the second dimension."""
 
@@ -172,6 +182,8 @@ _PASSES = ("outputs", "target_scores")
 def _join(name: str, values: List[Any]) -> Any:
     """Field ``name`` of several states, their samples joined in order."""
     first = values[0]
+    if first is None:
+        return None
     if isinstance(first, dict):
         return {k: torch.cat([v[k] for v in values]) for k in first}
     if isinstance(first, tuple):

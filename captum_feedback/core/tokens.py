@@ -1,21 +1,30 @@
-"""Activations of token models as ``(B, C, H, W)`` maps, for the Summation Energy Map and for
-layer maps (the ``reshape_transform`` convention of pytorch-grad-cam).
+"""Activations of token and channels-last models as ``(B, C, H, W)`` maps, for the Summation
+Energy Map, layer maps and Grad-CAM (the ``reshape_transform`` convention of pytorch-grad-cam).
 
-A convolutional network's sites are ``(B, C, H, W)`` already. A vision transformer's are
-tokens ``(B, N, C)`` (a class token, then an ``h x w`` grid of patches); ConvNeXt's and Swin's
-MLP activations are channels-last ``(B, H, W, C)``. :func:`default_reshape_transform` knows
-torchvision's ViT, Swin and ConvNeXt; pass your own for other models.
+A convolutional network's activations are ``(B, C, H, W)`` already. A vision transformer's are
+tokens ``(B, N, C)``: a few prefix tokens (class, distillation, register) and then an ``h x w``
+grid of patches, row by row. ConvNeXt's, Swin's and MaxViT's MLP activations are often
+channels last, ``(B, H, W, C)``. :class:`MapLayout` tells these apart by comparing each
+activation's shape with the size of the model's input -- the grid of a feature map has the
+input's aspect ratio -- so it needs no knowledge of the model's class: it reads torchvision's,
+timm's and Hugging Face ``transformers``' models alike.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 ReshapeTransform = Callable[[Tensor], Tensor]
+
+MAX_PREFIX_TOKENS = 8
+"""The most tokens before the patch grid that :class:`MapLayout` accepts (class, distillation
+and register tokens)."""
 
 
 def channels_last_to_maps(activation: Tensor) -> Tensor:
@@ -24,29 +33,101 @@ def channels_last_to_maps(activation: Tensor) -> Tensor:
 
 
 def tokens_to_maps(activation: Tensor) -> Tensor:
-    """``(B, N, C)`` tokens -> ``(B, C, h, w)``: the leading tokens that do not fit a square
-    grid (ViT's class token) are dropped, the rest laid out row by row; a token sequence with no
-    square grid, and other shapes, are returned unchanged."""
+    """``(B, N, C)`` tokens -> ``(B, C, h, w)`` of a square grid, row by row: the leading tokens
+    that do not fit a square grid (at most :data:`MAX_PREFIX_TOKENS`, ViT's class token) are
+    dropped; a sequence with no square grid, and other shapes, are returned unchanged.
+    :class:`MapLayout` also reads non-square grids."""
     if activation.dim() != 3:
         return activation
-    batch, tokens, channels = activation.shape
+    tokens = activation.shape[1]
     side = math.isqrt(tokens)
-    if side == 0 or tokens - side * side > 8:  # more than a few register / class tokens: no grid
+    if side == 0 or tokens - side * side > MAX_PREFIX_TOKENS:
         return activation
-    grid = activation[:, tokens - side * side:]
-    return grid.transpose(1, 2).reshape(batch, channels, side, side)
+    return _grid(activation, tokens - side * side, side, side)
 
 
-def default_reshape_transform(model: object) -> Optional[ReshapeTransform]:
-    """The transform for torchvision's token and channels-last classifiers, else ``None``."""
-    if not isinstance(model, nn.Module):
+def _grid(tokens: Tensor, prefix: int, height: int, width: int) -> Tensor:
+    batch, _, channels = tokens.shape
+    return tokens[:, prefix:].transpose(1, 2).reshape(batch, channels, height, width)
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """Reads the activations of a model whose input is ``input_size`` (height, width) as
+    ``(B, C, h, w)`` maps: a callable ``ReshapeTransform``.
+
+    An ``h x w`` grid is one with the input's aspect ratio (``w`` is ``h * width / height``,
+    rounded), ``h`` between 2 and ``height``. Then, for an activation of shape
+
+    * ``(B, C, h, w)``: channels first, returned as it is;
+    * ``(B, h, w, C)`` (and not channels first): channels last, permuted;
+    * ``(B, p + h * w, C)`` with ``p <= MAX_PREFIX_TOKENS`` prefix tokens (the fewest that
+      leave a grid): tokens, the prefix dropped and the grid laid out row by row;
+    * anything else: returned as it is (a 2-D vector stays a vector).
+
+    With no ``input_size`` (an input that is not an image), every activation is returned as it is.
+
+    Example::
+
+        >>> layout = MapLayout((224, 224))
+        >>> layout(torch.zeros(2, 197, 768)).shape     # ViT-B/16: a class token and 14 x 14 patches
+        torch.Size([2, 768, 14, 14])
+        >>> layout.describe((2, 56, 56, 384))
+        'channels last'
+    """
+
+    input_size: Optional[Tuple[int, int]] = None
+
+    @classmethod
+    def of(cls, inputs: Sequence[Tensor]) -> MapLayout:
+        """The layout of a model whose first input is ``inputs[0]``: an image ``(B, C, H, W)``
+        gives its ``(H, W)``; any other input, no grid."""
+        first = inputs[0]
+        return cls(tuple(first.shape[-2:])) if first.dim() == 4 else cls()
+
+    def _is_grid(self, height: int, width: int) -> bool:
+        if self.input_size is None:
+            return False
+        rows, columns = self.input_size
+        return 2 <= height <= rows and width == round(height * columns / rows) and width >= 1
+
+    def describe(self, shape: Sequence[int]) -> Optional[str]:
+        """``"channels first"``, ``"channels last"``, ``"tokens"`` (``"tokens, P prefix"``) or
+        ``None`` (no map) for an activation of ``shape``."""
+        shape = tuple(shape)
+        if len(shape) == 4 and self._is_grid(*shape[2:]):
+            return "channels first"
+        if len(shape) == 4 and self._is_grid(*shape[1:3]):
+            return "channels last"
+        if len(shape) == 3:
+            grid = _token_grid(self.input_size, shape[1])
+            if grid is not None:
+                return "tokens" if grid[0] == 0 else f"tokens, {grid[0]} prefix"
         return None
-    from torchvision.models import ConvNeXt, SwinTransformer, VisionTransformer
 
-    if isinstance(model, VisionTransformer):
-        return tokens_to_maps
-    if isinstance(model, (SwinTransformer, ConvNeXt)):
-        return channels_last_to_maps
+    def __call__(self, activation: Tensor) -> Tensor:
+        kind = self.describe(activation.shape)
+        if kind == "channels last":
+            return channels_last_to_maps(activation)
+        if kind is not None and kind.startswith("tokens"):
+            return _grid(activation, *_token_grid(self.input_size, activation.shape[1]))
+        return activation
+
+
+@functools.lru_cache(maxsize=256)
+def _token_grid(input_size: Optional[Tuple[int, int]], tokens: int) -> Optional[Tuple[int, int, int]]:
+    """``(prefix, h, w)`` of a sequence of ``tokens`` from an input of ``input_size``, the
+    fewest prefix tokens first; ``None`` where no grid fits."""
+    if input_size is None:
+        return None
+    rows, columns = input_size
+    for prefix in range(min(MAX_PREFIX_TOKENS, tokens) + 1):
+        for height in range(2, rows + 1):
+            width = round(height * columns / rows)
+            if height * width == tokens - prefix:
+                return prefix, height, width
+            if height * width > tokens - prefix:
+                break
     return None
 
 

@@ -13,11 +13,13 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from captum_feedback.core.attribution import model_scores
+from captum_feedback.core.tokens import MapLayout, is_spatial
 from captum_feedback.models.framing import to_square
 
 EMBEDDED = ("efficientnet_lite0", "cluttered_vgg", "cluttered_resnet")
@@ -182,21 +184,22 @@ def _read_state_dict(path: Path, name: str) -> dict:
     return state
 
 
-def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> Tuple[nn.Module, nn.Module]:
+def recommended_layers(model: nn.Module, size: Optional[int] = None, channels: int = 3) -> Tuple[nn.Module, nn.Module]:
     """The layer for FSP-FR (the paper's ``conv5_2``, Procedure 1 step 5) and the one for
     Grad-CAM (the last convolutional block), as ``(middle, last)``.
 
     The embedded models have theirs (EfficientNet-Lite0: the last depthwise ReLU6 at 14 x 14 and
     the head's ReLU6; the cluttered VGG: ``middle_layer`` and the ReLU before the last pool; the
-    cluttered ResNet: ``middle_layer`` and ``last_layer``);
-    torchvision's ViT takes the encoder block two thirds deep and the norm before the last
-    block's attention, as pytorch-grad-cam advises (token outputs, which the maps read through
-    :func:`~captum_feedback.core.tokens.tokens_to_maps`).
-    For any other model they are found by a forward pass of two ``(channels, size, size)`` zero
-    images: among the submodules that return a ``(B, C, H, W)`` map of the batch once per pass (a
-    reused ``relu`` module, as in ResNet, has no single output to target; Swin V2's position-bias
-    MLP runs on a table of its parameters, not on the images), activations and blocks (which end
-    in one) before convolutions and norms, the one about two thirds deep and the last.
+    cluttered ResNet: ``middle_layer`` and ``last_layer``).
+    For any other model they are found by a forward and a backward pass of two random
+    ``(channels, size, size)`` images: among the submodules that return a map of the batch once
+    per pass -- channels first or last, or tokens on a patch grid
+    (:class:`~captum_feedback.core.tokens.MapLayout`) -- and whose map the target's gradient
+    reaches (a ViT's last block reaches the head through its class token alone), activations
+    and blocks (which end in one) before convolutions and norms, the one about two thirds deep
+    and the last. A reused ``relu`` module, as in ResNet, has no single output to target; Swin
+    V2's position-bias MLP runs on a table of its parameters, not on the images. ``size``
+    defaults to the one the model states (:func:`native_size`).
 
     Example::
 
@@ -213,37 +216,49 @@ def recommended_layers(model: nn.Module, size: int = 224, channels: int = 3) -> 
         return model.middle_layer, model.features[24]
     if isinstance(model, ClutteredResNet):
         return model.middle_layer, model.last_layer
-    from torchvision.models import VisionTransformer
+    return _traced_layers(model, size or native_size(model), channels)
 
-    if isinstance(model, VisionTransformer):  # token layers: read through tokens_to_maps
-        blocks = model.encoder.layers
-        # The last block's output reaches the head through the class token alone (its patch
-        # tokens have no gradient); the norm before its attention still mixes them in.
-        return blocks[(2 * len(blocks)) // 3], blocks[-1].ln_1
-    return _traced_layers(model, size, channels)
+
+def native_size(model: nn.Module, default: int = 224) -> int:
+    """The input side a model states: a Hugging Face model's ``config.image_size``, a timm
+    model's ``pretrained_cfg["input_size"]``; else ``default``."""
+    side = getattr(getattr(model, "config", None), "image_size", None)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if side is None and isinstance(cfg, dict) and cfg.get("input_size"):
+        side = cfg["input_size"][-1]
+    if isinstance(side, (tuple, list)):
+        side = side[-1]
+    return int(side) if isinstance(side, int) else default
 
 
 def _traced_layers(model: nn.Module, size: int, channels: int) -> Tuple[nn.Module, nn.Module]:
     calls: List[nn.Module] = []
-    ranks = {}
+    maps: Dict[nn.Module, Tensor] = {}
+    layout = MapLayout((size, size))
 
     def record(module: nn.Module, _inputs: object, output: object) -> None:
-        calls.append(module)  # a map of the two probe images: 4-D, the batch first
-        batched = isinstance(output, Tensor) and output.dim() > 0 and output.shape[0] == 2
-        ranks[module] = output.dim() if batched else 0
+        calls.append(module)  # a map of the two probe images, the batch first
+        if isinstance(output, Tensor) and output.dim() > 2 and output.shape[0] == 2 and output.requires_grad \
+                and is_spatial(output.shape, layout):
+            maps[module] = output
 
     handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
+    probe = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     try:
-        with torch.no_grad():
-            model(torch.zeros(2, channels, size, size, device=next(model.parameters()).device))
+        with torch.enable_grad():
+            scores = model_scores(model(probe.to(next(model.parameters()).device)))
+            top = scores.detach().argmax(1, keepdim=True)
+            gradients = torch.autograd.grad(scores.gather(1, top).sum(), list(maps.values()), allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-    once = [m for m in dict.fromkeys(calls) if calls.count(m) == 1 and ranks[m] == 4]
+    reached = {m for m, g in zip(maps, gradients) if g is not None and layout(g).ne(0).any()}
+    reached = reached or set(maps)  # no gradient at all (a head initialized at zero): every map
+    once = [m for m in dict.fromkeys(calls) if calls.count(m) == 1 and m in reached]
     rectified = [m for m in once if isinstance(m, _ACTIVATIONS) or any(True for _ in m.children())]
     once = rectified or once
     if not once:
-        raise ModelError("the model has no layer with a spatial output to read maps from.")
+        raise ModelError("the model has no layer with a spatial output, reached by the gradient, to read maps from.")
     return once[(2 * len(once)) // 3], once[-1]
 
 
