@@ -45,5 +45,5 @@ demo: install
 lint: install
 	$(PY) -m ruff check captum_feedback tests examples benchmarks scripts
 
-test: lint
+test: photos lint
 	$(PY) -m pytest

@@ -19,7 +19,8 @@ Each runs with a batch of two images:
 * the batch's attributions equal those of each image alone, bit for bit, with
   ``batch_invariant=True``; the difference of the default's batched passes (relative to the
   attribution's scale) is reported beside it;
-* under the paper's linearized zero-threshold rule the target score never falls (Sec. 3.3);
+* under the paper's linearized zero-threshold rule the target score never falls (Sec. 3.3) and
+  stays finite;
 * the Summation Energy Map is finite and not zero;
 * and it reports how the sites' activations lie (:class:`~captum_feedback.core.tokens.MapLayout`),
   the share of the gradient that passes no gate (``ungated_share``) and which degeneracies
@@ -29,7 +30,8 @@ Each runs with a batch of two images:
 
     python benchmarks/zoo.py                         # every torchvision model: a table and zoo.json
     python benchmarks/zoo.py --models resnet18 vit_b_16
-    python benchmarks/zoo.py --library timm --out benchmarks/results/zoo_timm.json
+    python benchmarks/zoo.py --families --out benchmarks/results/zoo_families.json  # one per family
+    python benchmarks/zoo.py --library timm          # one model per timm family: zoo_timm.json
 
 ``tests/test_zoo.py`` runs the same checks on a few small models of each family.
 """
@@ -52,6 +54,7 @@ from captum_feedback import FR, FSP, PRESETS, FeedbackConfig, summation_energy_m
 from captum_feedback.core.attribution import model_scores, ungated_share
 from captum_feedback.core.diagnosis import degeneracies
 from captum_feedback.core.tokens import MapLayout
+from captum_feedback.models.classifiers import recommended_layers
 
 LIBRARIES = ("torchvision", "timm", "transformers")
 FIXED_SIZE = ("vit_", "swin", "maxvit")
@@ -88,6 +91,16 @@ HF_MODELS: Dict[str, Callable[[], nn.Module]] = {
 """Hugging Face image classifiers in small random configurations, by class name."""
 
 
+TORCHVISION_FAMILIES = {
+    "alexnet": "alexnet", "convnext": "convnext_tiny", "densenet": "densenet121", "efficientnet": "efficientnet_b0",
+    "googlenet": "googlenet", "inception": "inception_v3", "maxvit": "maxvit_t", "mnasnet": "mnasnet0_5",
+    "mobilenetv2": "mobilenet_v2", "mobilenetv3": "mobilenet_v3_small", "regnet": "regnet_x_400mf",
+    "resnet": "resnet18", "shufflenetv2": "shufflenet_v2_x0_5", "squeezenet": "squeezenet1_1",
+    "swin_transformer": "swin_t", "vgg": "vgg11", "vision_transformer": "vit_b_32",
+}
+"""``{family: model}``: per torchvision model module, its smallest classifier."""
+
+
 def timm_families(largest: int = TIMM_LARGEST_INPUT) -> Dict[str, str]:
     """``{family: model}``: per timm model module, the model with the fewest parameters (counted
     on the meta device) among those whose default input is at most ``largest`` px."""
@@ -117,10 +130,11 @@ def _timm_family(name: str) -> str:
     return _model_to_module[name]
 
 
-def model_names(library: str) -> List[str]:
-    """Every model the zoo runs for ``library``."""
+def model_names(library: str, families: bool = False) -> List[str]:
+    """Every model the zoo runs for ``library`` (torchvision's: one per family with ``families``)."""
     if library == "torchvision":
-        return torchvision.models.list_models(module=torchvision.models)
+        return list(TORCHVISION_FAMILIES.values()) if families else torchvision.models.list_models(
+            module=torchvision.models)
     if library == "timm":
         return list(timm_families().values())
     return list(HF_MODELS)
@@ -157,12 +171,16 @@ def build(name: str, library: str = "torchvision") -> nn.Module:
 
 
 def informative(model: nn.Module) -> nn.Module:
-    """Zero linear weights drawn from N(0, 0.02), layer scales (``layer_scale``, ``gamma``, and
-    ``ls``/``scale`` vectors under 1e-3) set to 1."""
+    """Zero linear weights drawn from N(0, 0.02); zero normalization weights (the last norm of
+    a residual branch that timm starts at zero, SwinV2's post-norms) and layer scales
+    (``layer_scale``, ``gamma``, and ``scale`` vectors under 1e-3) set to 1."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear) and not module.weight.any():
                 nn.init.normal_(module.weight, std=0.02)
+            norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+            if norm and module.weight is not None and not module.weight.any():
+                module.weight.fill_(1.0)
         for parameter_name, parameter in model.named_parameters():
             last = parameter_name.rsplit(".", 1)[-1]
             tiny = parameter.dim() == 1 and 0 < parameter.abs().max() < 1e-3
@@ -202,13 +220,15 @@ def check(model: nn.Module, size: int, seed: int = 0) -> Dict[str, object]:
                   (("default", PRESETS["default"]), ("batch_invariant", invariant))}
     paper = fsp.select(x, target, config="paper", iterations=3, keep_cws=False)
     linearized = paper.target_scores
-    falls = (linearized[1:] - linearized[:-1] < -1e-4 * linearized.abs().amax(0).clamp_min(1)).any()
+    falls = (linearized[1:] - linearized[:-1] < -1e-4 * linearized.abs().amax(0).clamp_min(1)).any() or \
+        not torch.isfinite(linearized).all()
     share = ungated_share(model, x, target)
     after = _snapshot(model)
     unchanged = all(torch.equal(a, b) for a, b in zip(before, after)) and not model.training and all(
         (p.requires_grad, p.grad) == flag for p, flag in zip(model.parameters(), flags))
     layout = MapLayout.of((x,))
     return {
+        "recommended layers": recommended_names(model, size),
         "sites": len(state.gates),
         "site kinds": _counts(state.site_kinds.values()),
         "layouts": _counts(str(layout.describe(g.shape)) for g in state.gates.values()),
@@ -228,6 +248,12 @@ def check(model: nn.Module, size: int, seed: int = 0) -> Dict[str, object]:
     }
 
 
+def recommended_names(model: nn.Module, size: int) -> List[str]:
+    """The module names of ``recommended_layers(model)`` (FSP-FR's, Grad-CAM's) at ``size``."""
+    names = {module: name for name, module in model.named_modules()}
+    return [names[layer] for layer in recommended_layers(model, size)]
+
+
 def _counts(values) -> Dict[str, int]:
     values = list(values)
     return dict(sorted((value, values.count(value)) for value in set(values)))
@@ -238,9 +264,16 @@ def _reasons(state) -> List[str]:
 
 
 def batch_vs_alone(fsp: FSP, x: torch.Tensor, target: List[int], config: FeedbackConfig) -> float:
-    """The largest difference between a batch's map and each image's alone, over the map's scale."""
-    batch = fsp.attribute(x, target, config=config)
-    alone = torch.cat([fsp.attribute(x[i:i + 1], target[i], config=config) for i in range(len(x))])
+    """The largest difference between a batch's map and each image's alone, over the map's scale.
+    On one thread: with several, some backward kernels (timm's hardcorenas and rexnet, torchvision's
+    regnet) vary by 1e-7 of the map from one call to the next, Captum's Saliency too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch = fsp.attribute(x, target, config=config)
+        alone = torch.cat([fsp.attribute(x[i:i + 1], target[i], config=config) for i in range(len(x))])
+    finally:
+        torch.set_num_threads(threads)
     return float((batch - alone).abs().amax() / batch.abs().amax().clamp_min(1e-30))
 
 
@@ -271,12 +304,13 @@ def run(names: Sequence[str], out: Optional[Path], library: str = "torchvision")
 
 def markdown(findings: Dict[str, Dict[str, object]]) -> str:
     lines = ["| model | input | sites (activation / pool) | layouts | contract | batch vs alone (batch_invariant) | "
-             "batched by default | ungated share | degenerate (default; paper) | FSP s | all checks s |",
-             "|---|---:|---|---|---|---:|---:|---:|---|---:|---:|"]
+             "batched by default | ungated share | degenerate (default; paper) | "
+             "recommended layers (FSP-FR; Grad-CAM) | FSP s | all checks s |",
+             "|---|---:|---|---|---|---:|---:|---:|---|---|---:|---:|"]
     for name, f in findings.items():
         label = f"{f['family']}: {name}" if "family" in f else name
         if "error" in f:
-            lines.append(f"| {label} | {f['input']} | | | error: {f['error']} | | | | | | {f['seconds']} |")
+            lines.append(f"| {label} | {f['input']} | | | error: {f['error']} | | | | | | | {f['seconds']} |")
             continue
         kinds = f["site kinds"]
         failed = [k for k in ("finite", "shapes", "state unchanged", "score never falls (linearized)",
@@ -289,7 +323,8 @@ def markdown(findings: Dict[str, Dict[str, object]]) -> str:
         lines.append(f"| {label} | {f['input']} | {f['sites']} ({kinds.get('activation', 0)} / "
                      f"{kinds.get('pool', 0)}) | {layouts or '-'} | {verdict} | {f['batch vs alone']:.1e} | "
                      f"{f['batch vs alone (default)']:.1e} | {f['ungated share']:.2f} | {degenerate} | "
-                     f"{f['fsp seconds']} | {f['seconds']} |")
+                     f"{'; '.join(f'`{n}`' for n in f.get('recommended layers', []))} | {f['fsp seconds']} | "
+                     f"{f['seconds']} |")
     return "\n".join(lines)
 
 
@@ -297,12 +332,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--library", choices=LIBRARIES, default="torchvision")
     parser.add_argument("--models", nargs="+", help="default: every model of the library (see above)")
+    parser.add_argument("--families", action="store_true", help="torchvision: its smallest model per family")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/zoo[_LIBRARY].json")
     args = parser.parse_args()
     suffix = "" if args.library == "torchvision" else f"_{args.library}"
     out = args.out or Path(f"benchmarks/results/zoo{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    findings = run(args.models or model_names(args.library), out, args.library)
+    findings = run(args.models or model_names(args.library, args.families), out, args.library)
     print(markdown(findings))
     print(f"{sum('error' not in f and passes(f) for f in findings.values())} of {len(findings)} models hold "
           f"the contract; {math.fsum(f['seconds'] for f in findings.values()):.0f} s in all")

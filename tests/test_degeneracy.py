@@ -95,6 +95,17 @@ def test_a_score_below_one_percent_of_the_plain_networks_is_a_collapse():
         [False, False]
 
 
+def test_a_score_or_map_that_is_not_finite_is_said():
+    state = FSP(seeded(VGGish()).eval()).select(torch.randn(2, 3, 16, 16), [1, 2], config="paper", iterations=1)
+    scores = state.target_scores.clone()
+    scores[1, 0] = float("nan")
+    assert degeneracies(replace(state, target_scores=scores))["nonfinite"].tolist() == [True, False]
+    attribution = state.attributions[0].clone()
+    attribution[1, 0, 0, 0] = float("inf")
+    assert degeneracies(replace(state, attributions=(attribution,)))["nonfinite"].tolist() == [False, True]
+    assert not degeneracies(state)["nonfinite"].any()
+
+
 def test_attribute_warns_once_per_place_with_the_default_filter():
     model = Positive().eval()
     x = torch.rand(2, 4) + 0.1

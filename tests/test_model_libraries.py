@@ -21,8 +21,9 @@ import zoo  # noqa: E402
 TIMM_FAST = ["test_vit", "test_convnext", "test_efficientnet", "test_resnet", "test_byobnet", "levit_128s"]
 """timm's own small test models (one per family) and LeViT, whose sites are tokens without a
 class token: the fast subset of the timm zoo."""
-TIMM_TOKENS = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "coat_lite_tiny"]
-"""Token models whose Summation map once failed: no (B, C, H, W) site was recognized."""
+TIMM_LAYOUTS = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "coat_lite_tiny", "maxvit_tiny_tf_224"]
+"""Token models whose Summation map once failed (no (B, C, H, W) site was recognized), and
+MaxViT, whose MLPs are channels last."""
 
 
 def _holds(name, library):
@@ -44,8 +45,8 @@ def test_a_transformers_model_holds_the_zoo_contract_and_has_a_summation_map(nam
     assert finding["summation map"] and "None" not in finding["layouts"], finding
 
 
-@pytest.mark.parametrize("name", TIMM_TOKENS)
-def test_the_summation_map_of_a_timm_token_model_reads_its_tokens_as_a_grid(name):
+@pytest.mark.parametrize("name", TIMM_LAYOUTS)
+def test_the_summation_map_of_a_timm_token_or_channels_last_model_reads_its_sites_as_maps(name):
     pytest.importorskip("timm")
     model = zoo.build(name, "timm")
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).expand(2, -1, -1, -1)

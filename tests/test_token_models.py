@@ -36,6 +36,8 @@ def test_tokens_and_channels_last_become_maps():
     ((2, 64, 112, 112), (224, 224), "channels first", (2, 64, 112, 112)),
     ((2, 56, 56, 56), (224, 224), "channels first", (2, 56, 56, 56)),    # both fit: PyTorch's order
     ((2, 512, 256), (224, 224), None, (2, 512, 256)),                    # a mixer's token MLP: no grid
+    ((2, 128, 49), (224, 224), "flattened", (2, 128, 7, 7)),             # EfficientViM's state-space map
+    ((2, 201, 4096), (224, 224), "tokens, 5 prefix", (2, 4096, 14, 14)),  # a class token and 4 registers
     ((2, 16, 1, 1), (224, 224), None, (2, 16, 1, 1)),                    # squeeze-excitation
     ((2, 1000), (224, 224), None, (2, 1000)),
 ])
@@ -121,3 +123,10 @@ def test_grad_cam_on_a_convolutional_layer_is_captums():
     layer = model.features[6]
     torch.testing.assert_close(_GradCam(model, layer).attribute(x, [0, 1, 2]),
                                LayerGradCam(model, layer).attribute(x, target=[0, 1, 2]))
+
+
+def test_the_summation_map_leaves_out_squeeze_excitation_sites():
+    """A (B, C, 1, 1) site would add the same value at every location."""
+    state = FSP(zoo.build("mobilenet_v3_small")).select(torch.rand(1, 3, 64, 64), 3, keep_cws=True)
+    squeezed = [name for name, gate in state.gates.items() if gate.shape[-2:] == (1, 1) and gate.dim() == 4]
+    assert squeezed and not set(squeezed) & set(state.summation_sites())

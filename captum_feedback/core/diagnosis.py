@@ -1,5 +1,5 @@
 """When FSP's map is not FSP's: the gates changed nothing, the gradient bypassed them, the call
-fell back to an earlier pass's gates, or pruning removed the class.
+fell back to an earlier pass's gates, a pass overflowed, or pruning removed the class.
 
 FSP (Sec. 3.4.2) makes a class-specific map by switching off the units that speak against the
 target. On some models that does not happen, and the map looks like any other: a transformer
@@ -44,6 +44,10 @@ REASONS: Dict[str, str] = {
     "reverted": (
         "FSP's final gates cut the target off the inputs (a blank map), so the attribution of some samples "
         "comes from the gates of an earlier pass, at worst the plain network's gradient (state.reverted)."),
+    "nonfinite": (
+        "FSP's passes gave a non-finite target score or attribution (NaN or inf): in linearized passes (the "
+        "'paper' preset) units that no longer saturate can make the scores overflow. Try linearize=False or "
+        "fewer iterations; state.target_scores shows where."),
     "collapsed": (
         f"Pruning lowered the target score below {COLLAPSE_RATIO:.0%} of the plain network's: the map shows what "
         "is left after the class's evidence was removed. The paper's linearized zero threshold "
@@ -80,9 +84,11 @@ def degeneracies(state: FeedbackState) -> Dict[str, Tensor]:
     (all ``False`` where the state measured nothing: a plain run, a dual).
 
     * ``"unchanged"`` and ``"bypassed"``: the attribution is the gradient with every gate open,
-      linearized as the run was (:data:`MAP_TOLERANCE`); ``"bypassed"`` where the gradient with every gate closed keeps
-      more than :data:`BYPASS_SHARE` of its norm, ``"unchanged"`` where it does not;
+      linearized as the run was (:data:`MAP_TOLERANCE`); ``"bypassed"`` where the gradient
+      with every gate closed keeps more than :data:`BYPASS_SHARE` of its norm, ``"unchanged"``
+      where it does not;
     * ``"reverted"``: :attr:`~captum_feedback.core.state.FeedbackState.reverted`;
+    * ``"nonfinite"``: a target score of some pass, or the attribution, is NaN or infinite;
     * ``"collapsed"``: the final target score is below :data:`COLLAPSE_RATIO` times the plain
       network's, which was positive.
     """
@@ -90,11 +96,14 @@ def degeneracies(state: FeedbackState) -> Dict[str, Tensor]:
     none = torch.zeros(size, dtype=torch.bool)
     if state.map_change is None:
         return {reason: none for reason in REASONS}
+    finite = torch.isfinite(state.target_scores.cpu()).all(0)
+    for attribution in state.attributions:
+        finite &= torch.isfinite(attribution.detach().flatten(1)).all(1).cpu()
     same = state.map_change.cpu() <= MAP_TOLERANCE  # NaN (outputs changed: not measured) compares False
     bypass = state.ungated_share.cpu() > BYPASS_SHARE  # NaN (not measured) compares False
     first, last = state.target_scores[0].cpu(), state.target_scores[-1].cpu()
     return {"unchanged": same & ~bypass, "bypassed": same & bypass, "reverted": state.reverted.cpu(),
-            "collapsed": (first > 0) & (last < COLLAPSE_RATIO * first)}
+            "nonfinite": ~finite, "collapsed": (first > 0) & (last < COLLAPSE_RATIO * first)}
 
 
 def warn_degenerate(state: FeedbackState, stacklevel: int = 3) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from captum_feedback.core.config import FeedbackConfig
+from captum_feedback.core.tokens import is_spatial
 
 KeepCws = Union[bool, str]
 """Which sites' CWs and outputs a state keeps: ``"summed"`` (the Summation Energy Map's), ``True``
@@ -152,9 +153,9 @@ def summed_sites(kinds: Dict[str, str], shapes: Dict[str, Tuple[int, ...]], conf
                  transform: Callable[[Tensor], Tensor]) -> List[str]:
     """The sites (names, in execution order) whose maps a Summation Energy Map of ``config``
     sums: its ``summation_sites`` share of the activation sites (``kinds``) whose activations
-    (``shapes``) are ``(B, C, H, W)`` maps after ``transform``."""
-    names = [name for name, kind in kinds.items()
-             if kind == "activation" and transform(torch.empty(shapes[name], device="meta")).dim() == 4]
+    (``shapes``) are ``(B, C, H, W)`` maps of more than one location after ``transform`` (a
+    squeeze-excitation's ``(B, C, 1, 1)`` would add the same value everywhere)."""
+    names = [name for name, kind in kinds.items() if kind == "activation" and is_spatial(shapes[name], transform)]
     if config.summation_sites is not None:
         start, stop = (round(share * len(names)) for share in config.summation_sites)
         names = names[start:max(stop, start + 1)]

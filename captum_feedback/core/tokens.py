@@ -61,9 +61,19 @@ class MapLayout:
 
     * ``(B, C, h, w)``: channels first, returned as it is;
     * ``(B, h, w, C)`` (and not channels first): channels last, permuted;
-    * ``(B, p + h * w, C)`` with ``p <= MAX_PREFIX_TOKENS`` prefix tokens (the fewest that
-      leave a grid): tokens, the prefix dropped and the grid laid out row by row;
+    * ``(B, p + h * w, C)`` with ``p <= 2`` prefix tokens (the fewest that leave a grid: a
+      class and a distillation token): tokens, the prefix dropped and the grid laid out row by
+      row;
+    * else ``(B, C, h * w)`` where the grid comes from a convolutional stride ``s``, a power
+      of two (``h = ceil(height / s)``; a state-space model's flattened map): flattened
+      channels first, reshaped;
+    * else ``(B, p + h * w, C)`` with up to :data:`MAX_PREFIX_TOKENS` prefix tokens (register
+      tokens);
     * anything else: returned as it is (a 2-D vector stays a vector).
+
+    Shapes alone can be ambiguous (a ViT with 4 registers whose MLP width is ``h * w`` of a
+    power-of-two stride reads as a flattened map): pass your own ``reshape_transform`` where
+    that happens.
 
     With no ``input_size`` (an input that is not an image), every activation is returned as it is.
 
@@ -92,26 +102,47 @@ class MapLayout:
         return 2 <= height <= rows and width == round(height * columns / rows) and width >= 1
 
     def describe(self, shape: Sequence[int]) -> Optional[str]:
-        """``"channels first"``, ``"channels last"``, ``"tokens"`` (``"tokens, P prefix"``) or
-        ``None`` (no map) for an activation of ``shape``."""
+        """``"channels first"``, ``"channels last"``, ``"tokens"`` (``"tokens, P prefix"``),
+        ``"flattened"`` or ``None`` (no map) for an activation of ``shape``."""
         shape = tuple(shape)
         if len(shape) == 4 and self._is_grid(*shape[2:]):
             return "channels first"
         if len(shape) == 4 and self._is_grid(*shape[1:3]):
             return "channels last"
-        if len(shape) == 3:
-            grid = _token_grid(self.input_size, shape[1])
-            if grid is not None:
-                return "tokens" if grid[0] == 0 else f"tokens, {grid[0]} prefix"
-        return None
+        if len(shape) != 3:
+            return None
+        tokens = _token_grid(self.input_size, shape[1])
+        if tokens is not None and tokens[0] <= 2:
+            return "tokens" if tokens[0] == 0 else f"tokens, {tokens[0]} prefix"
+        if _strided_grid(self.input_size, shape[2]) is not None:
+            return "flattened"
+        return None if tokens is None else f"tokens, {tokens[0]} prefix"
 
     def __call__(self, activation: Tensor) -> Tensor:
         kind = self.describe(activation.shape)
         if kind == "channels last":
             return channels_last_to_maps(activation)
+        if kind == "flattened":
+            return activation.unflatten(2, _strided_grid(self.input_size, activation.shape[2]))
         if kind is not None and kind.startswith("tokens"):
             return _grid(activation, *_token_grid(self.input_size, activation.shape[1]))
         return activation
+
+
+@functools.lru_cache(maxsize=256)
+def _strided_grid(input_size: Optional[Tuple[int, int]], length: int) -> Optional[Tuple[int, int]]:
+    """``(h, w)`` with ``h * w == length``, ``h = ceil(height / s)`` and ``w = ceil(width / s)``
+    for a stride ``s`` of 2, 4, 8, ...; ``None`` where there is none."""
+    if input_size is None:
+        return None
+    rows, columns = input_size
+    stride = 2
+    while stride <= rows // 2:
+        height, width = -(-rows // stride), -(-columns // stride)
+        if height * width == length:
+            return height, width
+        stride *= 2
+    return None
 
 
 @functools.lru_cache(maxsize=256)
