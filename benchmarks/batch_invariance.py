@@ -34,8 +34,8 @@ from speed import _interleaved_times, _paired_ratio
 from torch import Tensor
 
 from captum_feedback import FSP, PRESETS, FeedbackConfig
-from captum_feedback.core.engine import as_mask
 from captum_feedback.core.selection import SelectionRule
+from captum_feedback.core.sites import as_mask
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
 from captum_feedback.core.frozen_ops import FROZEN_OPS, FrozenOp
-from captum_feedback.core.guards import check_depends_on_inputs, check_eval_mode, check_single_thread, preserved_state
-from captum_feedback.core.sites import SITE_OPS, SiteOp
+from captum_feedback.core.guards import check_depends_on_inputs, check_model, preserved_state
+from captum_feedback.core.sites import SITE_OPS, SiteOp, as_mask
 
 
 @dataclass
@@ -59,15 +59,6 @@ class Site:
     def support(self) -> Optional[Tensor]:
         """For a frozen ReLU, the units that can be non-zero (its on-states); else ``None``."""
         return self.frozen if self.op is not None and self.op.masks_input else None
-
-
-def as_mask(gate: Tensor, like: Tensor) -> Tensor:
-    """A boolean gate as 0/1 values in ``like``'s dtype, to multiply by.
-
-    Converting through ``uint8`` is the fast kernel on the CPU, where a float-by-bool multiply
-    (and even a direct bool-to-float conversion) is several times slower.
-    """
-    return gate.view(torch.uint8).to(like.dtype)
 
 
 class Gate(NamedTuple):
@@ -455,8 +446,7 @@ class GatingSession:
     def installed(self) -> Iterator[GatingSession]:
         """Enables autograd (also inside a caller's ``no_grad``) and guards the model's state
         for the session's lifetime."""
-        check_single_thread(self.forward_func)
-        check_eval_mode(self.forward_func)
+        check_model(self.forward_func)
         try:
             with preserved_state(self.forward_func), torch.enable_grad():
                 yield self

