@@ -182,8 +182,9 @@ class Negated(nn.Module):
         return -self.model(x)
 
 
-@pytest.mark.parametrize("config", [PRESETS["default"], replace(PRESETS["paper"], contrastive=True)],
-                         ids=["default", "paper-contrastive"])
+@pytest.mark.parametrize("config", [PRESETS["default"], replace(PRESETS["paper"], contrastive=True),
+                                    replace(PRESETS["default"], stages=(Stage("head", 3),))],
+                         ids=["default", "paper-contrastive", "head-three-updates"])
 def test_the_dual_shares_the_first_pass_and_equals_fsp_of_the_negated_score(config):
     """The dual's first pass is the target's with the CWs negated (every gate is open), so it is
     not run again; what follows must equal FSP run on the negated model from scratch."""
@@ -231,3 +232,4 @@ def test_select_keeps_the_cws_of_the_summed_sites_unless_asked_for_all():
         summation_energy_map(summed, sites=["features.1"])
     with pytest.raises(ValueError, match="keep_cws must be one of"):
         FSP(model).select(x, target=1, keep_cws="all")
+

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from captum.log import log_usage
@@ -11,13 +11,42 @@ from torch import Tensor, nn
 
 from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output
 from captum_feedback.core.attribution import Batch, FeedbackAttribution, input_gradients
-from captum_feedback.core.config import ConfigLike, FeedbackConfig, Stage, resolve_config
+from captum_feedback.core.config import ConfigLike, FeedbackConfig, resolve_config
 from captum_feedback.core.diagnosis import MAP_TOLERANCE, outputs_unchanged, relative_change, warn_degenerate
 from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
 from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
 from captum_feedback.core.state import KEEP_CWS, FeedbackState, KeepCws, digest, summed_sites
 from captum_feedback.core.tokens import MapLayout, ReshapeTransform, is_spatial
+
+
+class _Pass(NamedTuple):
+    """What FSP's driver (:meth:`FeedbackSelectivePruning._iterate`) tells the policy about the
+    pass it runs: the policy reads it and holds no orchestration state of its own. The driver
+    hands a new one before the forward pass and, where the forward pass changed what its
+    backward pass must do, before the backward pass."""
+
+    updating: Optional[FrozenSet[int]] = None
+    """Sites whose gates this pass's backward pass updates; ``None``: every site (the first
+    forward pass, before the sites are known)."""
+    final: bool = False
+    """This pass's CWs choose no further gates: its gates are FSP's result."""
+    may_be_final: bool = False
+    """A pass of the last stage, which may turn out the last (every sample converged): its site
+    outputs are kept, and so are its CWs of :attr:`kept_sites`."""
+    converged: Optional[Tensor] = None
+    """Per sample, whether its gates reached a fixed point in this stage, so that it keeps them;
+    ``None`` when no sample has (the common case, which asks nothing of the tensor)."""
+    kept_sites: Optional[FrozenSet[int]] = None
+    """The sites whose CWs the last pass keeps, when it ends at the lowest of them rather than
+    at the inputs (the dual's, whose map needs no input gradient); ``None``: every site."""
+    updatable: Optional[FrozenSet[int]] = None
+    """Every site some stage of the run updates: the gate store holds these alone (the
+    default's head stage keeps one byte a unit of the head, not of the whole network)."""
+    shared: bool = False
+    """The first pass of a contrastive run, which the dual's policy mirrors: with every gate open
+    the dual's score is the target's negation, so its CWs are this pass's negated and its
+    outputs the same: one backward pass serves both, and the dual starts at its first update."""
 
 
 class _PruningPolicy(GatePolicy):
@@ -28,19 +57,25 @@ class _PruningPolicy(GatePolicy):
     Algorithm 2's bottom-up sweep: a site's CW depends only on the gates above it, which the
     sweep has not touched yet. One forward and one backward pass per update suffice.
 
-    Only the sites in :attr:`updating` take new gates from a backward pass (a stage of the
-    released code's schedule); the others keep theirs.
+    Only the sites the pass's plan (:class:`_Pass`) names take new gates from its backward
+    pass (a stage of the released code's schedule); the others keep theirs. The policy keeps
+    the gates, the CWs and outputs the state will hold, and the history that reverts read; the
+    driver decides everything about the passes.
     """
 
-    def __init__(self, rule: SelectionRule, sites: Sequence[Site], batch_size: int, keep_cws: bool) -> None:
+    def __init__(self, rule: SelectionRule, sites: Sequence[Site], batch_size: int, keep_cws: bool,
+                 mirror: Optional[_PruningPolicy] = None) -> None:
         self.rule = rule
         self.keep_cws = keep_cws
         self.wants_on_states = rule.prunes_only
         self.sites = sites
         """The session's sites, all known once the first pass is done."""
+        self.batch_size = batch_size
+        self.plan = _Pass()
+        """The pass being run, as the driver describes it."""
+        self.mirror = mirror
+        """The dual's policy, which sees the :attr:`_Pass.shared` pass's sites and CWs."""
         self.bytes: Optional[GateStore] = None
-        self.updating: Optional[Set[int]] = None
-        """Sites whose gates the next backward pass updates; ``None`` before the sites are known."""
         self.selected: set = set()
         """Sites whose bytes hold a CW selector (the others hold gates)."""
         self.gated: set = set()
@@ -49,49 +84,35 @@ class _PruningPolicy(GatePolicy):
         self.outputs: Dict[int, Tensor] = {}
         """Each site's gated output in the last pass, kept with the CWs."""
         self.layer_cws: Dict[str, Tensor] = {}
-        self.final_pass = False
-        """Set before the last pass: its CWs choose no further gates."""
-        self.may_be_final = False
-        """Set before every pass of the last stage, which may turn out the last (every sample
-        converged): its site outputs are kept, and so are its CWs of :attr:`kept_sites`."""
-        self.active = torch.ones(batch_size, dtype=torch.bool)
-        self.converged_any = False
-        """``not active.all()``, kept as a flag so that sites need not ask the tensor each pass."""
         self.reverts = 0
         """How many passes back :meth:`revert` has gone."""
         self.reverted = torch.zeros(batch_size, dtype=torch.bool)
         """Samples whose final gates :meth:`revert` took from an earlier pass."""
-        self.kept_sites: Optional[Set[int]] = None
-        """The sites whose CWs the last pass keeps, when it ends at the lowest of them rather
-        than at the inputs (the dual's, whose map needs no input gradient); ``None``: every site."""
-        self.mirror: Optional[_PruningPolicy] = None
-        """The dual's policy during the first pass. With every gate open the dual's score is the
-        target's negation, so its CWs are this pass's negated and its outputs the same: one
-        backward pass serves both, and the dual starts at its first update."""
 
     def needs_cw(self, site: Site) -> bool:
-        kept = self.kept_sites is not None and self.may_be_final and site.index in self.kept_sites
-        if self.final_pass and self.kept_sites is not None:
+        plan = self.plan
+        kept = plan.kept_sites is not None and plan.may_be_final and site.index in plan.kept_sites
+        if plan.final and plan.kept_sites is not None:
             return kept
         return kept or self._updates(site)
 
     def _updates(self, site: Site) -> bool:
         """Whether this pass's CW of the site chooses its next gates."""
-        return self.updating is None or site.index in self.updating
+        return self.plan.updating is None or site.index in self.plan.updating
 
     def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
-        slot = self.bytes.slot(site) if self.bytes is not None else None
-        if site.index not in self.selected:  # first pass, or no CW reached the site: gates stay
-            if site.index not in self.gated:
-                return None
+        if site.index not in self.selected and site.index not in self.gated:
+            return None  # first pass, or a site no update has reached: open
+        slot = self.bytes.slot(site)
+        if site.index not in self.selected:  # no CW reached the site this time: gates stay
             if not site.nonnegative:
                 return Gate.of(slot.view(torch.bool), x)
             mask = keep_mask(slot, x)  # the gates, within the units a re-evaluated ReLU keeps on
         else:
             self.selected.remove(site.index)
             mask = keep_mask(slot, x)
-            if self.converged_any:  # converged samples keep their gates: a row copy, not a
-                rows = (~self.active).nonzero().flatten().to(x.device)  # where over the batch
+            if self.plan.converged is not None:  # converged samples keep their gates: a row
+                rows = self.plan.converged.nonzero().flatten().to(x.device)  # copy, not a where
                 kept = self.bytes.packed_gates(site).index_select(0, rows).to(x.dtype)
                 mask.index_copy_(0, rows, kept.mul_(x.index_select(0, rows) > 0) if site.nonnegative else kept)
             self.gated.add(site.index)
@@ -99,17 +120,17 @@ class _PruningPolicy(GatePolicy):
         return Gate(slot.view(torch.bool), mask, within_active=site.nonnegative)
 
     def _mirrored(self) -> Optional[_PruningPolicy]:
-        """The mirror, told which sites this pass updates and whether it is the last."""
-        if self.mirror is not None:
-            self.mirror.updating, self.mirror.final_pass = self.updating, self.final_pass
-            self.mirror.may_be_final = self.may_be_final
+        """The dual's policy, given this pass's plan, during the shared first pass."""
+        if self.mirror is None or not self.plan.shared:
+            return None
+        self.mirror.plan = self.plan
         return self.mirror
 
     def observe(self, site: Site, output: Tensor) -> None:
         mirror = self._mirrored()
         if mirror is not None:
             mirror.observe(site, output)
-        if self.keep_cws and self.may_be_final:
+        if self.keep_cws and self.plan.may_be_final:
             self.outputs[site.index] = output
 
     def gates(self, site: Site) -> Tensor:
@@ -117,11 +138,6 @@ class _PruningPolicy(GatePolicy):
         if site.index not in self.gated:
             return torch.ones((), dtype=torch.bool).expand(site.shape)
         return self.bytes.slot(site).view(torch.bool).clone()
-
-    def restart(self) -> None:
-        """Every sample takes part in the next stage, converged in the last one or not."""
-        self.active.fill_(True)
-        self.converged_any = False
 
     def snapshot(self) -> Tuple[Tensor, Tensor, Dict[int, Tensor], Dict[int, Tensor], Dict[str, Tensor]]:
         """The final gates, outputs and CWs, before :meth:`revert` changes them."""
@@ -147,12 +163,11 @@ class _PruningPolicy(GatePolicy):
                     self.bytes.slot(site).mul_(site.support.view(torch.int8))
         return reverted
 
-    def end_pass(self) -> Tensor:
-        """Marks samples whose gates this pass left unchanged as converged; returns the still active."""
-        if self.bytes is not None:
-            self.active &= self.bytes.changed().cpu()
-        self.converged_any = not bool(self.active.all())
-        return self.active
+    def changed(self) -> Tensor:
+        """Per sample (on the CPU), whether this pass's gates differ from the last pass's."""
+        if self.bytes is None:
+            return torch.ones(self.batch_size, dtype=torch.bool)
+        return self.bytes.changed().cpu()
 
     def backward(self, site: Site, cw: Tensor) -> Tensor:
         mirror = self._mirrored()
@@ -161,15 +176,16 @@ class _PruningPolicy(GatePolicy):
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        if not self.final_pass and self._updates(site):  # the site's gates have been used: its
+        if not self.plan.final and self._updates(site):  # the site's gates have been used: its
             if self.bytes is None:  # bytes take the selector
-                self.bytes = GateStore(self.sites, len(self.active), cw.device, keep_history=self.rule.prunes_only)
+                stored = [s for s in self.sites if self.plan.updatable is None or s.index in self.plan.updatable]
+                self.bytes = GateStore(stored, self.batch_size, cw.device, keep_history=self.rule.prunes_only)
             slot = self.bytes.slot(site)
             slot.copy_(self.rule.selector(cw, self._open_units(site, slot), signed=not site.nonnegative))
             if site.support is not None:  # a frozen ReLU's gates stay within its support
                 slot.mul_(site.support.view(torch.int8))
             self.selected.add(site.index)
-        if self.keep_cws and self.final_pass:
+        if self.keep_cws and self.plan.final:
             self.cws[site.index] = cw.detach()
         return cw
 
@@ -191,6 +207,8 @@ class _Passes(NamedTuple):
     scores: Tensor
     updates: Tensor
     layer_outputs: Dict[str, Tensor]
+    converged: Tensor
+    """Per sample, whether its gates reached a fixed point in the last stage."""
 
     def negated(self) -> _Passes:
         """The passes of the dual of a run with no update: its one pass is this one's, with the
@@ -352,9 +370,8 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             states = [self._select(sample, config, keep_cws, layers, updates, dual) for sample in batch.samples()]
             return FeedbackState.cat(states, batch.inputs)
         session = self._session(batch, config.linearize)
-        policy = _PruningPolicy(config.rule, session.sites, batch.size, bool(keep_cws))
         mirror = _PruningPolicy(config.rule, session.sites, batch.size, bool(keep_cws)) if dual else None
-        policy.mirror = mirror
+        policy = _PruningPolicy(config.rule, session.sites, batch.size, bool(keep_cws), mirror)
         total = config.updates if updates is None else updates
         with session.installed():
             passes = self._iterate(session, batch, policy, config, layers, total)
@@ -365,9 +382,11 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 if total == 0:
                     dual_passes = passes.negated()
                 else:
-                    if keep_cws == "summed" and not layers:  # the dual's map needs no input gradient
-                        mirror.kept_sites = _summed_indices(session, config, MapLayout.of(batch.inputs))
-                    dual_passes = self._iterate(session, negated, mirror, config, layers, total, first=passes)
+                    kept_sites = None  # the dual's map needs no input gradient
+                    if keep_cws == "summed" and not layers:
+                        kept_sites = _summed_indices(session, config, MapLayout.of(batch.inputs))
+                    dual_passes = self._iterate(session, negated, mirror, config, layers, total, first=passes,
+                                                kept_sites=kept_sites)
                 dual_state = self._state(session, mirror, dual_passes, config, negated.inputs).kept(keep_cws)
                 state = replace(state, dual=dual_state)
         return self._diagnosed(state, batch, config.linearize) if total > 0 and state.attributions else state
@@ -391,50 +410,71 @@ class FeedbackSelectivePruning(FeedbackAttribution):
     def _iterate(
         self, session: GatingSession, batch: Batch, policy: _PruningPolicy, config: FeedbackConfig,
         layers: Sequence[nn.Module], total_updates: int, first: Optional[_Passes] = None,
+        kept_sites: Optional[FrozenSet[int]] = None,
     ) -> _Passes:
-        """FSP's passes: the first with every gate open, then one per update. ``first``: the
-        target's passes, whose first pass this policy (the target's dual) mirrored."""
+        """FSP's driver: the first pass with every gate open, then one per update, stage by
+        stage; each sample stops updating at a fixed point of the last stage, and the passes end
+        when every sample has. Before each forward pass, and again before its backward pass, the
+        policy is told what the pass is (:class:`_Pass`). ``first``: the target's passes, whose
+        first pass this policy (the target's dual) mirrored; ``kept_sites``: the sites whose CWs
+        the last pass keeps, when they are all it needs (:attr:`_Pass.kept_sites`)."""
         stage_of = [k for k, stage in enumerate(config.stages) for _ in range(stage.updates)]
         transform = MapLayout.of(batch.inputs)
         outputs: List[Tensor] = [] if first is None else [first.outputs[0]]
         scores: List[Tensor] = [] if first is None else [-first.scores[0]]
         updates = torch.zeros(batch.size, dtype=torch.long)
+        active = torch.ones(batch.size, dtype=torch.bool)
+        """Samples whose gates still change in this stage."""
+        stages = None if first is None else _stages_sites(session.sites, config, transform)
+        """Each stage's sites, once the first pass has found the sites."""
+        updating = None if stages is None else stages[0]
         for update in range(len(outputs), total_updates + 1):
-            policy.final_pass = update == total_updates
             in_last_stage = update > 0 and stage_of[update - 1] == len(config.stages) - 1
-            policy.may_be_final = policy.final_pass or in_last_stage
             # A new stage names its sites before the forward pass, whose backward updates them.
             new_stage = 0 < update < total_updates and stage_of[update] != stage_of[update - 1]
             if new_stage:
-                policy.updating = _stage_sites(session.sites, config, config.stages[stage_of[update]], transform)
+                updating = stages[stage_of[update]]
+            final = update == total_updates
+            policy.plan = _Pass(updating, final, final or in_last_stage, None if active.all() else ~active,
+                                kept_sites, None if stages is None else frozenset().union(*stages), update == 0)
             output, tapped, target_scores = self._pass(session, batch, policy, layers, outputs, scores)
             if update > 0:
-                active = policy.end_pass()
+                active &= policy.changed()
                 updates += active.long()
                 # Every sample at a fixed point in the last stage: these gates are final.
-                policy.final_pass = policy.final_pass or (in_last_stage and not active.any())
-            if policy.final_pass and policy.kept_sites is not None:
-                session.propagate_cws(target_scores)
-                grads, layer_outputs = (), {}
-                break
-            if policy.final_pass:
-                grads = input_gradients(target_scores, batch.inputs)
-                layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
-                del output, tapped, target_scores
-                if policy.bytes is not None and _blank(grads).any():
-                    grads = self._earlier_gradients(session, batch, policy, layers, grads, layer_outputs)
+                final = final or (in_last_stage and not active.any())
+            if final:
+                policy.plan = policy.plan._replace(final=True)
+                grads, layer_outputs = self._final_backward(session, batch, policy, layers, output, tapped,
+                                                            target_scores)
                 break
             if update == 0:
-                policy.updating = _stage_sites(session.sites, config, config.stages[0], transform)
-            if new_stage:
-                policy.restart()
+                stages = _stages_sites(session.sites, config, transform)
+                updating = stages[0]
+            if new_stage:  # every sample takes part in the new stage, converged in the last or not
+                active.fill_(True)
+            policy.plan = policy.plan._replace(updating=updating, updatable=frozenset().union(*stages))
             session.propagate_cws(target_scores)
-            policy.mirror = None  # the first pass is the only one the dual shares
             # The graph below the lowest site, which that backward pass did not free, goes now
             # rather than during the next forward pass.
             del output, tapped, target_scores
         missing = total_updates + 1 - len(outputs)
-        return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs)
+        return _Passes(grads, _padded(outputs, missing), _padded(scores, missing), updates, layer_outputs, ~active)
+
+    def _final_backward(self, session: GatingSession, batch: Batch, policy: _PruningPolicy,
+                        layers: Sequence[nn.Module], output: Tensor, tapped: Dict[nn.Module, Tensor],
+                        target_scores: Tensor) -> Tuple[Tuple[Tensor, ...], Dict[str, Tensor]]:
+        """The last pass's backward pass: the input gradients and the tapped layers' outputs
+        under the final gates, or, where the plan keeps only some sites' CWs, those alone."""
+        if policy.plan.kept_sites is not None:
+            session.propagate_cws(target_scores)
+            return (), {}
+        grads = input_gradients(target_scores, batch.inputs)
+        layer_outputs = {session.module_name(m): tapped[m].detach() for m in layers}
+        del output, tapped, target_scores
+        if policy.bytes is not None and _blank(grads).any():
+            grads = self._earlier_gradients(session, batch, policy, layers, grads, layer_outputs)
+        return grads, layer_outputs
 
     def _earlier_gradients(self, session: GatingSession, batch: Batch, policy: _PruningPolicy,
                            layers: Sequence[nn.Module], grads: Tuple[Tensor, ...], layer_outputs: Dict[str, Tensor]
@@ -481,7 +521,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             outputs=passes.outputs,
             target_scores=passes.scores,
             updates=passes.updates,
-            converged=~policy.active,
+            converged=passes.converged,
             reverted=policy.reverted,
             layer_outputs=passes.layer_outputs,
             layer_cws=dict(policy.layer_cws),
@@ -491,23 +531,25 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         )
 
 
-def _stage_sites(sites: Sequence[Site], config: FeedbackConfig, stage: Stage,
-                 transform: ReshapeTransform) -> Set[int]:
-    """The indices of the sites a stage updates: the top share of the sites that take gates, or
-    those from the output down to the last spatial one (``Stage("head")``)."""
+def _stages_sites(sites: Sequence[Site], config: FeedbackConfig, transform: ReshapeTransform
+                  ) -> List[FrozenSet[int]]:
+    """The indices of the sites each stage updates: the top share of the sites that take gates,
+    or those from the output down to the last spatial one (``Stage("head")``)."""
     gated = [site for site in sites if site.kind == "activation" or config.gate_pools]
     spatial = [k for k, site in enumerate(gated) if is_spatial(site.shape, transform)]
     head = len(gated) - spatial[-1] if spatial else 1
-    return {site.index for site in gated[len(gated) - stage.count(len(gated), head):]}
+    return [frozenset(site.index for site in gated[len(gated) - stage.count(len(gated), head):])
+            for stage in config.stages]
 
 
-def _summed_indices(session: GatingSession, config: FeedbackConfig, transform: ReshapeTransform) -> Set[int]:
+def _summed_indices(session: GatingSession, config: FeedbackConfig, transform: ReshapeTransform
+                    ) -> FrozenSet[int]:
     """The indices of the sites the configuration's Summation Energy Map sums (``transform``:
     the activations' :class:`MapLayout`)."""
     by_name = {site.name: site for site in session.sites}
     kinds = {name: site.kind for name, site in by_name.items()}
     shapes = {name: tuple(site.shape) for name, site in by_name.items()}
-    return {by_name[name].index for name in summed_sites(kinds, shapes, config, transform)}
+    return frozenset(by_name[name].index for name in summed_sites(kinds, shapes, config, transform))
 
 
 def _rows(rows: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
