@@ -26,7 +26,7 @@ _HOMES = {
     "captum_feedback.wsol.pipeline": ("FeedbackEnergyMaps", "FeedbackPipeline"),
     "captum_feedback.core.pruning": ("FSP", "FeedbackSelectivePruning"),
     "captum_feedback.core.recovering": ("FR", "FeedbackRecovering"),
-    "captum_feedback.core.selection": ("MeanRatio",),
+    "captum_feedback.core.selection": ("Computed", "Constant", "MeanRatio", "Zero"),
     "captum_feedback.core.state": ("FeedbackState",),
     "captum_feedback.core.tokens": ("MapLayout",),
 }

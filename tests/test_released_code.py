@@ -11,7 +11,7 @@ from test_errors import assert_untouched, snapshot
 from torch import nn
 
 from captum_feedback import FSP, PRESETS, FeedbackConfig, FeedbackPipeline, MeanRatio, Stage
-from captum_feedback.core.selection import SelectionRule, as_rule
+from captum_feedback.core.selection import Computed, Constant, SelectionRule, Zero, as_rule
 
 
 def mlp(seed: int) -> nn.Sequential:
@@ -203,15 +203,26 @@ def test_the_text_rule_mean_is_refused_with_the_reason():
         as_rule("mean")
 
 
-def test_every_threshold_becomes_one_validated_rule():
-    assert as_rule(MeanRatio(1.0)) == SelectionRule(MeanRatio(1.0))
+def test_every_threshold_form_becomes_one_typed_validated_rule():
+    def tau(cw):
+        return cw.abs().mean(1)
+
+    for given, rule in [("zero", Zero()), (Zero(), Zero()), (0.75, Constant(0.75)), (2, Constant(2)),
+                        (tau, Computed(tau)), (MeanRatio(1.0), MeanRatio(1.0))]:
+        assert as_rule(given) == SelectionRule(given) == SelectionRule(rule)
+        assert as_rule(given).threshold == rule
+    assert as_rule(MeanRatio(1.0)).prunes_only and not as_rule(0.75).prunes_only
+    assert as_rule("zero").is_zero and not as_rule(0.0).is_zero  # only the named rule keeps the guarantee
     with pytest.raises(ValueError, match=r"another name of MeanRatio\(1.0\)"):
         as_rule("positive_mean")
     assert as_rule(MeanRatio(0.1), drop_edges=True).drop_edges
     for bad, error in [("median", ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
-                       (MeanRatio(-1.0), ValueError), (MeanRatio(float("nan")), ValueError), ([1], TypeError)]:
+                       (True, TypeError), ([1], TypeError)]:
         with pytest.raises(error):
             as_rule(bad)
+    for ratio in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="finite ratio >= 0"):
+            MeanRatio(ratio)
 
 
 def test_presets_and_configs_are_validated_once():

@@ -2,8 +2,10 @@
 
 Both algorithms keep a unit when its contribution to the target score (Eq. 6,
 ``alpha * z * x``) is large enough: ``z = 1[alpha * sign(x) > tau]``, with ``tau`` chosen per
-sample and per site by a threshold rule. Every entry point turns the user's ``threshold`` into
-one validated :class:`SelectionRule` with :func:`as_rule`; the policies only ever see rules.
+sample and per site by a threshold rule. Each rule (:class:`Zero`, :class:`Constant`,
+:class:`Computed`, :class:`MeanRatio`) is a small typed object that knows its selector; every
+entry point turns the user's ``threshold`` into one validated :class:`SelectionRule` with
+:func:`as_rule`, and the policies only ever see rules.
 """
 
 from __future__ import annotations
@@ -11,12 +13,61 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, ClassVar, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from captum_feedback.core.sites import as_mask
+
+
+@dataclass(frozen=True)
+class Zero:
+    """The paper's rule, ``z = 1[alpha * x > 0]`` (Algorithms 1 and 2, ``tau = 0``): the only
+    rule with which a linearized update never lowers the target score (Sec. 4.1)."""
+
+    prunes_only: ClassVar[bool] = False
+
+    def selector(self, cw: Tensor, open_units: Optional[Tensor] = None, signed: bool = True) -> Tensor:
+        """The sign of each CW (see :meth:`SelectionRule.selector`)."""
+        return torch.sign(cw)
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A fixed threshold ``tau`` (raised to zero if below: see :data:`Threshold`)."""
+
+    tau: float
+    prunes_only: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau):
+            raise ValueError(f"threshold must be finite, got {self.tau!r}.")
+
+    def selector(self, cw: Tensor, open_units: Optional[Tensor] = None, signed: bool = True) -> Tensor:
+        """``+1`` above ``tau``, ``-1`` below ``-tau``, else ``0`` (see :meth:`SelectionRule.selector`)."""
+        return _outside(cw, cw.new_full((cw.shape[0],), float(self.tau)))
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A threshold per sample computed from a site's CWs: ``threshold(cw)`` maps ``(B, ...)``
+    CWs to ``(B,)`` thresholds (raised to zero if below)."""
+
+    threshold: Callable[[Tensor], Tensor]
+    prunes_only: ClassVar[bool] = False
+
+    def selector(self, cw: Tensor, open_units: Optional[Tensor] = None, signed: bool = True) -> Tensor:
+        """``+1`` above the sample's ``tau``, ``-1`` below ``-tau``, else ``0``."""
+        tau = torch.as_tensor(self.threshold(cw.detach()), dtype=cw.dtype, device=cw.device).reshape(-1)
+        return _outside(cw, tau.expand(cw.shape[0]))
+
+
+def _outside(cw: Tensor, tau: Tensor) -> Tensor:
+    """``+1`` where ``cw > tau``, ``-1`` where ``cw < -tau``, else ``0``, per sample (``tau``:
+    ``(B,)``, raised to zero), as bytes."""
+    tau = tau.clamp(min=0).reshape((-1,) + (1,) * (cw.dim() - 1))
+    return (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
 
 
 @dataclass(frozen=True)
@@ -43,6 +94,12 @@ class MeanRatio:
 
     ratio: float = 1.0
     located_only: bool = False
+    prunes_only: ClassVar[bool] = True
+    """A pruning rule: gates only close from one update to the next."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio) and self.ratio >= 0):
+            raise ValueError(f"MeanRatio needs a finite ratio >= 0, got {self.ratio!r}.")
 
     def tau(self, positive: Tensor) -> Tensor:
         """The threshold of each sample from the positive parts of its open units' CWs
@@ -55,77 +112,15 @@ class MeanRatio:
             tau = torch.where(_tells_locations_apart(positive), tau, torch.full_like(tau, tiny))
         return tau.view(shape)
 
-
-Threshold = Union[str, float, MeanRatio, Callable[[Tensor], Tensor]]
-"""``"zero"`` (Algorithms 1 and 2), a :class:`MeanRatio` (``MeanRatio(1.0)``: the authors' rule), a
-constant, or a callable mapping the CWs ``(B, ...)`` of a site to per-sample
-thresholds of shape ``(B,)``.
-
-A threshold below zero is raised to zero: it would keep units whose contribution lowers the
-target score, which no reading of Eq. 7 wants. For that reason the paper's text rule of Sec. 3.5
-(the mean of *all* CWs of a layer, which is almost always negative) is not offered: raised to zero
-it is ``"zero"``; the released code's reading of it is :class:`MeanRatio`."""
-
-_NAMES = ("zero",)
-
-
-@dataclass(frozen=True)
-class SelectionRule:
-    """A validated threshold, with the edge rule of the released code.
-
-    Attributes:
-        threshold: The threshold as given (see :data:`Threshold`).
-        drop_edges: Close the outermost row and column of every spatial map before anything
-            else (``drop_edge_pixels`` of the released code).
-    """
-
-    threshold: Threshold = "zero"
-    drop_edges: bool = False
-
-    @property
-    def prunes_only(self) -> bool:
-        """Whether gates may only close (the released code's rule) rather than follow the CWs."""
-        return isinstance(self.threshold, MeanRatio)
-
-    @property
-    def is_zero(self) -> bool:
-        """The paper's ``alpha > 0`` (Algorithms 1 and 2), which alone keeps the ascent guarantee."""
-        return isinstance(self.threshold, str) and self.threshold == "zero"
-
     def selector(self, cw: Tensor, open_units: Optional[Tensor] = None, signed: bool = True) -> Tensor:
-        """All the selection rule needs to know of a site's CWs: one of three values a unit.
-
-        ``+1`` where ``alpha > tau``, ``-1`` where ``alpha < -tau``, ``0`` otherwise (``tau >= 0``,
-        so the cases are exclusive), in any dtype that holds them; FSP keeps them as bytes.
-
-        Args:
-            cw: The site's CWs ``(B, ...)``.
-            open_units: For a :class:`MeanRatio` rule, the units that are open and active now
-                (booleans of ``cw``'s shape); ``None`` counts every unit. Closed units get ``0``.
-            signed: Whether the site's activations can be negative. Where they cannot (a ReLU
-                that is not linearized), ``-1`` and ``0`` select alike and a pruning rule
-                skips the ``-1`` side.
-        """
-        if self.prunes_only:
-            return self._pruning_selector(cw, open_units, signed)
-        if self.drop_edges and _spatial(cw):
-            cw = cw * _interior(cw, cw.dtype)
-        if self.is_zero:
-            return torch.sign(cw)
-        tau = self._tau(cw)
-        return (cw > tau).to(torch.int8) - (cw < -tau).to(torch.int8)
-
-    def _pruning_selector(self, cw: Tensor, open_units: Optional[Tensor], signed: bool) -> Tensor:
-        """:class:`MeanRatio`: keep open units whose CW reaches ``tau`` (``relu_layer.cu`` keeps a CW
-        equal to ``tau``, so the last open unit stays), in a handful of kernels."""
-        if self.drop_edges and _spatial(cw):  # an edge unit is neither open nor counted
-            interior = _interior(cw, torch.bool)
-            open_units = interior if open_units is None else open_units & interior
+        """Keep open units whose CW reaches ``tau`` (``relu_layer.cu`` keeps a CW equal to
+        ``tau``, so the last open unit stays), in a handful of kernels (see
+        :meth:`SelectionRule.selector`)."""
         opened = None if open_units is None else as_mask(open_units, cw)
         positive = cw.detach().clamp(min=0)
         if opened is not None:
             positive.mul_(opened)
-        tau = self.threshold.tau(positive)
+        tau = self.tau(positive)
         keep = positive >= tau
         selector = keep  # booleans select as 1 and 0: one conversion fewer where x >= 0
         if signed:
@@ -143,16 +138,75 @@ class SelectionRule:
         shape = (-1,) + (1,) * (cw.dim() - 1)
         return torch.where(kept_any.view(shape), selector.to(torch.int8), open_units.to(torch.int8))
 
-    def _tau(self, cw: Tensor) -> Tensor:
-        """The threshold ``tau`` of each sample, shaped to broadcast over ``cw``."""
-        flat = cw.detach().flatten(1)
-        threshold = self.threshold
-        if callable(threshold):
-            tau = torch.as_tensor(threshold(cw.detach()), dtype=cw.dtype, device=cw.device).reshape(-1)
-            tau = tau.expand(flat.shape[0])
-        else:
-            tau = flat.new_full((flat.shape[0],), float(threshold))
-        return tau.clamp(min=0).reshape((-1,) + (1,) * (cw.dim() - 1))
+
+
+Rule = Union[Zero, Constant, Computed, MeanRatio]
+"""A selection rule: each knows its selector."""
+
+Threshold = Union[str, float, Rule, Callable[[Tensor], Tensor]]
+"""What users pass as a threshold: ``"zero"`` or :class:`Zero` (Algorithms 1 and 2), a
+:class:`MeanRatio` (``MeanRatio(1.0)``: the authors' rule), a number or :class:`Constant`, or a
+callable mapping the CWs ``(B, ...)`` of a site to per-sample thresholds of shape ``(B,)``
+(:class:`Computed`).
+
+A threshold below zero is raised to zero: it would keep units whose contribution lowers the
+target score, which no reading of Eq. 7 wants. For that reason the paper's text rule of Sec. 3.5
+(the mean of *all* CWs of a layer, which is almost always negative) is not offered: raised to zero
+it is ``"zero"``; the released code's reading of it is :class:`MeanRatio`."""
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """A rule (:data:`Rule`, from any :data:`Threshold` form), with the edge rule of the released code.
+
+    Attributes:
+        threshold: The rule; any :data:`Threshold` form is turned into one.
+        drop_edges: Close the outermost row and column of every spatial map before anything
+            else (``drop_edge_pixels`` of the released code).
+
+    Raises:
+        ValueError: an unknown rule name, a non-finite number or a negative ratio.
+        TypeError: a threshold of none of the documented forms.
+    """
+
+    threshold: Threshold = "zero"
+    drop_edges: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", _typed(self.threshold))
+        object.__setattr__(self, "drop_edges", bool(self.drop_edges))
+
+    @property
+    def prunes_only(self) -> bool:
+        """Whether gates may only close (the released code's rule) rather than follow the CWs."""
+        return self.threshold.prunes_only
+
+    @property
+    def is_zero(self) -> bool:
+        """The paper's ``alpha > 0`` (Algorithms 1 and 2), which alone keeps the ascent guarantee."""
+        return isinstance(self.threshold, Zero)
+
+    def selector(self, cw: Tensor, open_units: Optional[Tensor] = None, signed: bool = True) -> Tensor:
+        """All the selection rule needs to know of a site's CWs: one of three values a unit.
+
+        ``+1`` where ``alpha > tau``, ``-1`` where ``alpha < -tau``, ``0`` otherwise (``tau >= 0``,
+        so the cases are exclusive), in any dtype that holds them; FSP keeps them as bytes.
+
+        Args:
+            cw: The site's CWs ``(B, ...)``.
+            open_units: For a :class:`MeanRatio` rule, the units that are open and active now
+                (booleans of ``cw``'s shape); ``None`` counts every unit. Closed units get ``0``.
+            signed: Whether the site's activations can be negative. Where they cannot (a ReLU
+                that is not linearized), ``-1`` and ``0`` select alike and a pruning rule
+                skips the ``-1`` side.
+        """
+        if self.drop_edges and _spatial(cw):  # an edge unit selects 0, and a pruning rule neither
+            if self.prunes_only:  # counts it nor keeps it open
+                interior = _interior(cw, torch.bool)
+                open_units = interior if open_units is None else open_units & interior
+            else:
+                cw = cw * _interior(cw, cw.dtype)
+        return self.threshold.selector(cw, open_units, signed)
 
 
 def _mean_positive(flat: Tensor) -> Tensor:
@@ -202,15 +256,20 @@ def _interior_of(size: Tuple[int, int], dtype: torch.dtype, device: torch.device
 
 
 def as_rule(threshold: Union[Threshold, SelectionRule] = "zero", drop_edges: bool = False) -> SelectionRule:
-    """The one validated :class:`SelectionRule` for a user's threshold.
-
-    Raises:
-        ValueError: an unknown rule name, a non-finite number or a negative ratio.
-        TypeError: a threshold of none of the documented forms.
-    """
+    """The one validated :class:`SelectionRule` for a user's threshold (or a rule, with
+    ``drop_edges`` added when set)."""
     if isinstance(threshold, SelectionRule):
         return threshold if not drop_edges or threshold.drop_edges else SelectionRule(threshold.threshold, True)
+    return SelectionRule(threshold, drop_edges)
+
+
+def _typed(threshold: Threshold) -> Rule:
+    """The :data:`Rule` a :data:`Threshold` form stands for; raises as :class:`SelectionRule` says."""
+    if isinstance(threshold, (Zero, Constant, Computed, MeanRatio)):
+        return threshold
     if isinstance(threshold, str):
+        if threshold == "zero":
+            return Zero()
         if threshold == "mean":
             raise ValueError("threshold='mean' (the mean of all CWs of a layer, Sec. 3.5) is gone: that mean is "
                              "almost always negative, so the rule was 'zero'. Use MeanRatio(r), the authors' reading "
@@ -218,19 +277,13 @@ def as_rule(threshold: Union[Threshold, SelectionRule] = "zero", drop_edges: boo
         if threshold == "positive_mean":
             raise ValueError("threshold='positive_mean' is gone: it was another name of MeanRatio(1.0), the authors' "
                              "rule; pass MeanRatio(1.0).")
-        if threshold not in _NAMES:
-            raise ValueError(f"Unknown threshold rule {threshold!r}; use one of {_NAMES}, a MeanRatio, a number "
-                             "or a callable.")
-    elif isinstance(threshold, MeanRatio):
-        if not (isinstance(threshold.ratio, (int, float)) and math.isfinite(threshold.ratio) and threshold.ratio >= 0):
-            raise ValueError(f"MeanRatio needs a finite ratio >= 0, got {threshold.ratio!r}.")
-    elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-        if not math.isfinite(threshold):
-            raise ValueError(f"threshold must be finite, got {threshold!r}.")
-    elif not callable(threshold):
-        raise TypeError(f"threshold must be a rule name, a MeanRatio, a number or a callable, got "
-                        f"{type(threshold).__name__}.")
-    return SelectionRule(threshold, bool(drop_edges))
+        raise ValueError(f"Unknown threshold rule {threshold!r}; use 'zero', a MeanRatio, a number or a callable.")
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        return Constant(threshold)
+    if callable(threshold):
+        return Computed(threshold)
+    raise TypeError(f"threshold must be a rule name, a MeanRatio, a number or a callable, got "
+                    f"{type(threshold).__name__}.")
 
 
 def keep_mask(selector: Tensor, x: Tensor) -> Tensor:
