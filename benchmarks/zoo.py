@@ -49,6 +49,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torchvision
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from captum_feedback import FR, FSP, PRESETS, FeedbackConfig, summation_energy_map
 from captum_feedback.core.attribution import model_scores, ungated_share
@@ -198,6 +199,8 @@ def _leftovers(model: nn.Module) -> List[str]:
              if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks]
     if torch._C._len_torch_function_stack():
         found.append("a torch-function mode")
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        found.append("a global module hook")
     return found
 
 

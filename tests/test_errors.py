@@ -34,6 +34,13 @@ def assert_untouched(model, before):
     for a, b in zip(after["grad_values"], before["grad_values"]):
         assert (a is None and b is None) or torch.equal(a, b)
     assert torch._C._len_torch_function_stack() == 0
+    assert not global_module_hooks()
+
+
+def global_module_hooks():
+    from torch.nn.modules import module
+
+    return [*module._global_forward_hooks, *module._global_forward_pre_hooks, *module._global_backward_hooks]
 
 
 @pytest.fixture

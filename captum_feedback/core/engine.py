@@ -19,6 +19,7 @@ path, and the model's training flags, ``requires_grad`` and ``.grad`` are restor
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -26,6 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
+from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
 from captum_feedback.core.frozen_ops import FROZEN_OPS, FrozenOp
@@ -228,20 +230,26 @@ class GatingSession:
 
     # ------------------------------------------------------------------ site naming
     def _naming_hooks(self) -> List[Any]:
-        """Hooks that track the module being run, to name the sites; the first pass needs them."""
+        """Hooks that track the module being run, to name the sites; the first pass needs them.
+
+        Two global module hooks, which see the model's modules (and no other) in this thread,
+        rather than two hooks on every module: registering and removing hundreds of hooks cost
+        about 1 ms a call on MobileNetV3, 5% of a Saliency call."""
+        thread = threading.get_ident()
+
+        def ours(module: nn.Module) -> bool:
+            return module in self._module_names and threading.get_ident() == thread
 
         def push(module: nn.Module, _inputs: Any) -> None:
-            self._stack.append(module)
+            if ours(module):
+                self._stack.append(module)
 
         def pop(module: nn.Module, _inputs: Any, _output: Any) -> None:
-            if self._stack and self._stack[-1] is module:
+            if self._stack and self._stack[-1] is module and ours(module):
                 self._stack.pop()
 
-        handles = []
-        for module in self._module_names:
-            handles.append(module.register_forward_pre_hook(push))
-            handles.append(module.register_forward_hook(pop, always_call=True))
-        return handles
+        return [module_hooks.register_module_forward_pre_hook(push),
+                module_hooks.register_module_forward_hook(pop, always_call=True)]
 
     def _site_name(self, op: SiteOp, seen: Counter) -> str:
         module = self._stack[-1] if self._stack else None
