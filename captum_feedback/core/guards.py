@@ -17,10 +17,16 @@ def check_depends_on_inputs(scores: Tensor) -> None:
 
 
 def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
+    """``(object, attribute, value)`` for every module's training flag and every parameter's
+    ``requires_grad`` and ``.grad``. Parameters are read from each module's own table, not
+    ``model.parameters()``, whose de-duplication took as long as the rest (a shared parameter is
+    listed twice and restored twice, harmlessly)."""
     if not isinstance(model, nn.Module):
         return []
-    modules = [(m, "training", m.training) for m in model.modules()]
-    return modules + [(p, attr, getattr(p, attr)) for p in model.parameters() for attr in ("requires_grad", "grad")]
+    modules = list(model.modules())
+    params = [p for m in modules for p in m._parameters.values() if p is not None]
+    return ([(m, "training", m.training) for m in modules] + [(p, "requires_grad", p.requires_grad) for p in params]
+            + [(p, "grad", p.grad) for p in params])
 
 
 def check_model(model: Any) -> None:
