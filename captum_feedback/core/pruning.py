@@ -427,7 +427,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         """Samples whose gates still change in this stage."""
         stages = None if first is None else _stages_sites(session.sites, config, transform)
         """Each stage's sites, once the first pass has found the sites."""
-        updating = None if stages is None else stages[0]
+        updating, updatable = (None, None) if stages is None else (stages[0], frozenset().union(*stages))
         for update in range(len(outputs), total_updates + 1):
             in_last_stage = update > 0 and stage_of[update - 1] == len(config.stages) - 1
             # A new stage names its sites before the forward pass, whose backward updates them.
@@ -436,7 +436,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 updating = stages[stage_of[update]]
             final = update == total_updates
             policy.plan = _Pass(updating, final, final or in_last_stage, None if active.all() else ~active,
-                                kept_sites, None if stages is None else frozenset().union(*stages), update == 0)
+                                kept_sites, updatable, update == 0)
             output, tapped, target_scores = self._pass(session, batch, policy, layers, outputs, scores)
             if update > 0:
                 active &= policy.changed()
@@ -450,10 +450,10 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 break
             if update == 0:
                 stages = _stages_sites(session.sites, config, transform)
-                updating = stages[0]
+                updating, updatable = stages[0], frozenset().union(*stages)
             if new_stage:  # every sample takes part in the new stage, converged in the last or not
                 active.fill_(True)
-            policy.plan = policy.plan._replace(updating=updating, updatable=frozenset().union(*stages))
+            policy.plan = policy.plan._replace(updating=updating, updatable=updatable)
             session.propagate_cws(target_scores)
             # The graph below the lowest site, which that backward pass did not free, goes now
             # rather than during the next forward pass.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional, Tuple, Union
+from typing import Callable, ClassVar, Optional, Tuple, Union, get_args
 
 import torch
 from torch import Tensor
@@ -137,7 +137,6 @@ class MeanRatio:
         # are: the released code's 0 / 0 threshold closes them all and leaves a blank map.
         shape = (-1,) + (1,) * (cw.dim() - 1)
         return torch.where(kept_any.view(shape), selector.to(torch.int8), open_units.to(torch.int8))
-
 
 
 Rule = Union[Zero, Constant, Computed, MeanRatio]
@@ -265,7 +264,7 @@ def as_rule(threshold: Union[Threshold, SelectionRule] = "zero", drop_edges: boo
 
 def _typed(threshold: Threshold) -> Rule:
     """The :data:`Rule` a :data:`Threshold` form stands for; raises as :class:`SelectionRule` says."""
-    if isinstance(threshold, (Zero, Constant, Computed, MeanRatio)):
+    if isinstance(threshold, get_args(Rule)):
         return threshold
     if isinstance(threshold, str):
         if threshold == "zero":
