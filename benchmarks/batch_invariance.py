@@ -58,9 +58,10 @@ class DeadBandRule(SelectionRule):
 
 
 def with_dead_band(config: FeedbackConfig, tol: float) -> FeedbackConfig:
-    banded = replace(config)
-    object.__setattr__(banded, "rule", DeadBandRule(config.rule.threshold, config.rule.drop_edges, tol))
-    return banded
+    selection = replace(config.selection)
+    rule = config.selection.rule
+    object.__setattr__(selection, "rule", DeadBandRule(rule.threshold, rule.drop_edges, tol))
+    return replace(config, selection=selection)
 
 
 def measure(name: str, repeats: int) -> Dict[str, float]:
@@ -74,7 +75,7 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
         for tol in tols:
             banded = with_dead_band(PRESETS[preset], tol)
             row[f"{preset}, dead band {tol:g}"] = zoo.batch_vs_alone(fsp, x[:2], target[:2], banded)
-    invariant = replace(PRESETS["default"], batch_invariant=True)
+    invariant = PRESETS["default"].replace(batch_invariant=True)
     row["batch_invariant"] = zoo.batch_vs_alone(fsp, x[:2], target[:2], invariant)
     calls = {"Saliency": lambda: Saliency(model).attribute(x, target=target),
              "batched": lambda: fsp.attribute(x, target),

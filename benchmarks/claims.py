@@ -110,7 +110,7 @@ def _record(model: torch.nn.Module, x: torch.Tensor, targets: List[int], rises: 
     steps = five.target_scores[1:] - five.target_scores[:-1]
     tolerance = 1e-4 * five.target_scores.abs().amax(0)
     rises += (steps >= -tolerance).all(0).tolist()
-    long = FSP(model).select(x, targets, config="paper", iterations=20, keep_cws=False)
+    long = FSP(model).select(x, targets, config="paper", updates=20, keep_cws=False)
     updates += long.updates.tolist()
     converged += long.converged.tolist()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -42,28 +41,28 @@ RELEASED = PRESETS["released_code"]
 ONE_STAGE = (Stage(1.0, 2),)
 CANDIDATES: Dict[str, FeedbackConfig] = {
     "paper": PRESETS["paper"],
-    "paper, contributions summed": replace(PRESETS["paper"], summation="contribution"),
+    "paper, contributions summed": PRESETS["paper"].replace(summation="contribution"),
     "released_code": RELEASED,
-    "released_code, ratio 1.5": replace(RELEASED, threshold=MeanRatio(1.5)),
-    "released_code, ratio 2": replace(RELEASED, threshold=MeanRatio(2.0)),
-    "released_code, ratio 3": replace(RELEASED, threshold=MeanRatio(3.0)),
-    "released_code, linearized": replace(RELEASED, linearize=True),
-    "released_code, pool gates": replace(RELEASED, gate_pools=True),
-    "released_code, edges kept": replace(RELEASED, drop_edges=False),
-    "released_code, every site summed": replace(RELEASED, summation_sites=None),
-    "released_code, sites 4-10 of 13": replace(RELEASED, summation_sites=(4 / 13, 11 / 13)),
-    "released_code, sites 6-13 of 13": replace(RELEASED, summation_sites=(6 / 13, 1.0)),
-    "released_code, CWs summed": replace(RELEASED, summation="cw"),
-    "released_code, contributions summed": replace(RELEASED, summation="contribution"),
-    "released_code, one stage of 2": replace(RELEASED, stages=ONE_STAGE),
-    "released_code, one stage of 5": replace(RELEASED, stages=(Stage(1.0, 5),)),
-    "released_code, stages of 1 and 2": replace(RELEASED, stages=(Stage(7 / 15, 1), Stage(1.0, 2))),
+    "released_code, ratio 1.5": RELEASED.replace(threshold=MeanRatio(1.5)),
+    "released_code, ratio 2": RELEASED.replace(threshold=MeanRatio(2.0)),
+    "released_code, ratio 3": RELEASED.replace(threshold=MeanRatio(3.0)),
+    "released_code, linearized": RELEASED.replace(linearize=True),
+    "released_code, pool gates": RELEASED.replace(gate_pools=True),
+    "released_code, edges kept": RELEASED.replace(drop_edges=False),
+    "released_code, every site summed": RELEASED.replace(summation_sites=None),
+    "released_code, sites 4-10 of 13": RELEASED.replace(summation_sites=(4 / 13, 11 / 13)),
+    "released_code, sites 6-13 of 13": RELEASED.replace(summation_sites=(6 / 13, 1.0)),
+    "released_code, CWs summed": RELEASED.replace(summation="cw"),
+    "released_code, contributions summed": RELEASED.replace(summation="contribution"),
+    "released_code, one stage of 2": RELEASED.replace(stages=ONE_STAGE),
+    "released_code, one stage of 5": RELEASED.replace(stages=(Stage(1.0, 5),)),
+    "released_code, stages of 1 and 2": RELEASED.replace(stages=(Stage(7 / 15, 1), Stage(1.0, 2))),
     "pruning (ratio 2, sites 4-10 of 13)": PRESETS["pruning"],
     "default (contrastive)": PRESETS["default"],
-    "contrastive, alpha > 0": replace(PRESETS["default"], threshold="zero"),
-    "contrastive, located ratio 2": replace(PRESETS["default"], threshold=MeanRatio(2.0, located_only=True)),
-    "contrastive, located ratio 3": replace(PRESETS["default"], threshold=MeanRatio(3.0, located_only=True)),
-    "ratio 2, stages of 1 and 2": replace(RELEASED, threshold=MeanRatio(2.0), stages=(Stage(7 / 15, 1),
+    "contrastive, alpha > 0": PRESETS["default"].replace(threshold="zero"),
+    "contrastive, located ratio 2": PRESETS["default"].replace(threshold=MeanRatio(2.0, located_only=True)),
+    "contrastive, located ratio 3": PRESETS["default"].replace(threshold=MeanRatio(3.0, located_only=True)),
+    "ratio 2, stages of 1 and 2": RELEASED.replace(threshold=MeanRatio(2.0), stages=(Stage(7 / 15, 1),
                                                                                       Stage(1.0, 2))),
 }
 

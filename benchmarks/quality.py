@@ -38,7 +38,6 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -192,14 +191,14 @@ def other_items(classes: Sequence[Tensor]) -> Tensor:
 
 
 ABLATION_CONFIGS: Dict[str, FeedbackConfig] = {
-    "default-not-contrastive": replace(PRESETS["default"], contrastive=False, evidence_weighted=False),
-    "default-max-normalized": replace(PRESETS["default"], site_normalization="max"),
-    "paper-reevaluated": replace(PRESETS["paper"], linearize=False),
-    "paper-no-pool-gates": replace(PRESETS["paper"], gate_pools=False),
-    "default-ratio-1": replace(PRESETS["default"], threshold=MeanRatio(1.0)),
-    "default-alpha-0": replace(PRESETS["default"], threshold="zero"),
-    "default-all-sites": replace(PRESETS["default"], summation_sites=(0.0, 1.0)),
-    "default-unweighted": replace(PRESETS["default"], evidence_weighted=False),
+    "default-not-contrastive": PRESETS["default"].replace(contrastive=False, evidence_weighted=False),
+    "default-max-normalized": PRESETS["default"].replace(site_normalization="max"),
+    "paper-reevaluated": PRESETS["paper"].replace(linearize=False),
+    "paper-no-pool-gates": PRESETS["paper"].replace(gate_pools=False),
+    "default-ratio-1": PRESETS["default"].replace(threshold=MeanRatio(1.0)),
+    "default-alpha-0": PRESETS["default"].replace(threshold="zero"),
+    "default-all-sites": PRESETS["default"].replace(summation_sites=(0.0, 1.0)),
+    "default-unweighted": PRESETS["default"].replace(evidence_weighted=False),
 }
 """One choice of a preset changed at a time: the dual, the site normalization, linearization,
 max-pool gates, the threshold rule (``default-ratio-1``: the ratio at every site and layout;
@@ -210,14 +209,14 @@ CONFIGS = {**PRESETS, **ABLATION_CONFIGS}
 
 def config_rows(args: argparse.Namespace) -> Dict[str, FeedbackConfig]:
     """The configurations of the extra FSP rows, keyed by the suffix of their method names."""
-    return {f" [{name}]": resolve_config(CONFIGS[name], iterations=args.iterations) for name in args.configs}
+    return {f" [{name}]": resolve_config(CONFIGS[name], updates=args.updates) for name in args.configs}
 
 
 def pipeline_maps(model: nn.Module, layer: nn.Module, gradcam_layer: nn.Module, args: argparse.Namespace
                   ) -> Dict[str, MethodMaps]:
     """One MethodMaps per configuration: the default one (no suffix) and each extra row's."""
     maps = {"": MethodMaps(model, layer, gradcam_layer, ig_steps=args.ig_steps,
-                           config=resolve_config("default", iterations=args.iterations))}
+                           config=resolve_config("default", updates=args.updates))}
     for suffix, config in config_rows(args).items():
         maps[suffix] = MethodMaps(model, layer, gradcam_layer, config=config)
     return maps
@@ -259,7 +258,7 @@ def cluttered_benchmark(args: argparse.Namespace, model: nn.Module, methods: Seq
     first = scenes.batch([0])
     methods, skipped = runnable(makers[""], first.images.expand(2, -1, -1, -1), [int(first.classes[0][0])] * 2,
                                 methods)
-    default = resolve_config("default", iterations=args.iterations)
+    default = resolve_config("default", updates=args.updates)
     scores = Scores(len(scenes.classes) + 1)
     progress = tqdm(total=len(scenes), desc="cluttered scenes", unit="scene")
     for indices, batch in scene_chunks(scenes, args.scenes_per_batch):
@@ -445,8 +444,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes-per-batch", type=int, default=50)
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="FSP updates of the last stage (default: each configuration's)")
+    parser.add_argument("--updates", type=int, default=None,
+                        help="FSP's gate updates over all stages (default: each configuration's)")
     parser.add_argument("--configs", nargs="*", default=["paper", "released_code", "pruning"], choices=sorted(CONFIGS),
                         help="configurations reported as extra FSP rows beside the default: presets and "
                              "ablations (ABLATION_CONFIGS)")
@@ -470,7 +469,7 @@ def main() -> None:
     methods = list(args.methods)
     start = time.time()
     report = [f"Command: `python {' '.join(sys.argv)}`", "",
-              f"Default configuration: `{resolve_config('default', iterations=args.iterations)}`", ""]
+              f"Default configuration: `{resolve_config('default', updates=args.updates)}`", ""]
     boxes = tuple(box_metric(f) for f in args.box_fractions)
     metrics = CLUTTERED_METRICS + boxes
     rows = row_names(args, methods)

@@ -15,7 +15,7 @@ call; on the CPU, the peak of memory allocated by the call as seen by a
 numbers compare methods with each other rather than with the process size.
 
 FSP runs in the default configuration (``--config``; its number of updates ``k`` is the
-configuration's unless ``--iterations`` sets the last stage's) and, as a second row, as the
+configuration's unless ``--updates`` sets them, over all stages) and, as a second row, as the
 paper's Algorithm 2 with 5 updates; a third row draws the configuration's Summation Energy Map,
 which for a contrastive configuration runs FSP for the target and its dual in one batch of twice
 the size. Target (issues #2, #10 and #22): a call of P passes costs at most 1.15 P Saliency calls
@@ -54,8 +54,8 @@ def passes(config: FeedbackConfig, summation: bool = False) -> int:
     """Forward and backward passes of one call, in units of the input batch: the plain pass and
     one per update; the Summation map of a contrastive configuration runs the updates again for
     the target's dual (the plain pass is shared)."""
-    count = config.updates + 1
-    return count + config.updates if summation and config.contrastive else count
+    updates = config.selection.updates
+    return 2 * updates + 1 if summation and config.selection.contrastive else updates + 1
 
 
 def model_and_inputs(name: str, batch: int, device: torch.device) -> Tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -196,14 +196,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ig-repeats", type=int, default=1, help="repeats for Integrated Gradients")
     parser.add_argument("--config", default="default", choices=sorted(PRESETS))
-    parser.add_argument("--iterations", type=int, default=None, help="updates of the last stage")
+    parser.add_argument("--updates", type=int, default=None, help="FSP's gate updates over all stages")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", nargs="*", default=[], metavar="METHOD",
                         help="methods to leave out, by the start of their label (e.g. IntegratedGradients)")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    configs = {args.config: resolve_config(args.config, iterations=args.iterations), "paper": PRESETS["paper"]}
+    configs = {args.config: resolve_config(args.config, updates=args.updates), "paper": PRESETS["paper"]}
     rows = run(args.models, args.batch_sizes, args.repeats, configs, device, args.ig_repeats, args.skip)
     labelled = [(label, config, False) for label, config in configs.items()]
     labelled.append((args.config, configs[args.config], True))

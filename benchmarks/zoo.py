@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -218,10 +217,10 @@ def check(model: nn.Module, size: int, seed: int = 0) -> Dict[str, object]:
     summation = summation_energy_map(state)
     fr = FR(model).attribute(x, target)
     batch = state.attributions[0]
-    invariant = replace(PRESETS["default"], batch_invariant=True)
+    invariant = PRESETS["default"].replace(batch_invariant=True)
     difference = {name: batch_vs_alone(fsp, x, target, config) for name, config in
                   (("default", PRESETS["default"]), ("batch_invariant", invariant))}
-    paper = fsp.select(x, target, config="paper", iterations=3, keep_cws=False)
+    paper = fsp.select(x, target, config="paper", updates=3, keep_cws=False)
     linearized = paper.target_scores
     falls = (linearized[1:] - linearized[:-1] < -1e-4 * linearized.abs().amax(0).clamp_min(1)).any() or \
         not torch.isfinite(linearized).all()

@@ -18,7 +18,8 @@ __version__ = "0.2.0"
 
 _HOMES = {
     "captum_feedback.core.attribution": ("GatePolicyAttribution", "ungated_share"),
-    "captum_feedback.core.config": ("PRESETS", "FeedbackConfig", "Stage"),
+    "captum_feedback.core.config": ("PRESETS", "ExecutionSettings", "FeedbackConfig", "MapSettings",
+                                    "SelectionSettings", "Stage"),
     "captum_feedback.core.diagnosis": ("FeedbackDegenerateWarning", "degeneracies"),
     "captum_feedback.core.engine": ("Gate", "GatePolicy", "Site"),
     "captum_feedback.wsol.energy": ("energy_map", "summation_energy_map", "summation_fsp_fr_energy_map"),

@@ -135,13 +135,13 @@ def test_localization_and_segmentation_summaries(tmp_path):
     single = cluttered_images(4, max_items=1, seed=3)
     imagenet = write_layout("imagenet", tmp_path / "imagenet", single, FASHION_MNIST_CLASSES, "val")
     located = _benchmark("localization", "imagenet", imagenet, tmp_path / "loc", "--model", "cluttered_vgg",
-                         "--methods", "FSP two-stage (Procedure 1)", "LayerGradCam", "--iterations", "2")
+                         "--methods", "FSP two-stage (Procedure 1)", "LayerGradCam", "--updates", "2")
     for scores in located.values():
         assert scores["total"] == 4 and 0 <= scores["top5_loc_error"] <= scores["top1_loc_error"] <= 1
         assert scores["top1_cls_error"] <= scores["top1_loc_error"]
     voc = write_layout("voc", tmp_path / "voc", cluttered_images(3, seed=4), FASHION_MNIST_CLASSES, "val")
     segmented = _benchmark("segmentation", "voc", voc, tmp_path / "seg", "--model", "cluttered_vgg",
-                           "--methods", "summation-fsp-fr", "Center", "--iterations", "2")
+                           "--methods", "summation-fsp-fr", "Center", "--updates", "2")
     assert set(segmented) == {"Summation-FSP-FR", "Center"}
     for scores in segmented.values():
         assert 0 < scores["miou"] < 1 and scores["images"] == 3 and "background" in scores["per_class"]

@@ -23,7 +23,7 @@ def cat_jpg(tmp_path_factory):
 
 
 def test_explain_writes_overlay_mask_box_and_map_in_the_photos_own_pixels(cat_jpg, tmp_path, capsys):
-    argv = ["explain", str(cat_jpg), "--method", "fsp", "--iterations", "1", "--save-maps", "--out", str(tmp_path)]
+    argv = ["explain", str(cat_jpg), "--method", "fsp", "--updates", "1", "--save-maps", "--out", str(tmp_path)]
     assert main(argv) == 0
     stem = "cat_egyptian-cat_fsp"  # the top class of the whole photo, squeezed to 224 x 224
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -68,8 +68,8 @@ def test_targets_by_name_and_top_k(cat_jpg, tmp_path):
         (["explain", "{cat}", "--model", "nonet", "--weights", "{corrupt}"], "unknown torchvision model"),
         (["explain", "{cat}", "--model", "get_weight", "--weights", "{corrupt}"], "unknown torchvision model"),
         (["explain", "{cat}", "--model", "resnet18", "--weights", "{pickled}"], "loads safely"),
-        (["explain", "{cat}", "--iterations", "0"], "argument --iterations: 0 must be at least 1"),
-        (["explain", "{cat}", "--iterations", "-1"], "argument --iterations: -1 must be at least 1"),
+        (["explain", "{cat}", "--updates", "0"], "argument --updates: 0 must be at least 1"),
+        (["explain", "{cat}", "--updates", "-1"], "argument --updates: -1 must be at least 1"),
         (["explain", "{cat}", "--target", "top0"], "K must lie in 1..1000"),
         (["explain", "{cat}", "--target", "top5000"], "K must lie in 1..1000"),
         (["explain", "{cat}", "--target", "1000"], "class index out of range (0..999)"),
@@ -95,7 +95,7 @@ def test_errors_are_one_line_on_stderr_with_exit_status_2(argv, message, cat_jpg
     out = tmp_path / "out"
     argv = [a.format(**paths) for a in argv]
     argv += [] if "--out" in argv else ["--out", str(out)]
-    code = main(argv) if "--iterations" not in argv and "--method" not in argv else _exit_code(argv)
+    code = main(argv) if "--updates" not in argv and "--method" not in argv else _exit_code(argv)
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err and "\x1b" not in err, err
@@ -114,7 +114,7 @@ def test_a_torchvision_model_with_a_weights_file(cat_jpg, tmp_path, name):
     weights = tmp_path / f"{name}.pth"
     torch.save(getattr(torchvision.models, name)(weights=None).state_dict(), weights)
     argv = ["explain", str(cat_jpg), "--model", name, "--weights", str(weights), "--target", "3",
-            "--method", "fsp", "--iterations", "1", "--out", str(tmp_path / "out")]
+            "--method", "fsp", "--updates", "1", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
 

@@ -51,7 +51,7 @@ def test_the_papers_fsp_raises_every_target_score(named, scenes):
     _, model = named
     batch = scenes.batch(range(8))
     targets = [int(c[0]) for c in batch.classes]
-    state = FSP(model).select(batch.images, target=targets, iterations=5, config="paper")
+    state = FSP(model).select(batch.images, target=targets, updates=5, config="paper")
     first, last = state.target_scores[0], state.target_scores[-1]
     assert (last >= first).all() and (last > first).any()
 

@@ -10,9 +10,9 @@ import torch
 from nets import VGGish, seeded
 from torch import nn
 
-from captum_feedback import FSP, PRESETS, FeedbackConfig, MeanRatio, Stage, summation_energy_map
+from captum_feedback import FSP, PRESETS, FeedbackConfig, MeanRatio, SelectionSettings, Stage, summation_energy_map
 
-CONTRASTIVE = replace(PRESETS["default"], summation_sites=None)
+CONTRASTIVE = PRESETS["default"].replace(summation_sites=None)
 """The default, summing both spatial sites of the tiny network."""
 
 
@@ -56,7 +56,7 @@ def test_the_map_is_where_the_evidence_for_is_denser_than_the_evidence_against()
     # (0, 1). Difference per site 0.75 and -0.75, twice: rectified and normalized, (1, 0).
     torch.testing.assert_close(summation_energy_map(state)[0, 0, 0], torch.tensor([1.0, 0.0]))
     # Unnormalized, the weak evidence against does not cancel: (3 - 0, 1 - 0.4) = (3, 0.6)
-    unweighted = replace(CONTRASTIVE, site_normalization="none", evidence_weighted=False)
+    unweighted = CONTRASTIVE.replace(site_normalization="none", evidence_weighted=False)
     plain = summation_energy_map(replace(state, config=unweighted))
     torch.testing.assert_close(plain[0, 0, 0], torch.tensor([3.0, 0.6]) / torch.tensor([3.0, 0.6]).norm())
 
@@ -71,13 +71,13 @@ def test_the_contrast_is_weighted_by_the_targets_own_evidence():
     contrast = (2 * (evidence / evidence.sum() - against / against.sum())).clamp(min=0)  # (1.94, 0.065, 0)
     weighted = contrast * 2 * evidence / evidence.max()  # times (2, 0.067, 0)
     torch.testing.assert_close(summation_energy_map(state)[0, 0, 0], weighted / weighted.norm())
-    unweighted = summation_energy_map(replace(state, config=replace(CONTRASTIVE, evidence_weighted=False)))
+    unweighted = summation_energy_map(replace(state, config=CONTRASTIVE.replace(evidence_weighted=False)))
     torch.testing.assert_close(unweighted[0, 0, 0], contrast / contrast.norm())
 
 
 def test_evidence_weighting_needs_the_contrast():
     with pytest.raises(ValueError, match="contrastive=True"):
-        replace(PRESETS["default"], contrastive=False)
+        PRESETS["default"].replace(contrastive=False)
 
 
 def test_with_every_gate_open_the_map_nets_the_signed_contributions():
@@ -111,7 +111,7 @@ def test_a_batch_runs_its_targets_and_their_duals_together():
 
 def test_the_head_of_a_vgg_is_its_last_feature_map_and_the_fully_connected_relus():
     model = seeded(VGGish())
-    config = FeedbackConfig(stages=(Stage("head", 1),), linearize=False, gate_pools=False)
+    config = FeedbackConfig(SelectionSettings(stages=(Stage("head", 1),), linearize=False, gate_pools=False))
     state = FSP(model).select(torch.rand(1, 3, 16, 16), target=2, config=config)
     gated = [name for name, gate in state.gates.items() if not gate.all()]
     assert gated and set(gated) <= {"features.6", "classifier.2"}
@@ -145,7 +145,7 @@ def test_where_every_channel_cw_is_the_same_at_all_locations_the_default_keeps_a
     above keeps its weak channel 0 location too, which twice the mean would close)."""
     x = torch.tensor([[[[3.0, 1.0]], [[0.0, 2.0]]]])
     default = FSP(Pooled().eval()).select(x, target=0)
-    zero = FSP(Pooled().eval()).select(x, target=0, config=replace(PRESETS["default"], threshold="zero"))
+    zero = FSP(Pooled().eval()).select(x, target=0, config=PRESETS["default"].replace(threshold="zero"))
     assert all(torch.equal(default.gates[n], zero.gates[n]) for n in zero.gates)
     assert default.gates["head"].tolist() == [[[[True, True]], [[False, False]]]]
 
@@ -182,8 +182,8 @@ class Negated(nn.Module):
         return -self.model(x)
 
 
-@pytest.mark.parametrize("config", [PRESETS["default"], replace(PRESETS["paper"], contrastive=True),
-                                    replace(PRESETS["default"], stages=(Stage("head", 3),))],
+@pytest.mark.parametrize("config", [PRESETS["default"], PRESETS["paper"].replace(contrastive=True),
+                                    PRESETS["default"].replace(stages=(Stage("head", 3),))],
                          ids=["default", "paper-contrastive", "head-three-updates"])
 def test_the_dual_shares_the_first_pass_and_equals_fsp_of_the_negated_score(config):
     """The dual's first pass is the target's with the CWs negated (every gate is open), so it is
@@ -191,7 +191,7 @@ def test_the_dual_shares_the_first_pass_and_equals_fsp_of_the_negated_score(conf
     model = seeded(VGGish())
     x = torch.rand(3, 3, 16, 16)
     state = FSP(model).select(x, target=[0, 1, 2], config=config, keep_cws=True)
-    single = replace(config, contrastive=False, evidence_weighted=False)
+    single = config.replace(contrastive=False, evidence_weighted=False)
     alone = FSP(Negated(model).eval()).select(x, target=[0, 1, 2], config=single, keep_cws=True)
     assert {f"model.{name}" for name in state.dual.gates} == set(alone.gates)
     for name, gate in state.dual.gates.items():
@@ -207,7 +207,7 @@ def test_a_run_whose_samples_all_converge_early_keeps_what_its_map_needs():
     site outputs and the dual's CWs of the summed sites are kept all the same."""
     model = seeded(VGGish())
     x = torch.rand(2, 3, 16, 16)
-    config = replace(PRESETS["default"], stages=(Stage("head", 30),))
+    config = PRESETS["default"].replace(stages=(Stage("head", 30),))
     summed = FSP(model).select(x, target=[0, 1], config=config)
     assert summed.converged.all() and summed.dual.converged.all() and summed.updates.max() < 30
     assert list(summed.site_outputs) == list(summed.dual.site_outputs) == ["features.6"]

@@ -56,13 +56,12 @@ def test_a_failing_call_on_the_gpu_leaves_the_model_as_it_was():
 def test_batch_invariant_maps_on_the_gpu_equal_each_image_alone_in_float32():
     """cuDNN picks its algorithms by shape, so a float32 batch rounds differently from one image;
     ``batch_invariant`` runs each image alone and the maps are equal, not close."""
-    from dataclasses import replace
 
     import torchvision
 
     model = seeded(torchvision.models.resnet18(num_classes=10)).eval().cuda()
     x, targets = torch.rand(3, 3, 64, 64, device="cuda"), [0, 4, 9]
-    config = replace(PRESETS["default"], batch_invariant=True)
+    config = PRESETS["default"].replace(batch_invariant=True)
     fsp = FSP(model)
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):  # the same kernels each call
         alone = torch.cat([fsp.attribute(x[i:i + 1], targets[i], config=config) for i in range(3)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_feedback import FSP, FeedbackConfig, MeanRatio, Stage
+from captum_feedback import FSP, ExecutionSettings, FeedbackConfig, MeanRatio, SelectionSettings, Stage
 from captum_feedback.core.diagnosis import REASONS, FeedbackDegenerateWarning, degeneracies
 from tests.nets import VGGish, seeded
 
@@ -71,7 +71,7 @@ def test_a_model_whose_gates_make_the_map_class_specific_is_not_degenerate_and_c
     model = seeded(VGGish()).eval()
     calls = []
     model.features[0].register_forward_hook(lambda *_: calls.append(1))
-    state, caught = _calls(model, torch.randn(2, 3, 16, 16), [1, 2], config="paper", iterations=2)
+    state, caught = _calls(model, torch.randn(2, 3, 16, 16), [1, 2], config="paper", updates=2)
     assert not caught and _holding(state) == []
     assert torch.isnan(state.map_change).all()  # the outputs moved: nothing more to measure
     assert len(calls) == 3  # the plain pass and two updates
@@ -80,14 +80,14 @@ def test_a_model_whose_gates_make_the_map_class_specific_is_not_degenerate_and_c
 def test_a_blank_final_map_warns_that_the_call_reverted():
     from tests.test_released_code import mlp
 
-    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),))
+    config = FeedbackConfig(SelectionSettings(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),)))
     state, caught = _calls(mlp(14), torch.randn(1, 6), 1, config=config)
     assert state.reverted.all() and "reverted" in _holding(state)
     assert REASONS["reverted"] in [str(w.message) for w in caught]
 
 
 def test_a_score_below_one_percent_of_the_plain_networks_is_a_collapse():
-    state = FSP(seeded(VGGish()).eval()).select(torch.randn(2, 3, 16, 16), [1, 2], config="paper", iterations=1)
+    state = FSP(seeded(VGGish()).eval()).select(torch.randn(2, 3, 16, 16), [1, 2], config="paper", updates=1)
     plain = torch.tensor([2.0, -1.0])
     collapsed = replace(state, target_scores=torch.stack([plain, torch.tensor([0.01, -50.0])]))
     assert degeneracies(collapsed)["collapsed"].tolist() == [True, False]  # a negative score cannot collapse
@@ -96,7 +96,7 @@ def test_a_score_below_one_percent_of_the_plain_networks_is_a_collapse():
 
 
 def test_a_score_or_map_that_is_not_finite_is_said():
-    state = FSP(seeded(VGGish()).eval()).select(torch.randn(2, 3, 16, 16), [1, 2], config="paper", iterations=1)
+    state = FSP(seeded(VGGish()).eval()).select(torch.randn(2, 3, 16, 16), [1, 2], config="paper", updates=1)
     scores = state.target_scores.clone()
     scores[1, 0] = float("nan")
     assert degeneracies(replace(state, target_scores=scores))["nonfinite"].tolist() == [True, False]
@@ -132,6 +132,7 @@ def test_each_sample_is_diagnosed_as_if_alone(invariant):
     with torch.no_grad():  # unit 0 speaks against class 1: off for the first sample, on for the second
         model.net[0].weight[0] = torch.tensor([1.0, -1.0, 1.0, -1.0])
         model.net[2].weight[1, 0] = -1.0
-    config = FeedbackConfig(threshold="zero", linearize=True, stages=(Stage(1.0, 2),), batch_invariant=invariant)
+    config = FeedbackConfig(SelectionSettings(stages=(Stage(1.0, 2),)),
+                            execution=ExecutionSettings(batch_invariant=invariant))
     state = FSP(model).select(x, 1, config=config)
     assert degeneracies(state)["unchanged"].tolist() == [True, False]

@@ -1,6 +1,5 @@
 """The embedded default model: real ImageNet EfficientNet-Lite0 with packaged weights."""
 
-from dataclasses import replace
 
 import pytest
 import torch
@@ -46,7 +45,7 @@ def test_every_relu6_call_has_its_own_module(model, cat):
 
 
 def test_fsp_raises_the_target_score_on_the_real_model(model, cat):
-    state = FSP(model).select(cat, target=class_index("tiger cat"), iterations=3, config="paper")
+    state = FSP(model).select(cat, target=class_index("tiger cat"), updates=3, config="paper")
     scores = state.target_scores[:, 0]
     assert (scores[1:] >= scores[:-1]).all() and scores[-1] > 10 * scores[0]
 
@@ -56,7 +55,7 @@ def test_the_default_keeps_alpha_above_zero_at_the_head_of_a_pooled_model(model,
     located ratio does not apply and its gates, the dual's and the map are the paper's rule's."""
     x = torch.cat([cat, preprocess(bundled_photos()["coffee"])])
     default = FSP(model).select(x, target=[281, 967])
-    zero = FSP(model).select(x, target=[281, 967], config=replace(PRESETS["default"], threshold="zero"))
+    zero = FSP(model).select(x, target=[281, 967], config=PRESETS["default"].replace(threshold="zero"))
     assert not default.gates["head_relu"].all()
     for name in zero.gates:
         assert torch.equal(default.gates[name], zero.gates[name]), name

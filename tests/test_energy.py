@@ -1,6 +1,5 @@
 """Energy maps (Sec. 3.4.1), both Summation Energy Maps (Sec. 4.3) and Procedure 2's sum."""
 
-from dataclasses import replace
 
 import pytest
 import torch
@@ -63,7 +62,7 @@ def test_the_released_codes_summation_map_sums_gated_activations_each_divided_by
     """FSP_SumEnergy.m: sum over channels of the blob's data after FSP, b / max(b), resized."""
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    config = replace(PRESETS["released_code"], summation_sites=None)
+    config = PRESETS["released_code"].replace(summation_sites=None)
     state = FSP(model).select(x, target=1, config=config)
     expected = 0
     for name in ("features.1", "features.3", "features.6"):
@@ -80,7 +79,7 @@ def test_the_released_codes_summation_map_sums_gated_activations_each_divided_by
 def test_the_contribution_summation_sums_alpha_z_x_and_a_site_range_picks_sites():
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    config = replace(PRESETS["paper"], summation="contribution", summation_sites=(1 / 3, 1.0))
+    config = PRESETS["paper"].replace(summation="contribution", summation_sites=(1 / 3, 1.0))
     state = FSP(model).select(x, target=1, config=config)
     kept = (state.cws["features.3"] * state.site_outputs["features.3"]).clamp(min=0)
     first = F.interpolate(kept.sum(1, keepdim=True), size=(16, 16), mode="bilinear", align_corners=False)

@@ -5,7 +5,7 @@ import torch
 from nets import ResNetish, VGGish, seeded
 from torch import nn
 
-from captum_feedback import FR, FSP, LayerFeedback
+from captum_feedback import FR, FSP, FeedbackConfig, LayerFeedback
 
 
 def hooks_of(model):
@@ -79,15 +79,20 @@ def test_bad_input_is_a_clear_error_and_the_model_is_untouched(model, x, kwargs,
     assert_untouched(model, before)
 
 
-@pytest.mark.parametrize("iterations", [0, -1, 1.5, True])
-def test_iterations_below_one_are_refused(model, iterations):
-    with pytest.raises(ValueError, match="iterations"):
-        FSP(model).attribute(torch.ones(1, 3, 8, 8), target=0, iterations=iterations)
+@pytest.mark.parametrize("updates", [0, -1, 1.5, True])
+def test_updates_below_one_are_refused(model, updates):
+    with pytest.raises(ValueError, match="updates must be an integer >= 1"):
+        FSP(model).attribute(torch.ones(1, 3, 8, 8), target=0, updates=updates)
+
+
+def test_fewer_updates_than_stages_are_refused(model):
+    with pytest.raises(ValueError, match="leaves none for the last of 2 stages"):
+        FSP(model).attribute(torch.ones(1, 3, 8, 8), target=0, config="released_code", updates=1)
 
 
 def test_unknown_threshold_rule_is_refused(model):
     with pytest.raises(ValueError, match="threshold"):
-        FSP(model).attribute(torch.ones(1, 3, 8, 8), target=0, threshold="median")
+        FSP(model).attribute(torch.ones(1, 3, 8, 8), target=0, config=FeedbackConfig().replace(threshold="median"))
 
 
 def test_a_model_without_gate_sites_is_refused():
@@ -144,7 +149,7 @@ def test_data_dependent_control_flow_is_a_clear_error():
             return out
 
     with pytest.raises(RuntimeError, match="control flow"):
-        FSP(Branchy()).attribute(torch.tensor([[0.5, 2.0]]), iterations=3, config="paper")
+        FSP(Branchy()).attribute(torch.tensor([[0.5, 2.0]]), updates=3, config="paper")
 
 
 class Shrinking(nn.Module):

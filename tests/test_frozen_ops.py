@@ -44,7 +44,7 @@ def _block():
 
 def test_the_first_pass_is_the_model_and_the_linearized_score_never_falls():
     model, x = _block(), torch.rand(4, 3, 16, 16)
-    state = FSP(model).select(x, target=[0, 1, 2, 3], config="paper", iterations=5, keep_cws=False)
+    state = FSP(model).select(x, target=[0, 1, 2, 3], config="paper", updates=5, keep_cws=False)
     with torch.no_grad():
         assert torch.allclose(state.outputs[0], model(x), atol=1e-5)
     scores = state.target_scores

@@ -1,7 +1,6 @@
 """Hidden neurons along Captum's contract: NeuronFeedback (input-shaped FR from neurons),
 LayerFeedback (layer-shaped contributions after FSP), and the FSP-FR map of the pipeline."""
 
-from dataclasses import replace
 
 import pytest
 import torch
@@ -62,11 +61,11 @@ def test_neurons_fsp_kept_at_a_relu_layer_are_its_open_gates_with_positive_cw():
     that is exactly the open gates."""
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    pipeline = FeedbackPipeline(model, model.features[3], resolve_config("paper", iterations=2))
+    pipeline = FeedbackPipeline(model, model.features[3], resolve_config("paper", updates=2))
     state = pipeline.select(x, target=[1, 3])
     kept, gates = pipeline.kept_neurons(state), state.gates["features.3"]
     assert not (kept & ~gates).any()
-    converged = FeedbackPipeline(model, model.features[3], resolve_config("paper", iterations=30))
+    converged = FeedbackPipeline(model, model.features[3], resolve_config("paper", updates=30))
     state = converged.select(x, target=[1, 3])
     assert state.converged.all()
     torch.testing.assert_close(converged.kept_neurons(state), state.gates["features.3"])
@@ -78,9 +77,9 @@ def test_the_neuron_ratio_keeps_neurons_whose_cw_reaches_a_share_of_the_mean_pos
     on its support: such a neuron counts with its contribution's sign, alpha * sign(h).)"""
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    loose = FeedbackPipeline(model, model.features[3], resolve_config("paper", iterations=2))
+    loose = FeedbackPipeline(model, model.features[3], resolve_config("paper", updates=2))
     state = loose.select(x, target=[1, 3])
-    strict = FeedbackPipeline(model, model.features[3], replace(loose.config, neuron_ratio=1.0))
+    strict = FeedbackPipeline(model, model.features[3], loose.config.replace(neuron_ratio=1.0))
     cw, h = state.layer_cws["features.3"], state.layer_outputs["features.3"]
     positive = (cw * (h != 0)).clamp(min=0).flatten(1)
     mean = positive.sum(1) / (positive > 0).sum(1)
@@ -95,10 +94,10 @@ def test_layer_contributions_sum_to_the_target_score_in_a_bias_free_net():
     model = nn.Sequential(nn.Linear(5, 9, bias=False), nn.ReLU(), nn.Linear(9, 9, bias=False), nn.ReLU(),
                           nn.Linear(9, 3, bias=False)).eval()
     x = torch.randn(4, 5)
-    state = FeedbackPipeline(model, model[1], resolve_config("paper", iterations=3)).select(x, target=2)
+    state = FeedbackPipeline(model, model[1], resolve_config("paper", updates=3)).select(x, target=2)
     contribution = LayerFeedback(model, model[1]).attribute(x, target=2, state=state)
     torch.testing.assert_close(contribution.sum(1), state.target_scores[-1], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(LayerFeedback(model, model[1]).attribute(x, 2, config="paper", iterations=3),
+    torch.testing.assert_close(LayerFeedback(model, model[1]).attribute(x, 2, config="paper", updates=3),
                                contribution)
 
 
@@ -119,10 +118,10 @@ def test_fsp_fr_map_is_fr_from_the_kept_neurons(config):
 def test_the_released_codes_fr_uses_its_mean_ratio_threshold():
     model = seeded(VGGish())
     pipeline = FeedbackPipeline(model, model.features[6], "released_code")
-    assert pipeline.config.fr_threshold == MeanRatio(0.1) and pipeline.config.neuron_ratio == 0.1
+    assert pipeline.config.maps.fr_threshold == MeanRatio(0.1) and pipeline.config.maps.neuron_ratio == 0.1
     x = torch.randn(1, 3, 16, 16)
     state = pipeline.select(x, target=2)
-    zero = FeedbackPipeline(model, model.features[6], replace(pipeline.config, fr_threshold="zero"))
+    zero = FeedbackPipeline(model, model.features[6], pipeline.config.replace(fr_threshold="zero"))
     assert not torch.allclose(pipeline.fsp_fr(x, state), zero.fsp_fr(x, state))
 
 

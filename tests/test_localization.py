@@ -48,7 +48,7 @@ def test_two_stage_localization_returns_boxes_inside_the_image_and_leaves_the_mo
     model = seeded(VGGish())
     before = snapshot(model)
     images = torch.rand(2, 3, 16, 16)
-    config = resolve_config("paper", iterations=2)
+    config = resolve_config("paper", updates=2)
     located = two_stage_localization(model, model.features[3], images, target=[1, 3], config=config)
     assert located.boxes.shape == located.coarse_boxes.shape == (2, 4)
     for box, coarse in zip(located.boxes, located.coarse_boxes):  # the fine box lies in the coarse one

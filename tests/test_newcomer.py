@@ -166,7 +166,7 @@ def test_a_uniform_photo_and_a_tiny_one_end_in_seconds_without_a_traceback(tmp_p
     Image.new("RGB", (640, 480), (255, 255, 255)).save(white)
     Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "one.png")
     for config in ("default", "released_code"):
-        result, seconds = _run("explain", str(white), "--method", "fsp", "--iterations", "2", "--config", config,
+        result, seconds = _run("explain", str(white), "--method", "fsp", "--updates", "2", "--config", config,
                                "--out", str(tmp_path / config))
         assert result.returncode == 0 and "Traceback" not in result.stderr and seconds < 90, result.stderr
     result, _ = _run("explain", str(tmp_path / "one.png"))

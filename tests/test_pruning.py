@@ -1,6 +1,5 @@
 """Feedback Selective Pruning (Algorithm 2) as a Captum attribution."""
 
-from dataclasses import replace
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ def test_hand_worked_gates_and_attribution():
     # (unit 2 speaks against S, unit 3 is inactive), so S rises from -1 to 1 and the
     # attribution is the first row of W1 alone, where the plain gradient is (1, -1, 0).
     x = torch.tensor([[1.0, 2.0, -1.0]])
-    state = FSP(hand_net()).select(x, iterations=3, config="paper", keep_cws=True)
+    state = FSP(hand_net()).select(x, updates=3, config="paper", keep_cws=True)
     assert state.gates["1"].tolist() == [[True, False, False]]
     torch.testing.assert_close(state.cws["1"], torch.tensor([[1.0, -1.0, 2.0]]))
     assert state.target_scores[:, 0].tolist() == [-1.0, 1.0, 1.0, 1.0]
@@ -70,7 +69,7 @@ def test_one_backward_per_update_equals_the_bottom_up_sweep(seed):
     x = torch.randn(1, 6)
     for iterations in (1, 2, 4):
         expected = reference_sweep(linears, x, target=2, iterations=iterations)
-        state = FSP(model).select(x, target=2, iterations=iterations, config="paper")
+        state = FSP(model).select(x, target=2, updates=iterations, config="paper")
         for name, gates in zip(("1", "3", "5"), expected):
             assert torch.equal(state.gates[name], gates), (iterations, name)
 
@@ -86,7 +85,7 @@ def test_target_score_never_decreases_over_linearized_updates(make, seed):
     """Sec. 4.1: in the linearized network every update is a greedy ascent step."""
     model = seeded(make(), seed)
     x = torch.randn(3, 3, 16, 16)
-    state = FSP(model).select(x, target=[0, 2, 4], iterations=8, config="paper")
+    state = FSP(model).select(x, target=[0, 2, 4], updates=8, config="paper")
     for sample in range(3):
         assert monotone(state.target_scores[:, sample]), state.target_scores[:, sample]
     assert (state.target_scores[-1] > state.target_scores[0]).all()
@@ -94,7 +93,7 @@ def test_target_score_never_decreases_over_linearized_updates(make, seed):
 
 def test_target_score_never_decreases_on_torchvision_resnet18():
     model = torchvision.models.resnet18(weights=None).eval()
-    state = FSP(model).select(torch.randn(2, 3, 32, 32), target=[3, 7], iterations=5, config="paper")
+    state = FSP(model).select(torch.randn(2, 3, 32, 32), target=[3, 7], updates=5, config="paper")
     for sample in range(2):
         assert monotone(state.target_scores[:, sample])
 
@@ -102,7 +101,7 @@ def test_target_score_never_decreases_on_torchvision_resnet18():
 def test_select_records_the_full_output_of_every_pass_for_fig6():
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    state = FSP(model).select(x, target=1, iterations=4, config="paper", keep_cws=True)
+    state = FSP(model).select(x, target=1, updates=4, config="paper", keep_cws=True)
     assert isinstance(state, FeedbackState)
     assert state.outputs.shape == (5, 2, 5)
     torch.testing.assert_close(state.outputs[0], model(x))
@@ -119,13 +118,13 @@ def test_a_unit_off_in_the_first_pass_stays_closed_where_opening_it_would_raise_
     with torch.no_grad():
         net[0].weight.copy_(torch.eye(2))
         net[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
-    state = FSP(net.eval()).select(torch.tensor([[1.0, -1.0]]), iterations=3, config="paper")
+    state = FSP(net.eval()).select(torch.tensor([[1.0, -1.0]]), updates=3, config="paper")
     assert state.gates["1"].tolist() == [[True, False]]
     assert state.target_scores[:, 0].tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
 def test_updates_stop_per_sample_at_a_fixed_point():
-    state = FSP(hand_net()).select(torch.tensor([[1.0, 2.0, -1.0], [3.0, -1.0, 1.0]]), iterations=6, config="paper")
+    state = FSP(hand_net()).select(torch.tensor([[1.0, 2.0, -1.0], [3.0, -1.0, 1.0]]), updates=6, config="paper")
     assert state.converged.all()
     assert (state.updates <= 2).all()
     torch.testing.assert_close(state.outputs[-1], state.outputs[-2])
@@ -136,10 +135,10 @@ def test_samples_that_stop_early_keep_their_gates_while_the_batch_goes_on(make):
     model = seeded(make())
     torch.manual_seed(1)
     x, targets = torch.randn(4, 3, 16, 16), [4, 0, 2, 1]
-    batched = FSP(model).select(x, target=targets, iterations=30, config="paper")
+    batched = FSP(model).select(x, target=targets, updates=30, config="paper")
     assert len(set(batched.updates.tolist())) > 1  # the samples stop at different updates
     for i, target in enumerate(targets):
-        single = FSP(model).select(x[i : i + 1], target=target, iterations=30, config="paper")
+        single = FSP(model).select(x[i : i + 1], target=target, updates=30, config="paper")
         assert single.updates.item() == batched.updates[i].item()
         for name, gates in single.gates.items():
             assert torch.equal(gates[0], batched.gates[name][i]), name
@@ -198,7 +197,7 @@ def test_tuple_inputs_and_additional_forward_args_work_like_captum():
 def test_batch_invariant_runs_each_sample_alone_with_its_own_rows_of_tensor_arguments():
     """The whole state of a batch is each sample's alone: inputs and per-sample tensor arguments
     are split, shared arguments passed whole, targets kept in order."""
-    model, config = seeded(TwoInputs()), replace(PRESETS["paper"], batch_invariant=True)
+    model, config = seeded(TwoInputs()), PRESETS["paper"].replace(batch_invariant=True)
     x1, x2, scale = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([[0.5], [2.0], [-1.0]])
     batch = FSP(model).select((x1, x2), target=[0, 1, 2], additional_forward_args=(scale, 1.0), config=config)
     for i in range(3):
@@ -226,8 +225,8 @@ def test_fsp_is_class_specific_where_the_gradient_is_shared():
 def test_threshold_rules_prune_at_least_as_much_as_zero(threshold):
     model = seeded(VGGish())
     x = torch.randn(2, 3, 16, 16)
-    zero = FSP(model).select(x, target=1, iterations=1, config="paper")
-    other = FSP(model).select(x, target=1, iterations=1, threshold=threshold, config="paper")
+    zero = FSP(model).select(x, target=1, updates=1, config="paper")
+    other = FSP(model).select(x, target=1, updates=1, config=PRESETS["paper"].replace(threshold=threshold))
     kept = lambda s: sum(int(g.sum()) for g in s.gates.values())  # noqa: E731
     assert kept(other) <= kept(zero)
 
@@ -235,16 +234,16 @@ def test_threshold_rules_prune_at_least_as_much_as_zero(threshold):
 def test_the_non_linearized_variant_re_evaluates_activations():
     model = seeded(ResNetish())
     x = torch.randn(2, 3, 16, 16)
-    state = FSP(model).select(x, target=1, iterations=3, linearize=False, config="paper")
+    state = FSP(model).select(x, target=1, updates=3, config=PRESETS["paper"].replace(linearize=False))
     assert torch.isfinite(state.attributions[0]).all()
-    assert not torch.equal(state.attributions[0], FSP(model).attribute(x, target=1, iterations=3, config="paper"))
+    assert not torch.equal(state.attributions[0], FSP(model).attribute(x, target=1, updates=3, config="paper"))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11"])
 def test_torchvision_models_run(name):
     model = getattr(torchvision.models, name)(weights=None).eval()
     x = torch.randn(2, 3, 32, 32)
-    attribution = FSP(model).attribute(x, target=[1, 2], iterations=2)
+    attribution = FSP(model).attribute(x, target=[1, 2], updates=2)
     assert attribution.shape == x.shape and torch.isfinite(attribution).all()
 
 
@@ -258,7 +257,7 @@ def test_captum_basic_models_run():
         (bm.ReLULinearModel(), (torch.randn(2, 3), torch.randn(2, 3)), None),
     ]
     for model, inputs, target in cases:
-        attribution = FSP(model.eval()).attribute(inputs, target=target, iterations=2)
+        attribution = FSP(model.eval()).attribute(inputs, target=target, updates=2)
         flat = attribution if isinstance(attribution, tuple) else (attribution,)
         assert all(torch.isfinite(a).all() for a in flat), type(model).__name__
 
@@ -306,7 +305,7 @@ def test_update_passes_stop_their_backward_pass_at_the_lowest_gate_site():
     model = seeded(VGGish())
     calls = []
     model.features[0].register_full_backward_hook(lambda *_: calls.append(1))  # below every site
-    state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, iterations=3, config="paper")
+    state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, updates=3, config="paper")
     assert state.updates.item() == 3  # no early stop: passes 0-3 all ran
     assert len(calls) == 1  # the last pass alone reaches the input
 
@@ -329,11 +328,11 @@ def test_an_update_whose_sites_do_not_all_lie_above_the_lowest_one_reaches_them_
     backward pass must not stop at the lowest site, or the second tower would keep its gates."""
     model = seeded(TwoTowers())
     inputs = (torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16))
-    state = FSP(model).select(inputs, target=1, iterations=1, config="paper")
+    state = FSP(model).select(inputs, target=1, updates=1, config="paper")
     for name in ("a.1", "a.3", "b.1", "b.3"):
         assert not state.gates[name].all(), name
     for i in range(2):  # and each sample's gates are those of a call of its own
-        single = FSP(model).select(tuple(x[i:i + 1] for x in inputs), target=1, iterations=1, config="paper")
+        single = FSP(model).select(tuple(x[i:i + 1] for x in inputs), target=1, updates=1, config="paper")
         for name, gates in single.gates.items():
             assert torch.equal(state.gates[name][i:i + 1], gates), name
 
@@ -342,7 +341,7 @@ def test_a_linearized_stage_of_upper_sites_ends_its_later_backward_passes_at_the
     model = seeded(VGGish())
     calls = []
     model.features[2].register_full_backward_hook(lambda *_: calls.append(1))  # below the upper half
-    config = replace(PRESETS["paper"], stages=(Stage(0.5, 3),))
+    config = PRESETS["paper"].replace(stages=(Stage(0.5, 3),))
     state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, config=config)
     assert len(calls) == 1  # the last pass alone: the first stops at the upper sites too
     assert state.gates["features.1"].all() and not state.gates["features.6"].all()

@@ -2,7 +2,6 @@
 ``relu_layer.cu``'s FSP mode, ``FSP_SumEnergy.m``'s two stages, ``drop_edge_pixels``, and what
 each configuration guarantees."""
 
-from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from nets import VGGish, seeded
 from test_errors import assert_untouched, snapshot
 from torch import nn
 
-from captum_feedback import FSP, PRESETS, FeedbackConfig, FeedbackPipeline, MeanRatio, Stage
+from captum_feedback import FSP, PRESETS, FeedbackConfig, FeedbackPipeline, MeanRatio, SelectionSettings, Stage
 from captum_feedback.core.selection import Computed, Constant, SelectionRule, Zero, as_rule
 
 
@@ -64,7 +63,7 @@ def gated_input_gradient(linears, gates, x, target):
 def test_the_mean_ratio_rule_equals_the_released_relu_layer(seed, ratio):
     model = mlp(seed)
     x = torch.randn(1, 6)
-    config = FeedbackConfig(threshold=MeanRatio(ratio), linearize=False, stages=(Stage(1.0, 2),))
+    config = FeedbackConfig(SelectionSettings(threshold=MeanRatio(ratio), linearize=False, stages=(Stage(1.0, 2),)))
     state = FSP(model).select(x, target=1, config=config)
     expected = caffe_fsp(model, x, 1, ratio, [(0, 1, 2), (0, 1, 2)])
     for name, gates in zip(("1", "3", "5"), expected):
@@ -76,14 +75,15 @@ def test_two_stages_update_the_top_sites_then_all_of_them(seed):
     """FSP_SumEnergy.m: one update of the top layers, then one of all layers."""
     model = mlp(seed)
     x = torch.randn(1, 6)
-    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(2 / 3, 1), Stage(1.0, 1)))
+    config = FeedbackConfig(SelectionSettings(threshold=MeanRatio(1.0),
+                                              linearize=False, stages=(Stage(2 / 3, 1), Stage(1.0, 1))))
     state = FSP(model).select(x, target=2, config=config)
     expected = caffe_fsp(model, x, 2, 1.0, [(1, 2), (0, 1, 2)])
     for name, gates in zip(("1", "3", "5"), expected):
         assert torch.equal(state.gates[name][0], gates), name
 
 
-@pytest.mark.parametrize("config", ["default", "released_code", replace(PRESETS["released_code"], linearize=True)],
+@pytest.mark.parametrize("config", ["default", "released_code", PRESETS["released_code"].replace(linearize=True)],
                          ids=["default", "released_code", "released_code-linearized"])
 def test_a_batch_equals_one_call_per_sample(config):
     model = seeded(VGGish())
@@ -115,7 +115,7 @@ def test_pruning_gates_only_close():
     x = torch.randn(2, 3, 16, 16)
     previous = None
     for updates in (1, 2, 3, 4):
-        config = replace(PRESETS["released_code"], stages=(Stage(1.0, updates),))
+        config = PRESETS["released_code"].replace(stages=(Stage(1.0, updates),))
         state = FSP(model).select(x, target=1, config=config)
         if previous is not None:
             for name, gates in state.gates.items():
@@ -137,7 +137,8 @@ def test_the_mean_ratio_rule_never_closes_a_whole_site():
 
 def test_a_stage_leaves_the_sites_below_it_open():
     model = seeded(VGGish())
-    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, gate_pools=False, stages=(Stage(0.5, 1),))
+    config = FeedbackConfig(SelectionSettings(threshold=MeanRatio(1.0),
+                                              linearize=False, gate_pools=False, stages=(Stage(0.5, 1),)))
     state = FSP(model).select(torch.randn(2, 3, 16, 16), target=1, config=config)
     relus = [name for name, kind in state.site_kinds.items() if kind == "activation"]  # 4 ReLUs
     assert all(state.gates[name].all() for name in relus[:2])
@@ -153,7 +154,7 @@ def test_without_pool_gates_every_pool_stays_open():
 
 def test_dropped_edges_close_the_outermost_row_and_column_of_every_map():
     model = seeded(VGGish())
-    config = replace(PRESETS["paper"], drop_edges=True, stages=(Stage(1.0, 2),))
+    config = PRESETS["paper"].replace(drop_edges=True, stages=(Stage(1.0, 2),))
     state = FSP(model).select(torch.randn(2, 3, 16, 16), target=1, config=config)
     for name, gates in state.gates.items():
         if gates.dim() == 4:
@@ -166,8 +167,8 @@ def test_dropped_edges_close_the_outermost_row_and_column_of_every_map():
 
 @pytest.mark.parametrize("stages", [(Stage(0.5, 2), Stage(1.0, 3)), (Stage(1.0, 5),)])
 def test_the_zero_threshold_keeps_the_ascent_guarantee_with_stages(stages):
-    config = replace(PRESETS["paper"], stages=stages)
-    assert config.guarantees_ascent and not PRESETS["released_code"].guarantees_ascent
+    config = PRESETS["paper"].replace(stages=stages)
+    assert config.selection.guarantees_ascent and not PRESETS["released_code"].selection.guarantees_ascent
     model = seeded(VGGish(), 3)
     state = FSP(model).select(torch.randn(3, 3, 16, 16), target=[0, 2, 4], config=config)
     steps = state.target_scores[1:] - state.target_scores[:-1]
@@ -226,13 +227,16 @@ def test_every_threshold_form_becomes_one_typed_validated_rule():
 
 
 def test_presets_and_configs_are_validated_once():
-    assert PRESETS["released_code"].updates == 2 and PRESETS["paper"].updates == 5
+    assert PRESETS["released_code"].selection.updates == 2 and PRESETS["paper"].selection.updates == 5
     with pytest.raises(ValueError, match="Unknown configuration"):
         FSP(seeded(VGGish())).attribute(torch.randn(1, 3, 16, 16), target=0, config="caffe")
     for bad in [dict(stages=()), dict(stages=((0.5, 1),)), dict(summation="gradients"),
-                dict(summation_sites=(0.8, 0.2)), dict(neuron_ratio=-1.0), dict(fr_threshold="median")]:
+                dict(summation_sites=(0.8, 0.2)), dict(neuron_ratio=-1.0), dict(fr_threshold="median"),
+                dict(evidence_weighted=True), dict(iterations=3)]:
         with pytest.raises(ValueError):
-            FeedbackConfig(**bad)
+            FeedbackConfig().replace(**bad)
+    with pytest.raises(TypeError, match="FeedbackConfig.maps must be a MapSettings"):
+        FeedbackConfig(maps=SelectionSettings())
     for sites, updates in [(0.0, 1), (1.5, 1), (0.5, 0), (0.5, 1.5)]:
         with pytest.raises(ValueError, match="Stage"):
             Stage(sites, updates)
@@ -244,9 +248,9 @@ def test_a_sample_whose_final_gates_blank_its_map_takes_its_gradient_from_the_la
     while the state keeps the final gates (the released code's) for every other map."""
     model = mlp(14)
     x = torch.randn(1, 6)
-    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),))
+    config = FeedbackConfig(SelectionSettings(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),)))
     state = FSP(model).select(x, target=1, config=config)
-    once = FSP(model).select(x, target=1, config=replace(config, stages=(Stage(1.0, 1),)))
+    once = FSP(model).select(x, target=1, config=config.replace(stages=(Stage(1.0, 1),)))
     assert state.reverted.tolist() == [True] and once.reverted.tolist() == [False]
     linears = [m for m in model if isinstance(m, nn.Linear)]
     final = [state.gates[name][0].float() for name in ("1", "3", "5")]
@@ -272,9 +276,9 @@ def test_the_fallback_also_gives_the_tapped_layers_of_the_latest_pass_with_a_map
     gates blank its map, those come from the same earlier gates as its input gradient."""
     model = mlp(14)
     x = torch.randn(1, 6)
-    config = FeedbackConfig(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),))
+    config = FeedbackConfig(SelectionSettings(threshold=MeanRatio(1.0), linearize=False, stages=(Stage(1.0, 2),)))
     state = FeedbackPipeline(model, model[3], config).select(x, target=1)
-    once = FeedbackPipeline(model, model[3], replace(config, stages=(Stage(1.0, 1),))).select(x, target=1)
+    once = FeedbackPipeline(model, model[3], config.replace(stages=(Stage(1.0, 1),))).select(x, target=1)
     assert state.reverted.tolist() == [True]
     torch.testing.assert_close(state.layer_outputs["3"], once.layer_outputs["3"])
     torch.testing.assert_close(state.layer_cws["3"], once.layer_cws["3"])

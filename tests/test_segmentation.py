@@ -126,6 +126,6 @@ def test_feedback_segmentation_gives_one_label_map_per_image():
     model = seeded(VGGish())
     images = torch.rand(2, 3, 16, 16)
     labels = feedback_segmentation(model, model.features[3], images, [torch.tensor([1, 2]), torch.tensor([4])],
-                                   n_segments=10, config=resolve_config("paper", iterations=2))
+                                   n_segments=10, config=resolve_config("paper", updates=2))
     assert labels.shape == (2, 16, 16)
     assert set(labels[0].unique().tolist()) <= {0, 2, 3} and set(labels[1].unique().tolist()) <= {0, 5}

@@ -42,7 +42,7 @@ def test_a_smooth_activation_is_a_gate_site_with_every_guarantee_of_a_linearized
 def test_a_linearized_pass_keeps_the_first_pass_scale():
     model = smooth_net(nn.SiLU)
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    state = FSP(model).select(x, 0, config="paper", iterations=1)
+    state = FSP(model).select(x, 0, config="paper", updates=1)
     pre = model[0](x)
     kept = state.site_outputs["1"]
     gates = state.gates["1"]

@@ -84,7 +84,7 @@ def test_an_overlay_does_not_depend_on_the_maps_scale():
 
 def test_iteration_curves_highlight_the_target():
     model = seeded(VGGish())
-    state = FSP(model).select(torch.rand(1, 3, 16, 16), target=2, iterations=3)
+    state = FSP(model).select(torch.rand(1, 3, 16, 16), target=2, updates=3)
     figure, axis = plot_fsp_iterations(state, 2, class_names=list("abcde"), others=3)
     target_line = [line for line in axis.lines if line.get_label() == "c (target)"]
     assert len(target_line) == 1 and target_line[0].get_color() == "tab:red"
@@ -113,11 +113,11 @@ def test_outline_legend_names_each_outline():
 def test_top_neurons_and_channel_ranking():
     model = seeded(VGGish())
     x = torch.rand(1, 3, 16, 16)
-    pipeline = FeedbackPipeline(model, model.features[3], resolve_config("paper", iterations=2))
+    pipeline = FeedbackPipeline(model, model.features[3], resolve_config("paper", updates=2))
     figure, axes = visualize_top_neurons(pipeline, x, target=1, k=3)
     assert axes.shape == (1, 4) and all(ax.images for ax in axes[0])
     assert axes[0, 1].get_title().startswith("channel ")
-    contribution = LayerFeedback(model, model.features[3]).attribute(x, 1, iterations=2)
+    contribution = LayerFeedback(model, model.features[3]).attribute(x, 1, updates=2)
     figure, axis = plot_channel_ranking(contribution, k=5)
     heights = [bar.get_height() for bar in axis.patches]
     assert len(heights) == 5 and heights == sorted(heights, reverse=True)

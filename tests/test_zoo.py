@@ -39,7 +39,6 @@ def test_batch_invariant_maps_equal_each_image_alone_in_float32(name):
     1e-4 of the map's scale with oneDNN under the pruning rule) agree exactly with
     ``batch_invariant``. On one thread: with several, some of regnet's backward kernels vary by
     1e-10 from one call to the next, Captum's Saliency too."""
-    from dataclasses import replace
 
     import torch
 
@@ -54,7 +53,7 @@ def test_batch_invariant_maps_equal_each_image_alone_in_float32(name):
     torch.set_num_threads(1)
     try:
         for config in (PRESETS["default"], PRESETS["released_code"]):
-            invariant = replace(config, batch_invariant=True)
+            invariant = config.replace(batch_invariant=True)
             alone = torch.cat([fsp.attribute(x[i:i + 1], target[i], config=config) for i in range(2)])
             assert torch.equal(fsp.attribute(x, target, config=invariant), alone)
             state = fsp.select(x, target, config=invariant)

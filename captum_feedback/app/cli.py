@@ -85,8 +85,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", choices=CONFIG_NAMES, default="default",
                         help="the feedback maps' configuration (default: %(default)s)")
-    parser.add_argument("--iterations", type=_positive, default=None,
-                        help="FSP updates of the last stage (default: the configuration's)")
+    parser.add_argument("--updates", type=_positive, default=None,
+                        help="FSP's gate updates over all stages (default: the configuration's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

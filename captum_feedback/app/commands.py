@@ -51,9 +51,9 @@ def classifier(args: argparse.Namespace, classes: Optional[Sequence[str]] = None
 
 
 def config(args: argparse.Namespace) -> FeedbackConfig:
-    """The ``--config`` preset with ``--iterations``, or a :class:`CommandError`."""
+    """The ``--config`` preset with ``--updates``, or a :class:`CommandError`."""
     try:
-        return resolve_config(args.config, iterations=args.iterations)
+        return resolve_config(args.config, args.updates)
     except ValueError as error:
         raise CommandError(str(error)) from None
 

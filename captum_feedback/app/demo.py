@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -86,7 +85,7 @@ def _iteration_variants(config: FeedbackConfig) -> List[Tuple[str, FeedbackConfi
     """The configuration shown, beside the paper's Algorithm 2 (or its re-evaluated variant)."""
     if config == PRESETS["paper"]:
         return [("the paper's Algorithm 2 (linearized: frozen ReLU6 units no longer clamp)", config),
-                ("re-evaluated activations", replace(config, linearize=False))]
+                ("re-evaluated activations", config.replace(linearize=False))]
     name = "the default configuration" if config == PRESETS["default"] else "the configuration of the maps"
     return [("the paper's Algorithm 2 (linearized: frozen ReLU6 units no longer clamp)", PRESETS["paper"]),
             (name, config)]

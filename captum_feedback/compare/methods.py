@@ -182,7 +182,7 @@ class MethodMaps:
                          "Summation-FSP-FR": fb.summation_fsp_fr})
         if any(m in methods for m in ABLATIONS):
             plain = FeedbackSelectivePruning(self.model).ungated(inputs, target, config=self.pipeline.config)
-            one_sided = replace(plain, config=replace(plain.config, contrastive=False, evidence_weighted=False),
+            one_sided = replace(plain, config=plain.config.replace(contrastive=False, evidence_weighted=False),
                                 dual=None)
             maps.update({name: summation_energy_map(one_sided if quantity else plain, summation=quantity)
                          for name, quantity in ABLATION_SUMS.items() if name in methods})

@@ -1,10 +1,13 @@
 """One typed configuration for the whole FSP -> FR pipeline, and its named presets.
 
-A :class:`FeedbackConfig` says how FSP selects gates (threshold rule, stages, linearization,
-which sites get gates), which Summation Energy Map is drawn from the result (Sec. 4.3), and
-how the FSP-FR map picks and recovers hidden neurons (Procedure 1, steps 5-6). Every entry
+A :class:`FeedbackConfig` holds three groups: :class:`SelectionSettings`, how FSP selects
+gates (threshold rule, stages, linearization, which sites get gates, the contrastive dual);
+:class:`MapSettings`, which Summation Energy Map (Sec. 4.3) and FSP-FR map (Procedure 1,
+steps 5-6) are drawn from them; :class:`ExecutionSettings`, how the work runs. Every entry
 point -- :class:`~captum_feedback.FSP`, the energy maps, Procedures 1 and 2, the CLI and the
-benchmarks -- takes one, so that no option is dropped on the way. Presets:
+benchmarks -- takes a preset name or a ``FeedbackConfig`` (:data:`ConfigLike`), so that no
+option is dropped on the way; the only per-call override is FSP's number of gate updates
+(``updates=``, the same as :meth:`FeedbackConfig.replace`'s). Presets:
 
 * ``"paper"``: the paper's text. Algorithm 2 with ``alpha > 0`` over every ReLU and max-pool
   site, 5 linearized updates, the Summation Energy Map of the kept CWs ``z * |alpha|``.
@@ -31,8 +34,8 @@ benchmarks -- takes one, so that no option is dropped on the way. Presets:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Tuple, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Optional, Tuple, Union
 
 from captum_feedback.core.selection import MeanRatio, SelectionRule, Threshold, as_rule
 
@@ -85,8 +88,8 @@ SiteRange = Tuple[float, float]
 
 
 @dataclass(frozen=True)
-class FeedbackConfig:
-    """Everything the FSP -> FR pipeline can be told, validated once.
+class SelectionSettings:
+    """How FSP selects its gates (Sec. 3.4.2, Alg. 2).
 
     Attributes:
         threshold: FSP's threshold (:data:`~captum_feedback.core.selection.Threshold`).
@@ -94,25 +97,104 @@ class FeedbackConfig:
         stages: FSP's stages, run in order (:class:`Stage`); one stage of 5 updates is Alg. 2.
         linearize: Freeze ReLU states and max-pool choices after the first pass (Sec. 3.3).
         gate_pools: Give max-pool outputs gates too (Sec. 3.1); the released code gates ReLUs only.
-        summation: What the Summation Energy Map sums (:data:`SUMMATIONS`).
-        summation_sites: The sites it sums, ``None`` for every spatial activation site.
-        site_normalization: How each summed site's map is scaled first (:data:`SITE_NORMALIZATIONS`;
-            the released code divides by the maximum).
         contrastive: Run FSP also for the target's dual, the negated score (Zhang et al.,
-            ECCV 2016, contrastive excitation backprop), and draw the Summation Energy Map as
+            ECCV 2016, contrastive excitation backprop), so that the Summation Energy Map can be
             the evidence FSP keeps for the target less the evidence it keeps against it, site by
             site (:func:`~captum_feedback.summation_energy_map`). On a network with global
             pooling a unit's CW is the same at every location, and what makes a map
             class-specific is the negative evidence that cancels the features other objects
             share; a pruning for the target alone removes it.
-        evidence_weighted: With ``contrastive``, multiply the contrastive map by the target's
-            own evidence, each summed site's map divided by its maximum: the contrast says where
-            the target's evidence is denser than the evidence against it, the evidence says how
-            much of the object lies there (:func:`~captum_feedback.summation_energy_map`).
+    """
+
+    threshold: Threshold = "zero"
+    drop_edges: bool = False
+    stages: Tuple[Stage, ...] = (Stage(1.0, 5),)
+    linearize: bool = True
+    gate_pools: bool = True
+    contrastive: bool = False
+    rule: SelectionRule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rule", as_rule(self.threshold, self.drop_edges))
+        stages = tuple(self.stages)
+        if not stages or not all(isinstance(s, Stage) for s in stages):
+            raise ValueError(f"stages must be a non-empty sequence of Stage, got {self.stages!r}.")
+        object.__setattr__(self, "stages", stages)
+
+    @property
+    def updates(self) -> int:
+        """FSP's gate updates: those of every stage together."""
+        return sum(stage.updates for stage in self.stages)
+
+    @property
+    def guarantees_ascent(self) -> bool:
+        """Whether every update provably keeps the target score from falling (Sec. 4.1):
+        linearized with the zero threshold and no edge dropping. Stages keep it: updating some
+        sites from one backward pass is Algorithm 2's sweep over those sites alone."""
+        return self.linearize and self.rule.is_zero and not self.drop_edges
+
+    def with_updates(self, updates: int) -> SelectionSettings:
+        """The same selection with ``updates`` gate updates in all; the last stage makes what
+        the earlier stages leave (at least one)."""
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 1:
+            raise ValueError(f"updates must be an integer >= 1, got {updates!r}.")
+        last = updates - sum(stage.updates for stage in self.stages[:-1])
+        if last < 1:
+            raise ValueError(f"updates={updates} leaves none for the last of {len(self.stages)} stages; "
+                             f"these stages need at least {updates - last + 1} updates.")
+        return replace(self, stages=self.stages[:-1] + (replace(self.stages[-1], updates=last),))
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """Which maps are drawn from FSP's gates: the Summation Energy Map (Sec. 4.3) and the
+    FSP-FR map (Procedure 1, steps 5-6).
+
+    Attributes:
+        summation: What the Summation Energy Map sums (:data:`SUMMATIONS`).
+        summation_sites: The sites it sums, ``None`` for every spatial activation site.
+        site_normalization: How each summed site's map is scaled first (:data:`SITE_NORMALIZATIONS`;
+            the released code divides by the maximum).
+        evidence_weighted: With a contrastive selection, multiply the contrastive map by the
+            target's own evidence, each summed site's map divided by its maximum: the contrast
+            says where the target's evidence is denser than the evidence against it, the
+            evidence says how much of the object lies there
+            (:func:`~captum_feedback.summation_energy_map`).
         neuron_ratio: The FSP-FR map's neurons: those of the layer whose CW is at least this
             share of the layer's mean positive CW (``mean_thd.m``); 0 keeps every neuron with a
             positive contribution.
-        fr_threshold: The threshold of the FR pass of the FSP-FR map.
+        fr_threshold: The threshold of the FR pass of the FSP-FR map (the selection's
+            ``drop_edges`` applies to it too).
+    """
+
+    summation: str = "cw"
+    summation_sites: Optional[SiteRange] = None
+    site_normalization: str = "none"
+    evidence_weighted: bool = False
+    neuron_ratio: float = 0.0
+    fr_threshold: Threshold = "zero"
+
+    def __post_init__(self) -> None:
+        if self.summation not in SUMMATIONS:
+            raise ValueError(f"Unknown summation {self.summation!r}; use one of {SUMMATIONS}.")
+        if self.site_normalization not in SITE_NORMALIZATIONS:
+            raise ValueError(f"Unknown site_normalization {self.site_normalization!r}; use one of "
+                             f"{SITE_NORMALIZATIONS}.")
+        if self.summation_sites is not None:
+            start, stop = self.summation_sites
+            if not 0 <= start < stop <= 1:
+                raise ValueError(f"summation_sites must be shares 0 <= start < stop <= 1, got {start, stop}.")
+        if not (isinstance(self.neuron_ratio, (int, float)) and math.isfinite(self.neuron_ratio)
+                and self.neuron_ratio >= 0):
+            raise ValueError(f"neuron_ratio must be a finite number >= 0, got {self.neuron_ratio!r}.")
+        as_rule(self.fr_threshold)
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How FSP runs, not what it computes.
+
+    Attributes:
         batch_invariant: Run FSP on each sample of a batch alone, so that a batch's maps and
             state equal each image's alone bit for bit, on any model and device (the FSP-FR
             maps, whose one FR pass runs on the batch, within float rounding: 2e-7 of the map's
@@ -125,81 +207,80 @@ class FeedbackConfig:
             (``benchmarks/batch_invariance.py``).
     """
 
-    threshold: Threshold = "zero"
-    drop_edges: bool = False
-    stages: Tuple[Stage, ...] = (Stage(1.0, 5),)
-    linearize: bool = True
-    gate_pools: bool = True
-    summation: str = "cw"
-    summation_sites: Optional[SiteRange] = None
-    site_normalization: str = "none"
-    contrastive: bool = False
-    evidence_weighted: bool = False
-    neuron_ratio: float = 0.0
-    fr_threshold: Threshold = "zero"
     batch_invariant: bool = False
-    rule: SelectionRule = field(init=False, repr=False, compare=False)
+
+
+_GROUP_TYPES = {"selection": SelectionSettings, "maps": MapSettings, "execution": ExecutionSettings}
+_GROUPS = {group: tuple(f.name for f in fields(kind) if f.init) for group, kind in _GROUP_TYPES.items()}
+"""The settings of each group of a :class:`FeedbackConfig`, by name."""
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Everything the FSP -> FR pipeline can be told, in three groups, each validated once.
+
+    Build one from its groups, or derive one from a preset with :meth:`replace`::
+
+        >>> FeedbackConfig(SelectionSettings(stages=(Stage(1.0, 3),)))   # Alg. 2, 3 updates
+        >>> PRESETS["default"].replace(threshold="zero", batch_invariant=True)
+
+    Attributes:
+        selection: How FSP selects its gates (:class:`SelectionSettings`).
+        maps: Which maps are drawn from them (:class:`MapSettings`).
+        execution: How FSP runs (:class:`ExecutionSettings`).
+        fr_rule: The FSP-FR map's FR threshold as a rule, with the selection's edge dropping.
+    """
+
+    selection: SelectionSettings = SelectionSettings()
+    maps: MapSettings = MapSettings()
+    execution: ExecutionSettings = ExecutionSettings()
     fr_rule: SelectionRule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rule", as_rule(self.threshold, self.drop_edges))
-        object.__setattr__(self, "fr_rule", as_rule(self.fr_threshold, self.drop_edges))
-        stages = tuple(self.stages)
-        if not stages or not all(isinstance(s, Stage) for s in stages):
-            raise ValueError(f"stages must be a non-empty sequence of Stage, got {self.stages!r}.")
-        object.__setattr__(self, "stages", stages)
-        if self.summation not in SUMMATIONS:
-            raise ValueError(f"Unknown summation {self.summation!r}; use one of {SUMMATIONS}.")
-        if self.site_normalization not in SITE_NORMALIZATIONS:
-            raise ValueError(f"Unknown site_normalization {self.site_normalization!r}; use one of "
-                             f"{SITE_NORMALIZATIONS}.")
-        if self.summation_sites is not None:
-            start, stop = self.summation_sites
-            if not 0 <= start < stop <= 1:
-                raise ValueError(f"summation_sites must be shares 0 <= start < stop <= 1, got {start, stop}.")
-        if self.evidence_weighted and not self.contrastive:
+        for name, kind in _GROUP_TYPES.items():
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"FeedbackConfig.{name} must be a {kind.__name__}, "
+                                f"got {type(getattr(self, name)).__name__}.")
+        if self.maps.evidence_weighted and not self.selection.contrastive:
             raise ValueError("evidence_weighted weights a contrastive map: set contrastive=True too.")
-        if not (isinstance(self.neuron_ratio, (int, float)) and math.isfinite(self.neuron_ratio)
-                and self.neuron_ratio >= 0):
-            raise ValueError(f"neuron_ratio must be a finite number >= 0, got {self.neuron_ratio!r}.")
+        object.__setattr__(self, "fr_rule", as_rule(self.maps.fr_threshold, self.selection.drop_edges))
 
-    @property
-    def updates(self) -> int:
-        """Total number of gate updates over all stages (the ``iterations=`` argument of
-        ``attribute`` and ``select`` sets the last stage's)."""
-        return sum(stage.updates for stage in self.stages)
+    def replace(self, updates: Optional[int] = None, **changes: Any) -> FeedbackConfig:
+        """The same configuration with the named settings changed, whatever their group.
 
-    @property
-    def guarantees_ascent(self) -> bool:
-        """Whether every update provably keeps the target score from falling (Sec. 4.1):
-        linearized with the zero threshold and no edge dropping. Stages keep it: updating some
-        sites from one backward pass is Algorithm 2's sweep over those sites alone."""
-        return self.linearize and self.rule.is_zero and not self.drop_edges
+        Args:
+            updates: FSP's gate updates in all (:meth:`SelectionSettings.with_updates`).
+            **changes: Fields of :class:`SelectionSettings`, :class:`MapSettings` or
+                :class:`ExecutionSettings`, by name.
 
-    def with_updates(self, iterations: int) -> FeedbackConfig:
-        """The same configuration with ``iterations`` updates in its last stage."""
-        check_iterations(iterations)
-        return replace(self, stages=self.stages[:-1] + (replace(self.stages[-1], updates=iterations),))
-
-
-def check_iterations(iterations: int) -> None:
-    """Raises ``ValueError`` unless ``iterations`` is an integer >= 1."""
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}.")
+        Raises:
+            ValueError: a name that is no setting, or an invalid value.
+        """
+        unknown = sorted(set(changes) - {name for names in _GROUPS.values() for name in names})
+        if unknown:
+            raise ValueError(f"Unknown settings {unknown}; a FeedbackConfig has {dict(_GROUPS)}.")
+        groups = {group: replace(getattr(self, group), **{k: v for k, v in changes.items() if k in names})
+                  for group, names in _GROUPS.items() if any(k in names for k in changes)}
+        config = replace(self, **groups)
+        if updates is None:
+            return config
+        return replace(config, selection=config.selection.with_updates(updates))
 
 
 PRESETS: Dict[str, FeedbackConfig] = {
     "paper": FeedbackConfig(),
     "released_code": FeedbackConfig(
-        threshold=MeanRatio(1.0), drop_edges=True, stages=(Stage(7 / 15, 1), Stage(1.0, 1)),
-        linearize=False, gate_pools=False, summation="activation", summation_sites=(2 / 13, 9 / 13),
-        site_normalization="max", neuron_ratio=0.1, fr_threshold=MeanRatio(0.1),
+        SelectionSettings(threshold=MeanRatio(1.0), drop_edges=True, stages=(Stage(7 / 15, 1), Stage(1.0, 1)),
+                          linearize=False, gate_pools=False),
+        MapSettings(summation="activation", summation_sites=(2 / 13, 9 / 13), site_normalization="max",
+                    neuron_ratio=0.1, fr_threshold=MeanRatio(0.1)),
     ),
 }
 PRESETS["default"] = FeedbackConfig(
-    threshold=MeanRatio(2.0, located_only=True), stages=(Stage(HEAD, 1),), linearize=False, gate_pools=False,
-    contrastive=True, evidence_weighted=True, summation="contribution", summation_sites=(0.5, 1.0),
-    site_normalization="sum", neuron_ratio=0.1, fr_threshold=MeanRatio(0.1),
+    SelectionSettings(threshold=MeanRatio(2.0, located_only=True), stages=(Stage(HEAD, 1),), linearize=False,
+                      gate_pools=False, contrastive=True),
+    MapSettings(summation="contribution", summation_sites=(0.5, 1.0), site_normalization="sum",
+                evidence_weighted=True, neuron_ratio=0.1, fr_threshold=MeanRatio(0.1)),
 )
 """Contrastive FSP, chosen on the tune splits of three test beds (EfficientNet-Lite0 on grids of
 real photos, the cluttered VGG and the cluttered ResNet on their scenes; the held-out splits
@@ -207,26 +288,24 @@ report it): on a network with global average pooling a head unit's CW is the sam
 location, and a map is class-specific through the negative evidence that pruning for the target
 alone removes (issue #21; docs/benchmarks.md has the search)."""
 
-PRESETS["pruning"] = replace(PRESETS["released_code"], threshold=MeanRatio(2.0), summation_sites=(4 / 13, 11 / 13))
+PRESETS["pruning"] = PRESETS["released_code"].replace(threshold=MeanRatio(2.0), summation_sites=(4 / 13, 11 / 13))
 """The default before issue #21: the released code's two stages with a unit kept while its CW is at
 least twice its layer's mean positive CW, the Summation of spatial sites 4-10 of 13 (VGG16's
 conv3_2 ... conv5_1). The most target-specific Summation map on the cluttered scenes' VGG; at
 chance on networks with global average pooling."""
 
 ConfigLike = Union[None, str, FeedbackConfig]
+"""What every entry point's ``config`` argument takes: a preset name, a :class:`FeedbackConfig`,
+or ``None`` for ``"default"``."""
 
 
-def resolve_config(
-    config: ConfigLike = None,
-    iterations: Optional[int] = None,
-    threshold: Optional[Threshold] = None,
-    linearize: Optional[bool] = None,
-) -> FeedbackConfig:
-    """The validated configuration of one call: a preset name or a :class:`FeedbackConfig`
-    (``None``: ``"default"``), with the fields the caller set explicitly replaced.
+def resolve_config(config: ConfigLike = None, updates: Optional[int] = None) -> FeedbackConfig:
+    """The :class:`FeedbackConfig` of a ``config`` argument (:data:`ConfigLike`), with the
+    per-call ``updates`` (FSP's gate updates in all; ``None`` keeps the configuration's).
 
     Raises:
-        ValueError: an unknown preset, or an invalid field.
+        ValueError: an unknown preset or an invalid ``updates``.
+        TypeError: something that is neither a name nor a FeedbackConfig.
     """
     if config is None or isinstance(config, str):
         name = "default" if config is None else config
@@ -235,6 +314,4 @@ def resolve_config(
         config = PRESETS[name]
     elif not isinstance(config, FeedbackConfig):
         raise TypeError(f"config must be a preset name or a FeedbackConfig, got {type(config).__name__}.")
-    changes = {k: v for k, v in (("threshold", threshold), ("linearize", linearize)) if v is not None}
-    config = replace(config, **changes) if changes else config
-    return config.with_updates(iterations) if iterations is not None else config
+    return config if updates is None else config.replace(updates=updates)

@@ -46,8 +46,8 @@ REASONS: Dict[str, str] = {
         "comes from the gates of an earlier pass, at worst the plain network's gradient (state.reverted)."),
     "nonfinite": (
         "FSP's passes gave a non-finite target score or attribution (NaN or inf): in linearized passes (the "
-        "'paper' preset) units that no longer saturate can make the scores overflow. Try linearize=False or "
-        "fewer iterations; state.target_scores shows where."),
+        "'paper' preset) units that no longer saturate can make the scores overflow. Try "
+        "config=PRESETS['paper'].replace(linearize=False) or fewer updates=; state.target_scores shows where."),
     "collapsed": (
         f"Pruning lowered the target score below {COLLAPSE_RATIO:.0%} of the plain network's: the map shows what "
         "is left after the class's evidence was removed. The paper's linearized zero threshold "

@@ -148,9 +148,7 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         config: ConfigLike = None,
-        iterations: Optional[int] = None,
-        threshold: Optional[Threshold] = None,
-        linearize: Optional[bool] = None,
+        updates: Optional[int] = None,
         state: Optional[FeedbackState] = None,
     ) -> Union[Tensor, TensorOrTuple]:
         r"""The layer's contributions to the target after FSP.
@@ -161,7 +159,7 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
             additional_forward_args: Further arguments to the model, after the inputs.
             config: FSP's configuration (a preset name or a
                 :class:`~captum_feedback.FeedbackConfig`).
-            iterations, threshold, linearize: Override ``config``'s fields, as for
+            updates: FSP's gate updates in all, as for
                 :meth:`FeedbackSelectivePruning.attribute`.
             state: A :class:`FeedbackState` from :meth:`FeedbackPipeline.select` on the same
                 inputs and layer, to reuse instead of running FSP again.
@@ -171,7 +169,7 @@ class LayerFeedback(LayerAttribution, FeedbackAttribution):
             ``reshape_transform``, if any).
         """
         if state is None:
-            settings = resolve_config(config, iterations, threshold, linearize)
+            settings = resolve_config(config, updates)
             state = FeedbackSelectivePruning(self.forward_func).select(
                 inputs, target, additional_forward_args, config=settings, keep_cws=False, layers=(self.layer,))
         state.check_inputs(inputs)

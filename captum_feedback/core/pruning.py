@@ -11,11 +11,11 @@ from torch import Tensor, nn
 
 from captum_feedback.core._compat import TargetType, TensorOrTuple, format_output
 from captum_feedback.core.attribution import Batch, FeedbackAttribution, input_gradients
-from captum_feedback.core.config import ConfigLike, FeedbackConfig, resolve_config
+from captum_feedback.core.config import ConfigLike, FeedbackConfig, SelectionSettings, resolve_config
 from captum_feedback.core.diagnosis import MAP_TOLERANCE, outputs_unchanged, relative_change, warn_degenerate
 from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
-from captum_feedback.core.selection import SelectionRule, Threshold, keep_mask
+from captum_feedback.core.selection import SelectionRule, keep_mask
 from captum_feedback.core.state import KEEP_CWS, FeedbackState, KeepCws, digest, summed_sites
 from captum_feedback.core.tokens import MapLayout, ReshapeTransform, is_spatial
 
@@ -264,9 +264,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         config: ConfigLike = None,
-        iterations: Optional[int] = None,
-        threshold: Optional[Threshold] = None,
-        linearize: Optional[bool] = None,
+        updates: Optional[int] = None,
     ) -> TensorOrTuple:
         r"""Input attribution of the target under the gates FSP selects.
 
@@ -278,18 +276,13 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 returns one value per sample.
             additional_forward_args: Further arguments to the model, passed after the inputs.
             config: A preset name (``"default"``, ``"paper"``, ``"released_code"``,
-                ``"pruning"``) or a :class:`~captum_feedback.FeedbackConfig`; the three
-                arguments below override its fields.
-            iterations: Number of gate updates of the last (or only) stage; ``None`` takes the
-                configuration's. Each sample stops early once an update of the last stage
-                changes none of its gates (a fixed point). The paper converges in about 5
-                (Sec. 4.1, Figs. 6-7).
-            threshold: ``"zero"`` (Algorithm 2; guarantees a non-decreasing score when
-                linearized), a :class:`~captum_feedback.MeanRatio` (``MeanRatio(1.0)``: the
-                authors' released code, per sample and site), a number, or a callable; see
-                :data:`captum_feedback.core.selection.Threshold`. ``None`` takes the configuration's.
-            linearize: Freeze ReLU states and max-pool choices after the first forward pass
-                (Sec. 3.3); ``None`` takes the configuration's.
+                ``"pruning"``) or a :class:`~captum_feedback.FeedbackConfig`: every setting
+                of the method (threshold, stages, linearization, maps), ``None`` for
+                ``"default"``.
+            updates: FSP's gate updates in all, over every stage (the last stage makes what
+                the earlier ones leave); ``None`` takes the configuration's. Each sample stops
+                early once an update of the last stage changes none of its gates (a fixed
+                point). The paper converges in about 5 (Sec. 4.1, Figs. 6-7).
 
         Returns:
             Gradients of the target with respect to each input under the final gates, the
@@ -299,9 +292,9 @@ class FeedbackSelectivePruning(FeedbackAttribution):
 
             >>> fsp = FeedbackSelectivePruning(model.eval())
             >>> attribution = fsp.attribute(images, target=labels)
-            >>> paper = fsp.attribute(images, target=labels, config="paper")
+            >>> paper = fsp.attribute(images, target=labels, config="paper", updates=3)
         """
-        settings = resolve_config(config, iterations, threshold, linearize)
+        settings = resolve_config(config, updates)
         batch = self._batch(inputs, target, additional_forward_args)
         state = self._select(batch, settings, False, (), dual=False)
         warn_degenerate(state)
@@ -313,9 +306,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         config: ConfigLike = None,
-        iterations: Optional[int] = None,
-        threshold: Optional[Threshold] = None,
-        linearize: Optional[bool] = None,
+        updates: Optional[int] = None,
         keep_cws: KeepCws = "summed",
         layers: Sequence[nn.Module] = (),
     ) -> FeedbackState:
@@ -335,7 +326,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         """
         if keep_cws not in KEEP_CWS:
             raise ValueError(f"keep_cws must be one of {KEEP_CWS}, got {keep_cws!r}.")
-        settings = resolve_config(config, iterations, threshold, linearize)
+        settings = resolve_config(config, updates)
         state = self._select(self._batch(inputs, target, additional_forward_args), settings, keep_cws, layers)
         warn_degenerate(state)
         return state
@@ -360,21 +351,22 @@ class FeedbackSelectivePruning(FeedbackAttribution):
 
     def _select(self, batch: Batch, config: FeedbackConfig, keep_cws: KeepCws, layers: Sequence[nn.Module],
                 updates: Optional[int] = None, dual: Optional[bool] = None) -> FeedbackState:
-        """The state of one run; with ``config.batch_invariant``, each sample's own run; with
-        ``dual`` (default: ``config.contrastive``), also the run for the target's dual, the
+        """The state of one run; with ``batch_invariant`` execution, each sample's own run; with
+        ``dual`` (default: a contrastive selection), also the run for the target's dual, the
         negated score, in :attr:`FeedbackState.dual`: after the shared first pass, the target's
         passes and then the dual's, each on the batch alone, so that memory stays that of one
         batch."""
-        dual = config.contrastive if dual is None else dual
-        if config.batch_invariant and batch.size > 1:
+        selection = config.selection
+        dual = selection.contrastive if dual is None else dual
+        if config.execution.batch_invariant and batch.size > 1:
             states = [self._select(sample, config, keep_cws, layers, updates, dual) for sample in batch.samples()]
             return FeedbackState.cat(states, batch.inputs)
-        session = self._session(batch, config.linearize)
-        mirror = _PruningPolicy(config.rule, session.sites, batch.size, bool(keep_cws)) if dual else None
-        policy = _PruningPolicy(config.rule, session.sites, batch.size, bool(keep_cws), mirror)
-        total = config.updates if updates is None else updates
+        session = self._session(batch, selection.linearize)
+        mirror = _PruningPolicy(selection.rule, session.sites, batch.size, bool(keep_cws)) if dual else None
+        policy = _PruningPolicy(selection.rule, session.sites, batch.size, bool(keep_cws), mirror)
+        total = selection.updates if updates is None else updates
         with session.installed():
-            passes = self._iterate(session, batch, policy, config, layers, total)
+            passes = self._iterate(session, batch, policy, selection, layers, total)
             state = self._state(session, policy, passes, config, batch.inputs).kept(keep_cws)
             del policy  # what the state does not keep goes once the dual's first pass replaces it
             if mirror is not None:
@@ -385,11 +377,11 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                     kept_sites = None  # the dual's map needs no input gradient
                     if keep_cws == "summed" and not layers:
                         kept_sites = _summed_indices(session, config, MapLayout.of(batch.inputs))
-                    dual_passes = self._iterate(session, negated, mirror, config, layers, total, first=passes,
+                    dual_passes = self._iterate(session, negated, mirror, selection, layers, total, first=passes,
                                                 kept_sites=kept_sites)
                 dual_state = self._state(session, mirror, dual_passes, config, negated.inputs).kept(keep_cws)
                 state = replace(state, dual=dual_state)
-        return self._diagnosed(state, batch, config.linearize) if total > 0 and state.attributions else state
+        return self._diagnosed(state, batch, selection.linearize) if total > 0 and state.attributions else state
 
     def _diagnosed(self, state: FeedbackState, batch: Batch, linearize: bool) -> FeedbackState:
         """The state with what tells a degenerate map (:mod:`~captum_feedback.core.diagnosis`).
@@ -408,7 +400,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         return replace(state, map_change=change, ungated_share=share)
 
     def _iterate(
-        self, session: GatingSession, batch: Batch, policy: _PruningPolicy, config: FeedbackConfig,
+        self, session: GatingSession, batch: Batch, policy: _PruningPolicy, selection: SelectionSettings,
         layers: Sequence[nn.Module], total_updates: int, first: Optional[_Passes] = None,
         kept_sites: Optional[FrozenSet[int]] = None,
     ) -> _Passes:
@@ -418,18 +410,18 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         policy is told what the pass is (:class:`_Pass`). ``first``: the target's passes, whose
         first pass this policy (the target's dual) mirrored; ``kept_sites``: the sites whose CWs
         the last pass keeps, when they are all it needs (:attr:`_Pass.kept_sites`)."""
-        stage_of = [k for k, stage in enumerate(config.stages) for _ in range(stage.updates)]
+        stage_of = [k for k, stage in enumerate(selection.stages) for _ in range(stage.updates)]
         transform = MapLayout.of(batch.inputs)
         outputs: List[Tensor] = [] if first is None else [first.outputs[0]]
         scores: List[Tensor] = [] if first is None else [-first.scores[0]]
         updates = torch.zeros(batch.size, dtype=torch.long)
         active = torch.ones(batch.size, dtype=torch.bool)
         """Samples whose gates still change in this stage."""
-        stages = None if first is None else _stages_sites(session.sites, config, transform)
+        stages = None if first is None else _stages_sites(session.sites, selection, transform)
         """Each stage's sites, once the first pass has found the sites."""
         updating, updatable = (None, None) if stages is None else (stages[0], frozenset().union(*stages))
         for update in range(len(outputs), total_updates + 1):
-            in_last_stage = update > 0 and stage_of[update - 1] == len(config.stages) - 1
+            in_last_stage = update > 0 and stage_of[update - 1] == len(selection.stages) - 1
             # A new stage names its sites before the forward pass, whose backward updates them.
             new_stage = 0 < update < total_updates and stage_of[update] != stage_of[update - 1]
             if new_stage:
@@ -449,7 +441,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                                                             target_scores)
                 break
             if update == 0:
-                stages = _stages_sites(session.sites, config, transform)
+                stages = _stages_sites(session.sites, selection, transform)
                 updating, updatable = stages[0], frozenset().union(*stages)
             if new_stage:  # every sample takes part in the new stage, converged in the last or not
                 active.fill_(True)
@@ -531,15 +523,15 @@ class FeedbackSelectivePruning(FeedbackAttribution):
         )
 
 
-def _stages_sites(sites: Sequence[Site], config: FeedbackConfig, transform: ReshapeTransform
+def _stages_sites(sites: Sequence[Site], selection: SelectionSettings, transform: ReshapeTransform
                   ) -> List[FrozenSet[int]]:
     """The indices of the sites each stage updates: the top share of the sites that take gates,
     or those from the output down to the last spatial one (``Stage("head")``)."""
-    gated = [site for site in sites if site.kind == "activation" or config.gate_pools]
+    gated = [site for site in sites if site.kind == "activation" or selection.gate_pools]
     spatial = [k for k, site in enumerate(gated) if is_spatial(site.shape, transform)]
     head = len(gated) - spatial[-1] if spatial else 1
     return [frozenset(site.index for site in gated[len(gated) - stage.count(len(gated), head):])
-            for stage in config.stages]
+            for stage in selection.stages]
 
 
 def _summed_indices(session: GatingSession, config: FeedbackConfig, transform: ReshapeTransform
@@ -549,7 +541,7 @@ def _summed_indices(session: GatingSession, config: FeedbackConfig, transform: R
     by_name = {site.name: site for site in session.sites}
     kinds = {name: site.kind for name, site in by_name.items()}
     shapes = {name: tuple(site.shape) for name, site in by_name.items()}
-    return frozenset(by_name[name].index for name in summed_sites(kinds, shapes, config, transform))
+    return frozenset(by_name[name].index for name in summed_sites(kinds, shapes, config.maps, transform))
 
 
 def _rows(rows: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_feedback.core.config import FeedbackConfig
+from captum_feedback.core.config import FeedbackConfig, MapSettings
 from captum_feedback.core.tokens import is_spatial
 
 KeepCws = Union[bool, str]
@@ -34,15 +34,15 @@ class FeedbackState:
         site_outputs: Gated output ``z * x`` in the last pass, same keys and shapes; kept with
             the CWs.
         site_kinds: ``"activation"`` (ReLU-like) or ``"pool"`` (max-pooling) per site.
-        outputs: The model's full output at every pass, ``(config.updates + 1, B, n_outputs)``,
-            one row per pass: ``config.updates`` counts the updates of all stages (the
-            ``iterations=`` argument of ``attribute`` and ``select`` sets only the last stage's).
+        outputs: The model's full output at every pass, ``(U + 1, B, n_outputs)`` for ``U =
+            config.selection.updates``, FSP's gate updates over all stages (what ``updates=``
+            of ``attribute`` and ``select`` sets), one row per pass.
             Index 0 is the plain forward pass, index ``i`` the pass with the gates of update
             ``i`` -- the curves of the paper's Fig. 6. Samples that converged early repeat
             their last row.
-        target_scores: The target score at every pass, ``(config.updates + 1, B)``.
+        target_scores: The target score at every pass, ``(U + 1, B)``.
         updates: Per sample, how many gate updates changed at least one gate.
-        converged: Per sample, whether the gates reached a fixed point within ``iterations``.
+        converged: Per sample, whether the gates reached a fixed point within ``U`` updates.
         reverted: Per sample, whether its ``attributions`` come from the gates of an earlier pass:
             a pruning rule can leave the target without any dependence on the inputs (every
             input gradient zero, a blank map; see :class:`~captum_feedback.MeanRatio`), and then
@@ -125,7 +125,7 @@ class FeedbackState:
         ``summation_sites`` share of the activation sites that are ``(B, C, H, W)`` maps after
         ``reshape_transform`` (default: the state's), less those that no gradient reached (no CW)."""
         shapes = {name: tuple(gate.shape) for name, gate in self.gates.items()}
-        names = summed_sites(self.site_kinds, shapes, self.config, self.maps_transform(reshape_transform))
+        names = summed_sites(self.site_kinds, shapes, self.config.maps, self.maps_transform(reshape_transform))
         return [name for name in names if name in self.cws]
 
     def maps_transform(self, reshape_transform: Optional[Callable[[Tensor], Tensor]] = None
@@ -149,15 +149,15 @@ class FeedbackState:
         return tuple(self.attributions[0].shape[2:])
 
 
-def summed_sites(kinds: Dict[str, str], shapes: Dict[str, Tuple[int, ...]], config: FeedbackConfig,
+def summed_sites(kinds: Dict[str, str], shapes: Dict[str, Tuple[int, ...]], maps: MapSettings,
                  transform: Callable[[Tensor], Tensor]) -> List[str]:
-    """The sites (names, in execution order) whose maps a Summation Energy Map of ``config``
+    """The sites (names, in execution order) whose maps a Summation Energy Map of ``maps``
     sums: its ``summation_sites`` share of the activation sites (``kinds``) whose activations
     (``shapes``) are ``(B, C, H, W)`` maps of more than one location after ``transform`` (a
     squeeze-excitation's ``(B, C, 1, 1)`` would add the same value everywhere)."""
     names = [name for name, kind in kinds.items() if kind == "activation" and is_spatial(shapes[name], transform)]
-    if config.summation_sites is not None:
-        start, stop = (round(share * len(names)) for share in config.summation_sites)
+    if maps.summation_sites is not None:
+        start, stop = (round(share * len(names)) for share in maps.summation_sites)
         names = names[start:max(stop, start + 1)]
     return names
 

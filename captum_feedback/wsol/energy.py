@@ -68,16 +68,16 @@ def summation_energy_map(
     * ``"contribution"``: ``z * alpha * x``, the terms of Eq. 6. In the linearized network a
       site's terms add up to the target score, so each site's map splits the score over pixels.
 
-    A contrastive configuration (``config.contrastive``; the default) also ran FSP for the
+    A contrastive selection (``config.selection.contrastive``; the default) also ran FSP for the
     target's dual, the negated score (:attr:`FeedbackState.dual`). Each site's map is then the
     evidence kept for the target less the evidence kept against it, each first scaled as
-    ``config.site_normalization`` says (``"sum"``: each a distribution over locations, as
+    ``config.maps.site_normalization`` says (``"sum"``: each a distribution over locations, as
     contrastive excitation backprop subtracts two probability maps), and the sum over sites is
     rectified: what is left is where the target's evidence is denser than the evidence against
     it. On a network with global average pooling the top site's contributions ``alpha * x``
     are the terms of the class activation map (Zhou et al., CVPR 2016), whose class specificity
     lies as much in its negative terms as in its positive ones. With
-    ``config.evidence_weighted`` the rectified contrast is then multiplied by the target's own
+    ``config.maps.evidence_weighted`` the rectified contrast is then multiplied by the target's own
     evidence (each site's map divided by its maximum, summed over the same sites): the contrast
     decides where the target wins, the evidence how strongly each pixel carries it.
 
@@ -99,10 +99,11 @@ def summation_energy_map(
     """
     if not state.cws:
         raise ValueError("The state holds no CWs; run select() without keep_cws=False.")
-    quantity = summation or state.config.summation
+    maps, contrastive = state.config.maps, state.config.selection.contrastive
+    quantity = summation or maps.summation
     if quantity not in SUMMATIONS:
         raise ValueError(f"Unknown summation {quantity!r}; use one of {SUMMATIONS}.")
-    if state.config.contrastive and state.dual is None:
+    if contrastive and state.dual is None:
         raise ValueError("The configuration is contrastive but the state holds no dual: make it with select().")
     size = tuple(size or state.input_size)
     transform = state.maps_transform(reshape_transform)
@@ -113,12 +114,12 @@ def summation_energy_map(
     if unkept:
         raise ValueError(f"The state kept no CWs at {unkept[:3]}: select(..., keep_cws=True) keeps every site's.")
     evidence = [_site_map(state, name, quantity, transform) for name in names]
-    sem = _summed(evidence, size, state.config.site_normalization)
-    if state.config.contrastive:
+    sem = _summed(evidence, size, maps.site_normalization)
+    if contrastive:
         against = [_site_map(state.dual, name, quantity, transform) for name in names]
-        sem = sem - _summed(against, size, state.config.site_normalization)
+        sem = sem - _summed(against, size, maps.site_normalization)
     sem = sem.clamp(min=0)
-    if state.config.evidence_weighted:
+    if maps.evidence_weighted:
         sem = sem * _summed(evidence, size, "max")
     return l2_normalize(sem)
 
@@ -140,7 +141,7 @@ def _summed(site_maps: Sequence[Tensor], size: Tuple[int, ...], normalization: s
 
 
 def _scaled(site_map: Tensor, normalization: str) -> Tensor:
-    """A site's ``(B, 1, h, w)`` map divided by its maximum or its sum (``config.site_normalization``)."""
+    """A site's ``(B, 1, h, w)`` map divided by its maximum or its sum (``config.maps.site_normalization``)."""
     if normalization == "none":
         return site_map
     flat = site_map.flatten(1)

@@ -70,19 +70,19 @@ class FeedbackPipeline:
         """The layer's neurons FSP kept, as booleans shaped like the layer's output.
 
         A neuron is kept when its contribution ``dS/dh * h`` is positive and its CW is at
-        least ``config.neuron_ratio`` times the mean positive CW of the layer's active neurons
+        least ``config.maps.neuron_ratio`` times the mean positive CW of the layer's active neurons
         (``mean_thd.m`` of the released code; ratio 0 keeps every positive contribution).
         """
         contribution = layer_contribution(state, self.layer_name)
         output = state.layer_outputs[self.layer_name]
-        selector = SelectionRule(MeanRatio(self.config.neuron_ratio)).selector(
+        selector = SelectionRule(MeanRatio(self.config.maps.neuron_ratio)).selector(
             state.layer_cws[self.layer_name], output != 0)
         return keep_mask(selector, output).bool() & (contribution > 0)
 
     def fsp_fr(self, inputs: TensorOrTuple, state: FeedbackState, additional_forward_args: Any = None
                ) -> TensorOrTuple:
         """The FSP-FR attribution: the kept neurons together are the target of one FR pass
-        (threshold ``config.fr_threshold``) down to the input (Procedure 1, steps 5-6).
+        (threshold ``config.maps.fr_threshold``) down to the input (Procedure 1, steps 5-6).
 
         Returns:
             Input-shaped gradients, a tensor or a tuple as ``inputs``.
