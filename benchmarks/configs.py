@@ -62,8 +62,8 @@ CANDIDATES: Dict[str, FeedbackConfig] = {
     "contrastive, alpha > 0": PRESETS["default"].replace(threshold="zero"),
     "contrastive, located ratio 2": PRESETS["default"].replace(threshold=MeanRatio(2.0, located_only=True)),
     "contrastive, located ratio 3": PRESETS["default"].replace(threshold=MeanRatio(3.0, located_only=True)),
-    "ratio 2, stages of 1 and 2": RELEASED.replace(threshold=MeanRatio(2.0), stages=(Stage(7 / 15, 1),
-                                                                                      Stage(1.0, 2))),
+    "ratio 2, stages of 1 and 2": RELEASED.replace(threshold=MeanRatio(2.0),
+                                                  stages=(Stage(7 / 15, 1), Stage(1.0, 2))),
 }
 
 

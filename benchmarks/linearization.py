@@ -61,6 +61,7 @@ def measure(updates: int) -> Dict[str, Dict[str, float]]:
     photos = bundled_photos()
     results = {}
     for linearize in (True, False):
+        config = PRESETS["paper"].replace(updates=updates, linearize=linearize)
         ascents: List[bool] = []
         gains, seconds, similarities, converged, deletion, deletion_fsp = [], [], [], [], [], []
         for image in photos.values():
@@ -70,7 +71,6 @@ def measure(updates: int) -> Dict[str, Dict[str, float]]:
             maps = []
             for target in top2:
                 start = time.perf_counter()
-                config = PRESETS["paper"].replace(updates=updates, linearize=linearize)
                 state = fsp.select(x, target=target, config=config)
                 seconds.append(time.perf_counter() - start)
                 scores = state.target_scores[:, 0]

@@ -213,6 +213,7 @@ class ExecutionSettings:
 _GROUP_TYPES = {"selection": SelectionSettings, "maps": MapSettings, "execution": ExecutionSettings}
 _GROUPS = {group: tuple(f.name for f in fields(kind) if f.init) for group, kind in _GROUP_TYPES.items()}
 """The settings of each group of a :class:`FeedbackConfig`, by name."""
+_SETTINGS = frozenset(name for names in _GROUPS.values() for name in names)
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class FeedbackConfig:
         Raises:
             ValueError: a name that is no setting, or an invalid value.
         """
-        unknown = sorted(set(changes) - {name for names in _GROUPS.values() for name in names})
+        unknown = sorted(set(changes) - _SETTINGS)
         if unknown:
             raise ValueError(f"Unknown settings {unknown}; a FeedbackConfig has {dict(_GROUPS)}.")
         groups = {group: replace(getattr(self, group), **{k: v for k, v in changes.items() if k in names})
