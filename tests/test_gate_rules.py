@@ -25,7 +25,7 @@ def test_with_fr_s_rule_it_is_fr_and_a_forward_rule_changes_the_gradient():
 
     class ClosedBelowMean(GatePolicy):
         def gate(self, site, x):
-            return Gate.of(x > x.mean(), x) if site.kind == "activation" else None
+            return Gate(x > x.mean()) if site.kind == "activation" else None
 
     gated = GatePolicyAttribution(model, ClosedBelowMean()).attribute(x, target=1)
     assert gated.shape == x.shape and not torch.allclose(gated, GatePolicyAttribution(model, GatePolicy())

@@ -111,7 +111,7 @@ def model_scores(output: Any) -> Tensor:
 
 class _EveryGateClosed(GatePolicy):
     def gate(self, site: Site, x: Tensor) -> Gate:
-        return Gate.of(torch.zeros_like(x, dtype=torch.bool), x)
+        return Gate(torch.zeros_like(x, dtype=torch.bool))
 
 
 class FeedbackAttribution(GradientAttribution):

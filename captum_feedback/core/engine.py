@@ -32,7 +32,8 @@ from torch.overrides import TorchFunctionMode
 
 from captum_feedback.core.frozen_ops import FROZEN_OPS, FrozenOp
 from captum_feedback.core.guards import check_depends_on_inputs, check_model, preserved_state
-from captum_feedback.core.sites import SITE_OPS, SiteOp, as_mask
+from captum_feedback.core.kernels import RELU, Transfer, gated_backward, gated_forward
+from captum_feedback.core.sites import SITE_OPS, SiteOp
 
 
 @dataclass
@@ -64,21 +65,16 @@ class Site:
 
 
 class Gate(NamedTuple):
-    """A site's feedback gate ``z`` in both forms the engine needs."""
+    """A site's feedback gate ``z``, one byte a unit (booleans or 0/1 bytes of the activation's shape)."""
 
     keep: Tensor
-    """``z`` as booleans: what the backward pass keeps (one byte a unit)."""
-    mask: Tensor
-    """``z`` as 0/1 values in the activation's dtype; the engine overwrites it with ``z * x``."""
-    within_active: bool = False
-    """Whether ``z`` is already zero wherever ``x`` is: then the engine need not close the gates
-    of a re-evaluated ReLU's inactive units itself (:func:`~captum_feedback.core.selection.keep_mask`
-    gives such gates)."""
-
-    @classmethod
-    def of(cls, keep: Tensor, like: Tensor) -> Gate:
-        """The gate ``keep``, with its mask in ``like``'s dtype."""
-        return cls(keep, as_mask(keep, like))
+    """``z``; with :attr:`selects`, a selector ``s`` that the engine turns into ``z`` in place."""
+    selects: bool = False
+    """``keep`` holds a selector ``s`` (:meth:`~captum_feedback.core.selection.SelectionRule.selector`:
+    -1, 0 or 1 a unit, or :data:`~captum_feedback.core.kernels.PINNED` for a unit kept open) and
+    the gate is ``z = 1[s * x > 0]`` for the site's activation ``x`` (Eq. 6's rule, decided in the
+    same pass over memory as the gated activation, :mod:`~captum_feedback.core.kernels`). The
+    engine writes ``z`` into ``keep``."""
 
 
 class GatePolicy:
@@ -86,6 +82,12 @@ class GatePolicy:
 
     wants_on_states = False
     """Keep every ReLU's first-pass on-states in :attr:`Site.on_states`, even unlinearized."""
+    reads_activations = True
+    """:meth:`gate` reads its ``x``; when ``False`` it receives ``None``, and a frozen site's
+    activation is never built apart from its gated one."""
+    passes_cws_through = False
+    """:meth:`backward` returns the CW it receives at gated sites: the engine then gates the CW
+    before the policy sees it, and the policy may reuse the gate's bytes."""
 
     def needs_cw(self, site: Site) -> bool:
         """Whether the next backward pass must hand this ungated site its CW.
@@ -95,11 +97,12 @@ class GatePolicy:
         """
         return True
 
-    def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
+    def gate(self, site: Site, x: Optional[Tensor]) -> Optional[Gate]:
         """Forward: the gate ``z`` for the site's activation ``x``; ``None`` leaves it open.
 
         Where ``site.support`` is set (a frozen ReLU), ``x`` is the ReLU's input, whose units
-        outside the support are zero after the site, and the gate must lie within the support.
+        outside the support are zero after the site; the engine keeps the gate within the
+        support, and a re-evaluated ReLU's gate within its active units.
         """
         return None
 
@@ -115,33 +118,37 @@ class GatePolicy:
 
 
 class _Gate(torch.autograd.Function):
-    """``y = z * x``; its backward hands the CW ``dS/dy`` to ``on_cw`` and propagates ``z *``
-    the CW that ``on_cw`` returns.
+    """``y = z * f(x)`` for a site's gate ``z`` and transfer ``f`` (the frozen operation of a
+    linearized pass, or none); its backward hands the CW ``dS/dy`` to ``on_cw`` and propagates
+    ``z * f'(x) *`` the CW that ``on_cw`` returns. Both directions are one pass over memory
+    (:mod:`~captum_feedback.core.kernels`).
 
     It also takes the session's *anchor*, a scalar leaf, as an input, so that a backward pass
     asked only for the anchor's gradient runs through every gated site and no further
     (:meth:`GatingSession.propagate_cws`).
 
-    It keeps ``z`` as booleans (one byte a unit) and multiplies in ``x``'s dtype, forward in
-    place in the gate's mask: on the CPU a float-by-bool multiply is an unvectorized kernel,
-    and each fresh activation-sized buffer costs about as much as the arithmetic. The backward
-    pass reads ``z`` before it calls ``on_cw``, so a policy may reuse ``z``'s bytes from then on.
+    It keeps ``z`` as bytes. With a policy that passes CWs through
+    (:attr:`GatePolicy.passes_cws_through`) the backward pass reads ``z`` before it calls
+    ``on_cw``, so the policy may reuse ``z``'s bytes from then on.
     """
 
     @staticmethod
     def forward(  # noqa: D102
-        ctx: Any, x: Tensor, anchor: Tensor, gate: Gate, on_cw: Callable[[Tensor], Tensor]
+        ctx: Any, x: Tensor, anchor: Tensor, transfer: Transfer, gate: Gate, on_cw: Callable[[Tensor], Tensor],
+        passes_through: bool,
     ) -> Tensor:
         # Kept on ctx, not saved: a policy may hold gates as views of one buffer whose other
         # views it writes later in the pass, which autograd's version check would reject.
-        ctx.keep = gate.keep
-        ctx.on_cw = on_cw
-        return gate.mask.mul_(x)
+        ctx.keep, ctx.transfer, ctx.on_cw, ctx.passes_through = gate.keep, transfer, on_cw, passes_through
+        return gated_forward(x, transfer, gate.keep, gate.selects)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None, None]:  # noqa: D102
-        mask = as_mask(ctx.keep, grad)
-        return mask.mul_(ctx.on_cw(grad)), None, None, None
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # noqa: D102
+        if not ctx.passes_through:
+            return gated_backward(ctx.on_cw(grad), ctx.transfer, ctx.keep), None, None, None, None, None
+        gated = gated_backward(grad, ctx.transfer, ctx.keep)
+        ctx.on_cw(grad)
+        return gated, None, None, None, None, None
 
 
 def _all_reach(lowest: Node, nodes: Sequence[Node]) -> bool:
@@ -280,7 +287,7 @@ class GatingSession:
                 raise self._changed(site, f"took an input of shape {tuple(params['input'].shape)}, not "
                                           f"{site.input_shape} as in the first")
             output, state = self._later_pass(site, params)
-        gated = self._apply_gate(site, params["input"], output)
+        gated = self._apply_gate(site, params, output)
         return (gated, state) if op.returns_indices(params) else gated
 
     def _on_frozen(self, func: Callable, op: FrozenOp, args: tuple, kwargs: dict) -> Any:
@@ -307,44 +314,49 @@ class GatingSession:
             return op.output(params), None
         return op.evaluate(params)
 
-    def _later_pass(self, site: Site, params: dict) -> Tuple[Tensor, Any]:
-        """The site's operation after the first pass: frozen when linearized (Sec. 3.3)."""
+    def _later_pass(self, site: Site, params: dict) -> Tuple[Optional[Tensor], Any]:
+        """The site's operation after the first pass: frozen when linearized (Sec. 3.3). The
+        output is ``None`` where the site's transfer (:meth:`_transfer`) computes it."""
         if site.frozen is None:
-            return (site.op.output(params), None) if site.op.output is not None else site.op.evaluate(params)
-        if site.support is not None:  # a frozen ReLU: gated below, by its support at least
-            return params["input"], site.frozen
+            if site.nonnegative or site.op.output is None:
+                return (None, None) if site.nonnegative else site.op.evaluate(params)
+            return site.op.output(params), None
+        if site.op.transfer is not None:
+            return None, site.frozen
         return site.op.frozen(params["input"], site.frozen, params), site.frozen
 
-    def _apply_gate(self, site: Site, x_in: Tensor, output: Tensor) -> Tensor:
-        if site.support is None:
-            gate = self._policy.gate(site, output.detach())
-            if gate is not None and site.nonnegative:
-                # A re-evaluated ReLU with a gate is z * relu(x) = z' * x, z' = z & (x > 0): the
-                # gate takes the ReLU's place, whose output (saved for its backward pass) is
-                # dropped rather than held beside the gated activation.
-                if not gate.within_active:
-                    active = output.detach().bool()
-                    gate = Gate(gate.keep.logical_and_(active), gate.mask.mul_(as_mask(active, output)))
-                output = x_in
-        else:
-            # A frozen ReLU is x on its support: the gate, a subset of the support, replaces
-            # the mask, so the ungated activation is never built. In the first pass the
-            # output is the real ReLU's, and a gate (if any) applies to its input.
-            gate = self._policy.gate(site, x_in.detach())
-            if gate is None and self.passes > 0:
-                gate = Gate.of(site.support, x_in)
-            if gate is not None:
-                output = x_in
+    def _transfer(self, site: Site, params: dict, output: Optional[Tensor]) -> Tuple[Transfer, Tensor]:
+        """The map from the tensor the site's gate kernel reads to its activation, and that
+        tensor: a frozen ReLU, ReLU6 or smooth activation (after the first pass for all but the
+        ReLU, whose support the first pass knows) and a re-evaluated ReLU read the operation's
+        input; every other site (max-pooling, and the first pass) its computed output."""
+        x_in = params["input"]
+        if site.support is not None or (site.frozen is not None and output is None):
+            return site.op.transfer(site.frozen, params), x_in
+        if site.nonnegative:
+            return Transfer(RELU), x_in
+        return Transfer(), output
+
+    def _apply_gate(self, site: Site, params: dict, output: Optional[Tensor]) -> Tensor:
+        transfer, source = self._transfer(site, params, output)
+        activation = None
+        if self._policy.reads_activations:  # a frozen ReLU's input; else the site's output
+            activation = (params["input"] if site.support is not None else
+                          output if output is not None else transfer.apply(source)).detach()
+        gate = self._policy.gate(site, activation)
+        if gate is None and site.support is not None and self.passes > 0:
+            gate = Gate(site.support)  # a frozen ReLU is x on its support
+
         def on_cw(cw: Tensor) -> Tensor:
             return self._policy.backward(site, cw)
 
         if gate is None:
-            gated = _hooked(output, on_cw)
+            gated = _hooked(output if output is not None else transfer.apply(source), on_cw)
             if gated.requires_grad and self._policy.needs_cw(site):
                 self._open.append((site, get_gradient_edge(gated)))
         else:  # only sites whose CWs are needed lead an update's backward pass to the anchor
             anchor = self._anchor if self._policy.needs_cw(site) else self._anchor.detach()
-            gated = _Gate.apply(output, anchor, gate, on_cw)
+            gated = _Gate.apply(source, anchor, transfer, gate, on_cw, self._policy.passes_cws_through)
         self._policy.observe(site, gated.detach())
         return gated
 

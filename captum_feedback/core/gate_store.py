@@ -5,7 +5,7 @@ pruning rule one bit a unit per earlier pass for the blank-map fallback."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -32,32 +32,44 @@ def unpack_bits(packed: Tensor) -> Tensor:
 
 
 class GateStore:
-    """One byte per unit of every site, in one ``(B, units)`` buffer; a site's bytes are a view.
+    """One byte per unit of every site, in one buffer; a site's bytes are a view.
 
     A site's bytes hold its gates once the forward pass has reached it, and its CW selector
     (:meth:`~captum_feedback.core.selection.SelectionRule.selector`) once the backward pass has left it. The
     selector is made after the gates' last use and used before the new gates are set, so
     between passes FSP holds one byte a unit. One buffer also lets a pass pack all gates
-    eight to a byte and compare them with the previous pass's in a handful of kernels, where
-    a tensor per site would need a handful per site.
+    eight to a byte and compare them with the previous pass's in a few kernels a site.
+
+    The buffer is site-major: each site's ``(B, units)`` bytes are one block, so a site's bytes
+    are contiguous (the gate kernels, :mod:`~captum_feedback.core.kernels`, then make one call a
+    site, not one a sample); a site whose units are not a multiple of 8 has open padding units
+    at the end of each row, which never change.
     """
 
     def __init__(self, sites: Sequence[Site], batch_size: int, device: torch.device, keep_history: bool) -> None:
-        self._slices: Dict[int, slice] = {}
-        units = 0
-        for site in sites:  # each site starts on a byte of the packed gates
+        self._blocks: Dict[int, Tuple[int, int]] = {}
+        """Per site, the first byte of its block and its row length (units, padded to 8)."""
+        start = 0
+        for site in sites:
             size = math.prod(site.shape[1:])
-            self._slices[site.index] = slice(units, units + size)
-            units += size + -size % 8
-        # Padding units are open gates that never change.
-        self.buffer = torch.ones((batch_size, units), dtype=torch.int8, device=device)
-        self.packed = torch.full((batch_size, units // 8), 255, dtype=torch.uint8, device=device)
-        """The gates as of the last :meth:`changed`, eight units a byte."""
+            row = size + -size % 8
+            self._blocks[site.index] = (start, row)
+            start += batch_size * row
+        self.batch_size = batch_size
+        self.buffer = torch.ones(start, dtype=torch.int8, device=device)
+        self.packed = torch.full((start // 8,), 255, dtype=torch.uint8, device=device)
+        """The gates as of the last :meth:`changed`, eight units a byte, block for block."""
         self.history: List[Tensor] = []
         """The packed gates as of each earlier call to :meth:`changed`, oldest first (kept only
         with ``keep_history``: one bit a unit per pass)."""
         self.keep_history = keep_history
-        self._slots = {site.index: self.buffer[:, self._slices[site.index]].view(site.shape) for site in sites}
+        self._slots = {site.index: self._rows(site.index)[:, : math.prod(site.shape[1:])].view(site.shape)
+                       for site in sites}
+
+    def _rows(self, index: int) -> Tensor:
+        """A site's block as ``(B, row)`` bytes."""
+        start, row = self._blocks[index]
+        return self.buffer[start : start + self.batch_size * row].view(self.batch_size, row)
 
     def slot(self, site: Site) -> Tensor:
         """The site's bytes, ``site.shape``, as a writable view."""
@@ -65,27 +77,26 @@ class GateStore:
 
     def packed_gates(self, site: Site) -> Tensor:
         """The site's gates as of the last :meth:`changed`, as 0/1 bytes of ``site.shape``."""
-        units = self._slices[site.index]
-        bits = unpack_bits(self.packed[:, units.start // 8 : -(-units.stop // 8)])
-        return bits[:, : units.stop - units.start].view(site.shape)
+        bits = unpack_bits(self._block_of(self.packed, site.index))
+        return bits[:, : math.prod(site.shape[1:])].view(site.shape)
 
     def changed(self) -> Tensor:
         """Per sample, whether any gate changed since the last call (or since all were open).
 
-        It packs and compares a slice of the gates at a time, at most 16 slices, so that its
-        scratch space stays at 1 MiB or a sixteenth of the gates' bytes: it runs at the end of
-        a forward pass, when memory use is at its peak.
+        It packs and compares a slice of a site's rows at a time, so that its scratch space
+        stays at 1 MiB: it runs at the end of a forward pass, when memory use is at its peak.
         """
-        gates = self.buffer.view(torch.bool)
-        changed = torch.zeros(len(gates), dtype=torch.bool, device=gates.device)
+        changed = torch.zeros(self.batch_size, dtype=torch.bool, device=self.buffer.device)
         if self.keep_history:
             self.history.append(self.packed.clone())
-        step = 8 * max(1, _SCRATCH_WORDS // len(gates), -(-gates.shape[1] // 128))
-        for start in range(0, gates.shape[1], step):
-            packed = pack_bits(gates[:, start : start + step])
-            words = slice(start // 8, (start + step) // 8)
-            changed |= (packed != self.packed[:, words]).any(1)
-            self.packed[:, words].copy_(packed)
+        step = 8 * max(1, _SCRATCH_WORDS // self.batch_size)
+        for index in self._blocks:
+            gates, packed = self._rows(index).view(torch.bool), self._block_of(self.packed, index)
+            for start in range(0, gates.shape[1], step):
+                now = pack_bits(gates[:, start : start + step])
+                words = packed[:, start // 8 : (start + step) // 8]
+                changed |= (now != words).any(1)
+                words.copy_(now)
         return changed
 
     def revert(self, rows: Tensor, depth: int) -> Tensor:
@@ -94,8 +105,19 @@ class GateStore:
         if depth > len(self.history):
             return torch.zeros_like(rows)
         earlier = self.history[-depth]
-        rows = rows.to(self.packed.device) & (self.packed != earlier).any(1)
+        rows = rows.to(self.packed.device)
+        differs = torch.zeros_like(rows)
+        for index in self._blocks:
+            differs |= (self._block_of(self.packed, index) != self._block_of(earlier, index)).any(1)
+        rows &= differs
         if rows.any():
-            self.packed[rows] = earlier[rows]
-            self.buffer[rows] = unpack_bits(earlier[rows]).to(torch.int8)
+            for index in self._blocks:
+                before = self._block_of(earlier, index)[rows]
+                self._block_of(self.packed, index)[rows] = before
+                self._rows(index)[rows] = unpack_bits(before).to(torch.int8)
         return rows.cpu()
+
+    def _block_of(self, packed: Tensor, index: int) -> Tensor:
+        """A site's block of ``packed`` (:attr:`packed` or a copy of it) as ``(B, row / 8)`` bytes."""
+        start, row = self._blocks[index]
+        return packed[start // 8 : (start + self.batch_size * row) // 8].view(self.batch_size, row // 8)

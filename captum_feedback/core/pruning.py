@@ -15,7 +15,8 @@ from captum_feedback.core.config import ConfigLike, FeedbackConfig, SelectionSet
 from captum_feedback.core.diagnosis import MAP_TOLERANCE, outputs_unchanged, relative_change, warn_degenerate
 from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
 from captum_feedback.core.gate_store import GateStore
-from captum_feedback.core.selection import SelectionRule, keep_mask
+from captum_feedback.core.kernels import PINNED
+from captum_feedback.core.selection import SelectionRule
 from captum_feedback.core.state import KEEP_CWS, FeedbackState, KeepCws, digest, summed_sites
 from captum_feedback.core.tokens import MapLayout, ReshapeTransform, is_spatial
 
@@ -63,6 +64,9 @@ class _PruningPolicy(GatePolicy):
     driver decides everything about the passes.
     """
 
+    reads_activations = False  # the engine decides a selecting gate in the gate's own pass
+    passes_cws_through = True  # and the selector reuses the gate's bytes
+
     def __init__(self, rule: SelectionRule, sites: Sequence[Site], batch_size: int, keep_cws: bool,
                  mirror: Optional[_PruningPolicy] = None) -> None:
         self.rule = rule
@@ -100,24 +104,19 @@ class _PruningPolicy(GatePolicy):
         """Whether this pass's CW of the site chooses its next gates."""
         return self.plan.updating is None or site.index in self.plan.updating
 
-    def gate(self, site: Site, x: Tensor) -> Optional[Gate]:
+    def gate(self, site: Site, x: Optional[Tensor]) -> Optional[Gate]:
         if site.index not in self.selected and site.index not in self.gated:
             return None  # first pass, or a site no update has reached: open
         slot = self.bytes.slot(site)
         if site.index not in self.selected:  # no CW reached the site this time: gates stay
-            if not site.nonnegative:
-                return Gate.of(slot.view(torch.bool), x)
-            mask = keep_mask(slot, x)  # the gates, within the units a re-evaluated ReLU keeps on
-        else:
-            self.selected.remove(site.index)
-            mask = keep_mask(slot, x)
-            if self.plan.converged is not None:  # converged samples keep their gates: a row
-                rows = self.plan.converged.nonzero().flatten().to(x.device)  # copy, not a where
-                kept = self.bytes.packed_gates(site).index_select(0, rows).to(x.dtype)
-                mask.index_copy_(0, rows, kept.mul_(x.index_select(0, rows) > 0) if site.nonnegative else kept)
-            self.gated.add(site.index)
-        slot.copy_(mask)
-        return Gate(slot.view(torch.bool), mask, within_active=site.nonnegative)
+            return Gate(slot)
+        self.selected.remove(site.index)
+        if self.plan.converged is not None:  # converged samples keep their gates: their rows'
+            rows = self.plan.converged.nonzero().flatten().to(slot.device)  # selectors become them
+            kept = self.bytes.packed_gates(site).index_select(0, rows).to(torch.int8)
+            slot.index_copy_(0, rows, kept if site.nonnegative else kept.mul_(PINNED))
+        self.gated.add(site.index)
+        return Gate(slot, selects=True)
 
     def _mirrored(self) -> Optional[_PruningPolicy]:
         """The dual's policy, given this pass's plan, during the shared first pass."""
@@ -180,10 +179,8 @@ class _PruningPolicy(GatePolicy):
             if self.bytes is None:  # bytes take the selector
                 stored = [s for s in self.sites if self.plan.updatable is None or s.index in self.plan.updatable]
                 self.bytes = GateStore(stored, self.batch_size, cw.device, keep_history=self.rule.prunes_only)
-            slot = self.bytes.slot(site)
-            slot.copy_(self.rule.selector(cw, self._open_units(site, slot), signed=not site.nonnegative))
-            if site.support is not None:  # a frozen ReLU's gates stay within its support
-                slot.mul_(site.support.view(torch.int8))
+            slot = self.bytes.slot(site)  # a frozen ReLU's gates stay within its support
+            self.rule.write_selector(cw, slot, self._open_units(site, slot), not site.nonnegative, site.support)
             self.selected.add(site.index)
         if self.keep_cws and self.plan.final:
             self.cws[site.index] = cw.detach()

@@ -18,6 +18,7 @@ from typing import Callable, ClassVar, Optional, Tuple, Union, get_args
 import torch
 from torch import Tensor
 
+from captum_feedback.core.kernels import write_signs
 from captum_feedback.core.sites import as_mask
 
 
@@ -206,6 +207,17 @@ class SelectionRule:
             else:
                 cw = cw * _interior(cw, cw.dtype)
         return self.threshold.selector(cw, open_units, signed)
+
+    def write_selector(self, cw: Tensor, into: Tensor, open_units: Optional[Tensor] = None, signed: bool = True,
+                       within: Optional[Tensor] = None) -> None:
+        """Writes :meth:`selector` into the bytes ``into``, ``0`` outside ``within`` (booleans)
+        if given; the paper's rule in one pass over memory (:func:`~.kernels.write_signs`)."""
+        if self.is_zero and not self.drop_edges:
+            write_signs(cw, into, within)
+            return
+        into.copy_(self.selector(cw, open_units, signed))
+        if within is not None:
+            into.mul_(within.view(torch.int8))
 
 
 def _mean_positive(flat: Tensor) -> Tensor:

@@ -1,0 +1,80 @@
+"""Numba kernels of :mod:`captum_feedback.core.kernels` (imported only when numba is there).
+
+Every array is one contiguous row of units: the wrapper calls a kernel once per sample where a
+site's gate bytes are rows of the gate store's buffer, further apart than a site's units. Each
+kernel makes one pass over its arrays where the torch operations it replaces make five to
+seven.
+
+Transfer kinds (``kind``), the map ``y = f(x)`` of the site before its gate:
+0: ``y = x``; 1: ``y = slopes[codes] * x + offsets[codes]`` (a frozen piecewise-linear
+activation); 2: ``y = x * scale`` (a frozen smooth activation); 3: ``y = max(x, 0)`` (a ReLU
+evaluated again, whose gates stay within its active units).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+IDENTITY, CODED, SCALED, RELU = 0, 1, 2, 3
+PINNED = 2
+"""A selector byte that keeps its unit open whatever the sign of its activation."""
+
+
+@njit(parallel=True, cache=True)
+def gated_forward(x, kind, codes, slopes, offsets, scale, gates, selects, out):  # noqa: ANN001, ANN201
+    """``out = z * f(x)``; with ``selects`` the gates start as a selector ``s`` and become
+    ``z = 1[s * f(x) > 0]`` (or 1 where ``s`` is :data:`PINNED`), else ``z = gates``
+    (within ``x > 0`` for a ReLU, written back). ``slopes`` and ``offsets`` have three entries,
+    read once: a table lookup per unit, or a short-circuit ``or``, keeps the loop from being
+    vectorized (seven times slower)."""
+    s0, s1, s2 = slopes[0], slopes[1], slopes[2]
+    o0, o1, o2 = offsets[0], offsets[1], offsets[2]
+    for j in prange(x.shape[0]):
+        v = x[j]
+        if kind == CODED:
+            c = codes[j]
+            y = (s1 * v + o1) if c == 1 else ((s0 * v + o0) if c == 0 else (s2 * v + o2))
+        elif kind == SCALED:
+            y = v * scale[j]
+        elif kind == RELU:
+            y = v if v > 0 else v * 0
+        else:
+            y = v
+        s = gates[j]
+        if selects:
+            keep = (s * y > 0) | (s == PINNED)
+        elif kind == RELU:
+            keep = (s != 0) & (y > 0)
+        else:
+            keep = s != 0
+        if selects or kind == RELU:
+            gates[j] = keep
+        out[j] = y if keep else y * 0
+
+
+@njit(parallel=True, cache=True)
+def gated_backward(grad, kind, codes, slopes, scale, gates, out):  # noqa: ANN001, ANN201
+    """``out = z * f'(x) * grad``, ``f'`` of a frozen transfer (1 for the others, whose gates
+    already lie within their active units)."""
+    s0, s1, s2 = slopes[0], slopes[1], slopes[2]
+    for j in prange(grad.shape[0]):
+        g = grad[j]
+        if gates[j] == 0:
+            out[j] = g * 0
+        elif kind == CODED:
+            c = codes[j]
+            out[j] = (s1 * g) if c == 1 else ((s0 * g) if c == 0 else (s2 * g))
+        elif kind == SCALED:
+            out[j] = g * scale[j]
+        else:
+            out[j] = g
+
+
+@njit(parallel=True, cache=True)
+def signs(cw, within, has_within, out):  # noqa: ANN001, ANN201
+    """``out = sign(cw)`` as bytes, zero outside ``within`` when ``has_within``."""
+    for j in prange(cw.shape[0]):
+        v = cw[j]
+        s = np.int8(1) if v > 0 else (np.int8(-1) if v < 0 else np.int8(0))
+        out[j] = s if (not has_within or within[j] != 0) else np.int8(0)

@@ -1,0 +1,137 @@
+"""The gate kernels (issue #22): one pass over memory per direction, the same numbers as the
+torch operations they replace."""
+
+import pytest
+import torch
+import torchvision
+from nets import ResNetish, VGGish, seeded
+from torch import nn
+
+from captum_feedback import FSP
+from captum_feedback.core import kernels
+from captum_feedback.core.kernels import CODED, IDENTITY, PINNED, RELU, SCALED, Transfer
+
+pytest.importorskip("numba")
+
+
+def both(fn, *mutable):
+    """``fn()`` with the numba kernels and with torch operations, from the same ``mutable`` tensors."""
+    before = [t.clone() for t in mutable]
+    results = []
+    for numba in (True, False):
+        for t, b in zip(mutable, before):
+            t.copy_(b)
+        with kernels.use_numba(numba):
+            out = fn()
+        results.append((out, [t.clone() for t in mutable]))
+    return results
+
+
+def transfers(x):
+    codes = (x > 0).to(torch.int8) + (x >= 1).to(torch.int8)
+    return [Transfer(), Transfer(RELU), Transfer(CODED, codes, (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+            Transfer(CODED, (x > 0).to(torch.int8), (0.0, 1.0), (0.0, 0.0)),
+            Transfer(SCALED, scale=torch.sigmoid(x))]
+
+
+def gate_rows(shape, fill):
+    """Gate bytes as a site's rows in a wider buffer (row stride > units), as the gate store has
+    them for a site whose units are not a multiple of 8."""
+    buffer = fill((shape[0], int(torch.tensor(shape[1:]).prod()) + 5))
+    return buffer[:, 5:].view(shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("strided", [False, True])
+def test_the_forward_kernel_gives_the_torch_operations_output_and_gates(dtype, strided):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, dtype=dtype)
+    shape = x.shape
+    def fill(size):
+        return torch.randint(-1, 3, size, dtype=torch.int8)
+
+    for transfer in transfers(x):
+        for selects in (True, False):
+            gates = gate_rows(shape, fill) if strided else fill(shape)
+            if not selects:
+                gates.clamp_(0, 1)
+            (a, [ga]), (b, [gb]) = both(lambda: kernels.gated_forward(x, transfer, gates, selects), gates)
+            assert torch.equal(a, b) and torch.equal(ga, gb), (transfer.kind, selects)
+            assert ga.max() <= 1  # what the engine leaves are gates, the selector became them
+
+
+def test_cpu_float_tensors_take_the_numba_kernels_and_others_the_torch_operations():
+    x, gates = torch.randn(2, 8), torch.ones(2, 8, dtype=torch.int8)
+    assert kernels._kernels_for(x, gates) is not None
+    assert kernels._kernels_for(x.half(), gates.view(torch.int8)) is None
+    assert kernels._kernels_for(x.t().contiguous().t(), gates) is None  # not contiguous
+    with kernels.use_numba(False):
+        assert kernels._kernels_for(x, gates) is None
+
+
+def test_a_selector_keeps_units_whose_cw_agrees_with_their_sign_and_pinned_units_always():
+    x = torch.tensor([[2.0, -2.0, 2.0, -2.0, 0.0, -3.0]])
+    selector = torch.tensor([[1, 1, -1, -1, 1, PINNED]], dtype=torch.int8)
+    out = kernels.gated_forward(x, Transfer(IDENTITY), selector, selects=True)
+    assert selector.tolist() == [[1, 0, 0, 1, 0, 1]]
+    assert out.tolist() == [[2.0, 0.0, 0.0, -2.0, 0.0, -3.0]]
+    relu = torch.tensor([[1, 1, 0, 1, 1, 1]], dtype=torch.int8)
+    out = kernels.gated_forward(x, Transfer(RELU), relu, selects=False)  # narrowed to x > 0 in place
+    assert relu.tolist() == [[1, 0, 0, 0, 0, 0]] and out.tolist() == [[2.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_the_backward_kernel_and_the_sign_kernel_give_the_torch_operations_numbers(strided):
+    torch.manual_seed(1)
+    x, grad = torch.randn(2, 3, 7, 5), torch.randn(2, 3, 7, 5)
+    grad[0, 0, 0] = 0.0
+    def fill(size):
+        return torch.randint(0, 2, size, dtype=torch.int8)
+
+    for transfer in transfers(x):
+        gates = gate_rows(x.shape, fill) if strided else fill(x.shape)
+        (a, _), (b, _) = both(lambda: kernels.gated_backward(grad, transfer, gates), gates)
+        assert torch.equal(a, b), transfer.kind
+    into = gate_rows(x.shape, fill) if strided else fill(x.shape)
+    for within in (None, x > 0):
+        (_, [a]), (_, [b]) = both(lambda: kernels.write_signs(grad, into, within), into)
+        assert torch.equal(a, b) and torch.equal(a.float(), torch.sign(grad) * (1 if within is None else within))
+
+
+class MobileLike(nn.Module):
+    """ReLU6, Hardswish, ReLU and max-pooling sites, a squeeze-excitation gate and a pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Hardswish(), nn.MaxPool2d(2))
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 8, 1), nn.Hardsigmoid())
+        self.head = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(16, 5))
+
+    def forward(self, x):
+        h = self.block(self.stem(x))
+        return self.head(h * self.se(h))
+
+
+@pytest.mark.parametrize("net", [MobileLike, VGGish, ResNetish])
+@pytest.mark.parametrize("config", ["paper", "default", "released_code"])
+def test_fsp_gives_the_same_attributions_with_the_kernels_and_with_torch_operations(net, config):
+    model = seeded(net()).eval()
+    x = torch.randn(3, 3, 16, 16)
+    runs = []
+    for numba in (True, False):
+        with kernels.use_numba(numba):
+            state = FSP(model).select(x, target=[0, 1, 2], config=config)
+            runs.append((FSP(model).attribute(x, target=[0, 1, 2], config=config), state.outputs))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_torchvision_mobilenet_v3_gets_the_same_paper_attribution_from_the_kernels_and_from_torch():
+    model = torchvision.models.mobilenet_v3_small(num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with kernels.use_numba(True):
+        a = FSP(model).attribute(x, target=[1, 4], config="paper")
+    with kernels.use_numba(False):
+        b = FSP(model).attribute(x, target=[1, 4], config="paper")
+    assert torch.equal(a, b) and a.abs().sum() > 0
