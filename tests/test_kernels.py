@@ -14,6 +14,12 @@ from captum_feedback.core.kernels import CODED, IDENTITY, PINNED, RELU, SCALED, 
 pytest.importorskip("numba")
 
 
+@pytest.fixture(autouse=True)
+def kernels_for_every_size(monkeypatch):
+    """The small tensors here take the numba kernels too (bigger ones do outside the tests)."""
+    monkeypatch.setattr(kernels, "MIN_UNITS", 0)
+
+
 def both(fn, *mutable):
     """``fn()`` with the numba kernels and with torch operations, from the same ``mutable`` tensors."""
     before = [t.clone() for t in mutable]
@@ -55,16 +61,21 @@ def test_the_forward_kernel_gives_the_torch_operations_output_and_gates(dtype, s
             gates = gate_rows(shape, fill) if strided else fill(shape)
             if not selects:
                 gates.clamp_(0, 1)
-            (a, [ga]), (b, [gb]) = both(lambda: kernels.gated_forward(x, transfer, gates, selects), gates)
+            def run():
+                return kernels.gated_forward(x, transfer, gates, selects, pinned=selects)
+
+            (a, [ga]), (b, [gb]) = both(run, gates)
             assert torch.equal(a, b) and torch.equal(ga, gb), (transfer.kind, selects)
             assert ga.max() <= 1  # what the engine leaves are gates, the selector became them
 
 
-def test_cpu_float_tensors_take_the_numba_kernels_and_others_the_torch_operations():
+def test_cpu_float_tensors_take_the_numba_kernels_and_others_the_torch_operations(monkeypatch):
     x, gates = torch.randn(2, 8), torch.ones(2, 8, dtype=torch.int8)
     assert kernels._kernels_for(x, gates) is not None
     assert kernels._kernels_for(x.half(), gates.view(torch.int8)) is None
     assert kernels._kernels_for(x.t().contiguous().t(), gates) is None  # not contiguous
+    monkeypatch.setattr(kernels, "MIN_UNITS", 17)
+    assert kernels._kernels_for(x, gates) is None  # too small to pay for a call
     with kernels.use_numba(False):
         assert kernels._kernels_for(x, gates) is None
 

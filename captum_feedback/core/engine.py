@@ -75,6 +75,8 @@ class Gate(NamedTuple):
     the gate is ``z = 1[s * x > 0]`` for the site's activation ``x`` (Eq. 6's rule, decided in the
     same pass over memory as the gated activation, :mod:`~captum_feedback.core.kernels`). The
     engine writes ``z`` into ``keep``."""
+    pinned: bool = False
+    """The selector may hold :data:`~captum_feedback.core.kernels.PINNED` units."""
 
 
 class GatePolicy:
@@ -140,7 +142,7 @@ class _Gate(torch.autograd.Function):
         # Kept on ctx, not saved: a policy may hold gates as views of one buffer whose other
         # views it writes later in the pass, which autograd's version check would reject.
         ctx.keep, ctx.transfer, ctx.on_cw, ctx.passes_through = gate.keep, transfer, on_cw, passes_through
-        return gated_forward(x, transfer, gate.keep, gate.selects)
+        return gated_forward(x, transfer, gate.keep, gate.selects, gate.pinned)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # noqa: D102

@@ -31,6 +31,10 @@ PINNED = 2
 whose gates have converged keeps them through a selecting pass."""
 
 _enabled = os.environ.get("CAPTUM_FEEDBACK_KERNELS", "numba").lower() != "torch"
+_FLOATS = (torch.float32, torch.float64)
+MIN_UNITS = 1 << 15
+"""Tensors smaller than this take the torch operations: a numba call costs 10-20 us more than
+a torch operation before it does any work (2-core CPU, 2026-12-05)."""
 
 
 @dataclass(frozen=True)
@@ -57,19 +61,24 @@ class Transfer:
 
     def apply(self, x: Tensor) -> Tensor:
         """``f(x)`` in torch operations, differentiable (a frozen site without gates)."""
-        if self.kind == CODED:
-            return self._table(self.slopes, x) * x + self._table(self.offsets, x)
+        if self.kind == CODED:  # one term per code that is not constantly zero
+            terms = [self._where(code, x) * (x if slope == 1 and offset == 0 else x * slope + offset)
+                     for code, (slope, offset) in enumerate(zip(self.slopes, self.offsets)) if slope or offset]
+            return sum(terms[1:], terms[0]) if terms else torch.zeros_like(x)
         if self.kind == SCALED:
             return x * self.scale
         return torch.relu(x) if self.kind == RELU else x
 
-    def _table(self, values: Tuple[float, ...], like: Tensor) -> Tensor:
-        return torch.tensor(values, dtype=like.dtype, device=like.device)[self.codes.long()]
+    def _where(self, code: int, like: Tensor) -> Tensor:
+        """1 where the unit's code is ``code``, else 0, in ``like``'s dtype."""
+        return (self.codes == code).view(torch.int8).to(like.dtype)
 
     def derivative(self, grad: Tensor) -> Tensor:
         """``f'(x) * grad`` where the gates are open (a RELU's lie within its active units)."""
         if self.kind == CODED:
-            return self._table(self.slopes, grad) * grad
+            terms = [self._where(code, grad).mul_(grad if slope == 1 else grad * slope)
+                     for code, slope in enumerate(self.slopes) if slope]
+            return sum(terms[1:], terms[0]) if terms else torch.zeros_like(grad)
         return grad * self.scale if self.kind == SCALED else grad
 
 
@@ -95,76 +104,81 @@ def _numba() -> Any:
 
 
 def _kernels_for(values: Tensor, *others: Optional[Tensor]) -> Any:
-    """The numba kernels if they are on, ``values`` is a contiguous float CPU tensor and the
-    ``others`` are CPU tensors of its shape (byte tensors, or floats of its dtype); else ``None``."""
-    if not _enabled or values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+    """The numba kernels if they are on, ``values`` is a contiguous float CPU tensor of at least
+    :data:`MIN_UNITS` units and the ``others`` are CPU tensors of its shape (byte tensors, or
+    floats of its dtype); else ``None``."""
+    if not _enabled or values.numel() < MIN_UNITS or values.dtype not in _FLOATS or values.device.type != "cpu":
         return None
-    if not values.is_contiguous():
+    shape, allowed = values.shape, (values.dtype, torch.int8)
+    if not values.is_contiguous() or any(t is not None and (t.shape != shape or t.dtype not in allowed
+                                                            or t.device.type != "cpu") for t in others):
         return None
-    for t in others:
-        if t is not None and (t.device != values.device or t.dtype not in (values.dtype, torch.int8)
-                              or t.shape != values.shape):
-            return None
     kernels = _numba()
     if kernels is not None:
-        import numba
-
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        _match_threads(torch.get_num_threads())
     return kernels
+
+
+@functools.lru_cache(maxsize=1)
+def _match_threads(threads: int) -> None:
+    """Numba's threads as many as torch's (once per change: setting them costs a call)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
 def _calls(*tensors: Optional[Tensor]) -> Iterator[Tuple[Any, ...]]:
     """The tensors as contiguous numpy rows sharing their memory, for one kernel call each: the
     whole tensors at once where all are contiguous, else one sample at a time (a site's gate
-    bytes are rows of the gate store's buffer). ``None`` stays ``None``."""
-    present = [t.detach() for t in tensors if t is not None]
-    if all(t.is_contiguous() for t in present):
+    bytes are rows of the gate store's buffer, padded when its units are not a multiple of 8).
+    ``None`` stays ``None``."""
+    if all(t is None or t.is_contiguous() for t in tensors):
         yield tuple(None if t is None else t.detach().view(-1).numpy() for t in tensors)
         return
-    for b in range(len(present[0])):
+    for b in range(len(tensors[0])):
         yield tuple(None if t is None else t[b].detach().view(-1).numpy() for t in tensors)
 
 
-def _tables(transfer: Transfer, like: Tensor) -> Tuple[Any, Any]:
+@functools.lru_cache(maxsize=64)
+def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.dtype) -> Tuple[Any, Any, Any, Any]:
+    """A transfer's slopes and offsets as three-entry numpy arrays of ``dtype``, and one-element
+    float and byte arrays for the kernels' unused arguments."""
     import numpy as np
 
-    dtype = np.float32 if like.dtype == torch.float32 else np.float64
+    kind = np.float32 if dtype == torch.float32 else np.float64
     pad = (0.0, 0.0, 0.0)
-    return (np.asarray((transfer.slopes + pad)[:3], dtype=dtype), np.asarray((transfer.offsets + pad)[:3], dtype=dtype))
-
-
-def _placeholder(array: Any, like: Any) -> Any:
-    """``array``, or a one-element array of ``like``'s dtype for a kernel argument not used."""
-    return array if array is not None else like[:1]
+    return (np.asarray((slopes + pad)[:3], dtype=kind), np.asarray((offsets + pad)[:3], dtype=kind),
+            np.zeros(1, dtype=kind), np.zeros(1, dtype=np.int8))
 
 
 def _bytes(gates: Tensor) -> Tensor:
     return gates.view(torch.int8) if gates.dtype == torch.bool else gates
 
 
-def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool) -> Tensor:
+def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, pinned: bool = False) -> Tensor:
     """``z * f(x)``; ``gates`` (bytes, ``x``'s shape) are the gates ``z``, or with ``selects`` a
-    selector ``s`` that becomes ``z = 1[s * f(x) > 0]`` (1 where ``s`` is :data:`PINNED`) in
-    place. A :data:`RELU` transfer's gates are narrowed to ``x > 0`` in place."""
+    selector ``s`` that becomes ``z = 1[s * f(x) > 0]`` (1 where ``s`` is :data:`PINNED`, which
+    only a selector with ``pinned`` holds) in place. A :data:`RELU` transfer's gates are narrowed
+    to ``x > 0`` in place."""
     gates = _bytes(gates)
     kernels = _kernels_for(x, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(x)
-        slopes, offsets = _tables(transfer, x)
-        for x_, codes, scale, gates_, out_ in _calls(x, transfer.codes, transfer.scale, gates, out):
-            kernels.gated_forward(x_, transfer.kind, _placeholder(codes, gates_), slopes, offsets,
-                                  _placeholder(scale, x_), gates_, selects, out_)
+        slopes, offsets, no_scale, no_codes = _tables(transfer.slopes, transfer.offsets, x.dtype)
+        for x_, gates_, out_, codes, scale in _calls(x, gates, out, transfer.codes, transfer.scale):
+            kernels.gated_forward(x_, transfer.kind, no_codes if codes is None else codes, slopes, offsets,
+                                  no_scale if scale is None else scale, gates_, selects, out_)
         return out
-    y = transfer.apply(x)
-    if selects:
-        keep = gates.to(y.dtype).mul_(y).gt_(0).bool() | (gates == PINNED)
+    # In place in floats: on the CPU a comparison that writes booleans costs several times the
+    # arithmetic, and a float-by-bool product is not vectorized.
+    y = x if transfer.kind == RELU and not selects else transfer.apply(x)  # 1[z * x > 0] keeps z within x > 0
+    keep = gates.to(y.dtype)
+    if selects or transfer.kind == RELU:
+        keep.mul_(y).gt_(0)
+        if pinned:
+            keep = torch.maximum(keep, (gates == PINNED).view(torch.int8).to(y.dtype))
         gates.copy_(keep)
-    elif transfer.kind == RELU:
-        keep = gates.bool() & (y > 0)
-        gates.copy_(keep)
-    else:
-        keep = gates.bool()
-    return keep.view(torch.int8).to(y.dtype).mul_(y)
+    return keep.mul_(y)
 
 
 def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor) -> Tensor:
@@ -173,10 +187,10 @@ def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor) -> Tensor:
     kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(grad)
-        slopes, _ = _tables(transfer, grad)
-        for grad_, codes, scale, gates_, out_ in _calls(grad, transfer.codes, transfer.scale, gates, out):
-            kernels.gated_backward(grad_, transfer.kind, _placeholder(codes, gates_), slopes,
-                                   _placeholder(scale, grad_), gates_, out_)
+        slopes, _, no_scale, no_codes = _tables(transfer.slopes, transfer.offsets, grad.dtype)
+        for grad_, gates_, out_, codes, scale in _calls(grad, gates, out, transfer.codes, transfer.scale):
+            kernels.gated_backward(grad_, transfer.kind, no_codes if codes is None else codes, slopes,
+                                   no_scale if scale is None else scale, gates_, out_)
         return out
     return gates.to(grad.dtype).mul_(transfer.derivative(grad))
 
@@ -187,8 +201,9 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
     within_bytes = None if within is None else _bytes(within)
     kernels = _kernels_for(cw, into, within_bytes)
     if kernels is not None:
-        for cw_, within_, into_ in _calls(cw, within_bytes, into):
-            kernels.signs(cw_, _placeholder(within_, into_), within_ is not None, into_)
+        no_within = _tables((), (), cw.dtype)[3]
+        for cw_, into_, within_ in _calls(cw, into, within_bytes):
+            kernels.signs(cw_, no_within if within_ is None else within_, within_ is not None, into_)
         return
     into.copy_(torch.sign(cw))
     if within_bytes is not None:

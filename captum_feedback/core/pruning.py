@@ -111,12 +111,13 @@ class _PruningPolicy(GatePolicy):
         if site.index not in self.selected:  # no CW reached the site this time: gates stay
             return Gate(slot)
         self.selected.remove(site.index)
+        pinned = self.plan.converged is not None and not site.nonnegative
         if self.plan.converged is not None:  # converged samples keep their gates: their rows'
             rows = self.plan.converged.nonzero().flatten().to(slot.device)  # selectors become them
             kept = self.bytes.packed_gates(site).index_select(0, rows).to(torch.int8)
-            slot.index_copy_(0, rows, kept if site.nonnegative else kept.mul_(PINNED))
+            slot.index_copy_(0, rows, kept.mul_(PINNED) if pinned else kept)
         self.gated.add(site.index)
-        return Gate(slot, selects=True)
+        return Gate(slot, selects=True, pinned=pinned)
 
     def _mirrored(self) -> Optional[_PruningPolicy]:
         """The dual's policy, given this pass's plan, during the shared first pass."""
