@@ -52,6 +52,8 @@ class Site:
     """A ReLU's first-pass on-states, when linearized or when the policy asks for them."""
     input_shape: Tuple[int, ...] = ()
     """The shape of the operation's input in the first pass; later passes must match it."""
+    transfer: Optional[Transfer] = None
+    """The frozen operation as the gate kernels apply it, made once (``SiteOp.transfer``)."""
 
     @property
     def nonnegative(self) -> bool:
@@ -117,6 +119,9 @@ class GatePolicy:
         Autograd then multiplies it by the site's gate and carries it down the network.
         """
         return cw
+
+
+_RELU, _IDENTITY = Transfer(RELU), Transfer()
 
 
 class _Gate(torch.autograd.Function):
@@ -334,10 +339,10 @@ class GatingSession:
         input; every other site (max-pooling, and the first pass) its computed output."""
         x_in = params["input"]
         if site.support is not None or (site.frozen is not None and output is None):
-            return site.op.transfer(site.frozen, params), x_in
-        if site.nonnegative:
-            return Transfer(RELU), x_in
-        return Transfer(), output
+            if site.transfer is None:
+                site.transfer = site.op.transfer(site.frozen, params)
+            return site.transfer, x_in
+        return (_RELU, x_in) if site.nonnegative else (_IDENTITY, output)
 
     def _apply_gate(self, site: Site, params: dict, output: Optional[Tensor]) -> Tensor:
         transfer, source = self._transfer(site, params, output)

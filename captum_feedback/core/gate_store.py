@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -98,18 +98,27 @@ class GateStore:
         """
         if self.keep_history:
             self.history.append(self.packed.clone())
+        if self.batch_size == 1:  # one sample: whether anything changed
+            return torch.stack([differs.any() for differs, _, _ in self._repacked()] + [self.packed[:0].bool().any()]
+                               ).any().reshape(1)
         counts = torch.zeros(len(self._row_ends), dtype=torch.int64, device=self.packed.device)
         carry = torch.zeros((), dtype=torch.int64, device=self.packed.device)
-        gates = self.buffer.view(torch.bool)
-        for (start, stop), (first, last) in zip(self._slices, self._rows_in_slice):
-            now = pack_bits(gates[8 * start : 8 * stop].view(1, -1))[0]
-            words = self.packed[start:stop]
-            running = (now != words).cumsum(0)
+        for differs, start, (first, last) in self._repacked():
+            running = differs.cumsum(0)
             counts[first:last] = running[self._row_ends[first:last] - start] + carry
             carry = carry + running[-1]
-            words.copy_(now)
         per_row = counts.diff(prepend=counts.new_zeros(1))
         return (per_row.view(-1, self.batch_size) > 0).any(0)
+
+    def _repacked(self) -> Iterator[Tuple[Tensor, int, Tuple[int, int]]]:
+        """Packs the gates into :attr:`packed` a slice at a time; yields, before each slice is
+        copied, which of its packed bytes differ, where it starts and the rows that end in it."""
+        gates = self.buffer.view(torch.bool)
+        for (start, stop), rows in zip(self._slices, self._rows_in_slice):
+            now = pack_bits(gates[8 * start : 8 * stop].view(1, -1))[0]
+            words = self.packed[start:stop]
+            yield now != words, start, rows
+            words.copy_(now)
 
     def revert(self, rows: Tensor, depth: int) -> Tensor:
         """Gives the samples ``rows`` (booleans) the gates they had ``depth`` passes before the
