@@ -146,3 +146,29 @@ def test_torchvision_mobilenet_v3_gets_the_same_paper_attribution_from_the_kerne
     with kernels.use_numba(False):
         b = FSP(model).attribute(x, target=[1, 4], config="paper")
     assert torch.equal(a, b) and a.abs().sum() > 0
+
+
+def test_repacking_gates_gives_the_torch_operations_bytes_and_says_which_changed():
+    torch.manual_seed(2)
+    gates = torch.randint(0, 2, (8 * 1000,), dtype=torch.int8)
+    packed = torch.randint(0, 256, (1000,), dtype=torch.uint8)
+    (a, [pa]), (b, [pb]) = both(lambda: kernels.repack(gates, packed), packed)
+    assert torch.equal(a, b) and torch.equal(pa, pb)
+    assert torch.equal(pa, kernels.pack_bits(gates.view(torch.bool).view(1, -1))[0])
+    assert not kernels.repack(gates, packed).any()  # nothing changed since
+
+
+def test_a_relu6_first_pass_gives_hardtanh_and_its_gradient_with_its_codes():
+    x = torch.tensor([[-1.0, 0.0, 0.5, 6.0, 7.0, float("nan")] * 4]).requires_grad_()
+    runs = []
+    for numba in (True, False):
+        with kernels.use_numba(numba):
+            y, codes = kernels.clamp_codes(x, 0.0, 6.0)
+        (grad,) = torch.autograd.grad((y * torch.arange(24.0)).nansum(), x)
+        runs.append((y, codes, grad))
+    expected = torch.nn.functional.hardtanh(x, 0.0, 6.0)
+    (hardtanh_grad,) = torch.autograd.grad((expected * torch.arange(24.0)).nansum(), x)
+    for y, codes, grad in runs:
+        assert torch.equal(y[:, :5], expected[:, :5]) and y[0, 5].isnan()
+        assert codes[0, :5].tolist() == [0, 0, 1, 2, 2] and torch.equal(codes, runs[0][1])
+        assert torch.equal(grad, hardtanh_grad)

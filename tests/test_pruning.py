@@ -264,7 +264,7 @@ def test_captum_basic_models_run():
 
 @pytest.mark.parametrize("shape", [(1, 8), (2, 16), (3, 64), (2, 8 * 37)])
 def test_gates_pack_eight_to_a_byte_in_unit_order(shape):
-    from captum_feedback.core.gate_store import pack_bits
+    from captum_feedback.core.kernels import pack_bits
 
     gates = torch.rand(shape) > 0.5
     packed = pack_bits(gates)

@@ -78,3 +78,27 @@ def signs(cw, within, has_within, out):  # noqa: ANN001, ANN201
         v = cw[j]
         s = np.int8(1) if v > 0 else (np.int8(-1) if v < 0 else np.int8(0))
         out[j] = s if (not has_within or within[j] != 0) else np.int8(0)
+
+
+@njit(parallel=True, cache=True)
+def repack(words, packed, differs):  # noqa: ANN001, ANN201
+    """Packs 0/1 gate bytes, read eight at a time as the little-endian ``uint64`` ``words``,
+    into ``packed`` (unit ``8j + i`` is bit ``i`` of byte ``j``: the multiplication gathers the
+    eight bytes into the top byte without carries), and says which bytes differ from what
+    ``packed`` held."""
+    gather = np.uint64(0x0102040810204080)
+    shift = np.uint64(56)
+    for j in prange(packed.shape[0]):
+        byte = np.uint8((words[j] * gather) >> shift)
+        differs[j] = byte != packed[j]
+        packed[j] = byte
+
+
+@njit(parallel=True, cache=True)
+def clamp_codes(x, low, high, out, codes):  # noqa: ANN001, ANN201
+    """``out = clamp(x, low, high)`` and each unit's code: 0 at or below ``low``, 1 between,
+    2 at or above ``high`` (a ReLU6's state for its frozen passes)."""
+    for j in prange(x.shape[0]):
+        v = x[j]
+        out[j] = low if v <= low else (high if v >= high else v)
+        codes[j] = np.int8(v > low) + np.int8(v >= high)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 IDENTITY, CODED, SCALED, RELU = 0, 1, 2, 3
@@ -32,6 +33,11 @@ whose gates have converged keeps them through a selecting pass."""
 
 _enabled = os.environ.get("CAPTUM_FEEDBACK_KERNELS", "numba").lower() != "torch"
 _FLOATS = (torch.float32, torch.float64)
+_GATHER_BITS = 0x0102040810204080
+"""Multiplying eight 0/1 bytes, read as one little-endian int64, by this constant gathers
+them into the top byte (byte ``i`` becomes bit ``i``) without carries."""
+_PACK_WORDS = 1 << 17
+"""Words of int64 scratch space for packing gates with torch operations: 1 MiB."""
 MIN_UNITS = 1 << 15
 """Tensors smaller than this take the torch operations: a numba call costs 10-20 us more than
 a torch operation before it does any work (2-core CPU, 2026-12-05)."""
@@ -208,3 +214,57 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
     into.copy_(torch.sign(cw))
     if within_bytes is not None:
         into.mul_(within_bytes)
+
+
+def pack_bits(gate: Tensor) -> Tensor:
+    """A boolean gate ``(B, n)``, ``n`` a multiple of 8, as ``(B, n / 8)`` bytes: unit ``8j + i``
+    is bit ``i`` of byte ``j``."""
+    return (gate.view(torch.int64) * _GATHER_BITS).bitwise_right_shift_(56).to(torch.uint8)
+
+
+def repack(gates: Tensor, packed: Tensor) -> Tensor:
+    """Packs the 0/1 bytes ``gates`` eight to a byte into ``packed`` (unit ``8j + i`` is bit ``i``
+    of byte ``j``) in place; returns which packed bytes changed (booleans). One pass over the
+    gates where torch operations take four and an int64 copy of them."""
+    kernels = _numba() if _enabled and gates.device.type == "cpu" and gates.numel() >= MIN_UNITS else None
+    differs = torch.empty(packed.shape, dtype=torch.bool, device=packed.device)
+    if kernels is not None:
+        import numpy as np
+
+        _match_threads(torch.get_num_threads())
+        kernels.repack(gates.view(torch.int8).numpy().view(np.uint64), packed.numpy(), differs.view(torch.int8).numpy())
+        return differs
+    step = 8 * _PACK_WORDS
+    for start in range(0, len(gates), step):  # a slice at a time: int64 scratch near 1 MiB
+        now = pack_bits(gates[start : start + step].view(1, -1))[0]
+        words = packed[start // 8 : (start + step) // 8]
+        torch.ne(now, words, out=differs[start // 8 : (start + step) // 8])
+        words.copy_(now)
+    return differs
+
+
+class _Clamped(torch.autograd.Function):
+    """``clamp(x, low, high)`` and its codes in one pass; its backward passes the gradient
+    where ``x`` was between the bounds, as ``hardtanh``'s does."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: float, high: float, kernels: Any) -> Tuple[Tensor, Tensor]:  # noqa: D102
+        out, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
+        kernels.clamp_codes(x.detach().view(-1).numpy(), low, high, out.view(-1).numpy(), codes.view(-1).numpy())
+        ctx.transfer = Transfer(CODED, codes, (0.0, 1.0, 0.0), (low, 0.0, high))
+        ctx.mark_non_differentiable(codes)
+        return out, codes
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _codes: Any) -> Tuple[Optional[Tensor], None, None, None]:  # noqa: D102
+        return gated_backward(grad.contiguous(), ctx.transfer, ctx.transfer.codes), None, None, None
+
+
+def clamp_codes(x: Tensor, low: float, high: float) -> Tuple[Tensor, Tensor]:
+    """``hardtanh(x, low, high)`` (differentiable) and each unit's code, 0 at or below ``low``, 1
+    between, 2 at or above ``high``: the first pass of a linearized ReLU6 in one pass over memory
+    where torch operations take five."""
+    kernels = _kernels_for(x)
+    if kernels is not None:
+        return _Clamped.apply(x, float(low), float(high), kernels)
+    return F.hardtanh(x, low, high), (x > low).to(torch.int8).add_((x >= high).to(torch.int8))

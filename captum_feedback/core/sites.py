@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_feedback.core.kernels import CODED, SCALED, Transfer
+from captum_feedback.core.kernels import CODED, SCALED, Transfer, clamp_codes
 
 Args = Tuple[Any, ...]
 Kwargs = Dict[str, Any]
@@ -92,8 +92,7 @@ def _relu_transfer(on: Tensor, p: Kwargs) -> Transfer:
 def _hardtanh_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
     """The real hardtanh (ReLU6) and its state, a byte a unit: 0 where it clamped at ``min_val``,
     1 where it was linear, 2 where it clamped at ``max_val``."""
-    x, low, high = p["input"], p["min_val"], p["max_val"]
-    return F.hardtanh(x, low, high), (x > low).to(torch.int8).add_((x >= high).to(torch.int8))
+    return clamp_codes(p["input"], p["min_val"], p["max_val"])
 
 
 def _hardtanh_transfer(codes: Tensor, p: Kwargs) -> Transfer:
