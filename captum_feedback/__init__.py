@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, List
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _HOMES = {
     "captum_feedback.core.attribution": ("GatePolicyAttribution", "ungated_share"),

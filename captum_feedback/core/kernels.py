@@ -65,6 +65,11 @@ class Transfer:
     offsets: Tuple[float, ...] = ()
     scale: Optional[Tensor] = None
 
+    def __post_init__(self) -> None:
+        if len(self.slopes) > 3 or len(self.offsets) != len(self.slopes):
+            raise ValueError(f"A transfer has up to three codes, each with a slope and an offset; got slopes "
+                             f"{self.slopes} and offsets {self.offsets}.")
+
     def apply(self, x: Tensor) -> Tensor:
         """``f(x)`` in torch operations, differentiable (a frozen site without gates)."""
         if self.kind == CODED:  # one term per code that is not constantly zero
