@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Tuple
 
@@ -106,10 +107,17 @@ def use_numba(enabled: bool) -> Iterator[None]:
 
 @functools.cache
 def _numba() -> Any:
-    """The numba kernels module, or ``None`` when numba cannot be imported."""
+    """The numba kernels module, or ``None`` when numba cannot be imported or cannot cache its
+    compiled kernels (a read-only install without a writable ``NUMBA_CACHE_DIR``): the torch
+    operations then do the work, with a warning. The first call in a new install compiles the
+    kernels (about 2 s); later processes load them (about 0.5 s with numba's import)."""
     try:
         from captum_feedback.core import _numba_kernels
     except ImportError:
+        return None
+    except RuntimeError as error:  # numba's "cannot cache function ...: no locator available"
+        warnings.warn(f"captum_feedback runs its gate kernels as torch operations (slower on the CPU): numba "
+                      f"could not load them ({error}). Set NUMBA_CACHE_DIR to a writable folder.", stacklevel=3)
         return None
     return _numba_kernels
 
