@@ -170,6 +170,14 @@ def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.
             np.zeros(1, dtype=kind), np.zeros(1, dtype=np.int8))
 
 
+def _transfer_calls(values: Tensor, transfer: Transfer, gates: Tensor, out: Tensor) -> Iterator[Tuple[Any, ...]]:
+    """:func:`_calls` of a gate kernel: values, gates, output, codes and scale, a one-element
+    placeholder for the codes or scale a transfer has not."""
+    no_scale, no_codes = _tables(transfer.slopes, transfer.offsets, values.dtype)[2:]
+    for values_, gates_, out_, codes, scale in _calls(values, gates, out, transfer.codes, transfer.scale):
+        yield values_, gates_, out_, no_codes if codes is None else codes, no_scale if scale is None else scale
+
+
 def _bytes(gates: Tensor) -> Tensor:
     return gates.view(torch.int8) if gates.dtype == torch.bool else gates
 
@@ -183,10 +191,9 @@ def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, p
     kernels = _kernels_for(x, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(x)
-        slopes, offsets, no_scale, no_codes = _tables(transfer.slopes, transfer.offsets, x.dtype)
-        for x_, gates_, out_, codes, scale in _calls(x, gates, out, transfer.codes, transfer.scale):
-            kernels.gated_forward(x_, transfer.kind, no_codes if codes is None else codes, slopes, offsets,
-                                  no_scale if scale is None else scale, gates_, selects, out_)
+        slopes, offsets = _tables(transfer.slopes, transfer.offsets, x.dtype)[:2]
+        for x_, gates_, out_, codes, scale in _transfer_calls(x, transfer, gates, out):
+            kernels.gated_forward(x_, transfer.kind, codes, slopes, offsets, scale, gates_, selects, out_)
         return out
     # In place in floats: on the CPU a comparison that writes booleans costs several times the
     # arithmetic, and a float-by-bool product is not vectorized.
@@ -206,10 +213,9 @@ def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor) -> Tensor:
     kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(grad)
-        slopes, _, no_scale, no_codes = _tables(transfer.slopes, transfer.offsets, grad.dtype)
-        for grad_, gates_, out_, codes, scale in _calls(grad, gates, out, transfer.codes, transfer.scale):
-            kernels.gated_backward(grad_, transfer.kind, no_codes if codes is None else codes, slopes,
-                                   no_scale if scale is None else scale, gates_, out_)
+        slopes = _tables(transfer.slopes, transfer.offsets, grad.dtype)[0]
+        for grad_, gates_, out_, codes, scale in _transfer_calls(grad, transfer, gates, out):
+            kernels.gated_backward(grad_, transfer.kind, codes, slopes, scale, gates_, out_)
         return out
     return gates.to(grad.dtype).mul_(transfer.derivative(grad))
 
