@@ -345,3 +345,19 @@ def test_a_linearized_stage_of_upper_sites_ends_its_later_backward_passes_at_the
     state = FSP(model).select(torch.randn(1, 3, 16, 16), target=1, config=config)
     assert len(calls) == 1  # the last pass alone: the first stops at the upper sites too
     assert state.gates["features.1"].all() and not state.gates["features.6"].all()
+
+
+def test_the_attribution_object_holds_its_last_large_site_output_between_calls_and_nothing_more():
+    # glibc keeps its heap while a large late output stays alive (engine.HeapHold): one tensor,
+    # replaced when the next call ends, and none where no site output reaches 1 MiB.
+    big = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(64, 3)).eval()
+    fsp, x = FSP(big), torch.randn(2, 3, 64, 64)  # the ReLU's output: 2 MiB
+    fsp.attribute(x, target=1, config="paper")
+    first = fsp._heap.tensor
+    assert first is not None and first.shape == (2, 64, 64, 64) and not first.requires_grad
+    fsp.attribute(x, target=1, config="paper")
+    assert fsp._heap.tensor is not first
+    small = FSP(seeded(VGGish()))
+    small.attribute(torch.randn(1, 3, 16, 16), target=1)
+    assert small._heap.tensor is None

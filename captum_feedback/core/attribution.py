@@ -20,7 +20,7 @@ from captum_feedback.core._compat import (
     per_sample_targets,
     select_targets,
 )
-from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
+from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, HeapHold, Site
 from captum_feedback.core.guards import check_depends_on_inputs
 
 
@@ -132,6 +132,7 @@ class FeedbackAttribution(GradientAttribution):
             raise TypeError(f"output_selector must be callable, got {type(output_selector).__name__}.")
         super().__init__(forward_func)
         self.output_selector = output_selector
+        self._heap = HeapHold()  # keeps glibc's heap between calls (engine.HeapHold)
 
     def _batch(self, inputs: TensorOrTuple, target: TargetType, additional_forward_args: Any) -> Batch:
         formatted, is_tuple = format_inputs(inputs)
@@ -149,7 +150,7 @@ class FeedbackAttribution(GradientAttribution):
         )
 
     def _session(self, batch: Batch, linearize: bool) -> GatingSession:
-        return GatingSession(self.forward_func, linearize, batch.size)
+        return GatingSession(self.forward_func, linearize, batch.size, self._heap)
 
     def _forward(
         self, session: GatingSession, batch: Batch, policy: GatePolicy, taps: Sequence[nn.Module] = ()
