@@ -69,6 +69,13 @@ def test_the_forward_kernel_gives_the_torch_operations_output_and_gates(dtype, s
             assert ga.max() <= 1  # what the engine leaves are gates, the selector became them
 
 
+def test_the_numba_kernels_read_the_transfer_kinds_and_the_pinned_byte_of_the_kernels_module():
+    from captum_feedback.core import _numba_kernels
+
+    assert (_numba_kernels.CODED, _numba_kernels.SCALED, _numba_kernels.RELU, _numba_kernels.PINNED) == (
+        CODED, SCALED, RELU, PINNED)
+
+
 def test_cpu_float_tensors_take_the_numba_kernels_and_others_the_torch_operations(monkeypatch):
     x, gates = torch.randn(2, 8), torch.ones(2, 8, dtype=torch.int8)
     assert kernels._kernels_for(x, gates) is not None

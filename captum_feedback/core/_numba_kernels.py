@@ -5,10 +5,8 @@ site's gate bytes are rows of the gate store's buffer, further apart than a site
 kernel makes one pass over its arrays where the torch operations it replaces make five to
 seven.
 
-Transfer kinds (``kind``), the map ``y = f(x)`` of the site before its gate:
-0: ``y = x``; 1: ``y = slopes[codes] * x + offsets[codes]`` (a frozen piecewise-linear
-activation); 2: ``y = x * scale`` (a frozen smooth activation); 3: ``y = max(x, 0)`` (a ReLU
-evaluated again, whose gates stay within its active units).
+``kind`` is a :class:`~captum_feedback.core.kernels.Transfer`'s: the map ``y = f(x)`` of the
+site before its gate.
 """
 
 from __future__ import annotations
@@ -16,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-IDENTITY, CODED, SCALED, RELU = 0, 1, 2, 3
+CODED, SCALED, RELU = 1, 2, 3
 PINNED = 2
-"""A selector byte that keeps its unit open whatever the sign of its activation."""
+"""The transfer kinds and the pinned selector byte of :mod:`captum_feedback.core.kernels`, which
+imports this module when a kernel is first needed and so cannot be imported from here
+(tests/test_kernels.py holds them equal)."""
 
 
 @njit(parallel=True, cache=True)

@@ -351,10 +351,10 @@ class GatingSession:
     def _later_pass(self, site: Site, params: dict) -> Tuple[Optional[Tensor], Any]:
         """The site's operation after the first pass: frozen when linearized (Sec. 3.3). The
         output is ``None`` where the site's transfer (:meth:`_transfer`) computes it."""
+        if site.nonnegative:  # a re-evaluated ReLU: its transfer
+            return None, None
         if site.frozen is None:
-            if site.nonnegative or site.op.output is None:
-                return (None, None) if site.nonnegative else site.op.evaluate(params)
-            return site.op.output(params), None
+            return (site.op.output(params), None) if site.op.output is not None else site.op.evaluate(params)
         if site.op.transfer is not None:
             return None, site.frozen
         return site.op.frozen(params["input"], site.frozen, params), site.frozen
@@ -375,8 +375,9 @@ class GatingSession:
         transfer, source = self._transfer(site, params, output)
         activation = None
         if self._policy.reads_activations:  # a frozen ReLU's input; else the site's output
-            activation = (params["input"] if site.support is not None else
-                          output if output is not None else transfer.apply(source)).detach()
+            if output is None and site.support is None:
+                output = transfer.apply(source)
+            activation = (params["input"] if site.support is not None else output).detach()
         gate = self._policy.gate(site, activation)
         if gate is None and site.support is not None and self.passes > 0:
             gate = Gate(site.support)  # a frozen ReLU is x on its support

@@ -27,7 +27,7 @@ class GateStore:
     (:meth:`~captum_feedback.core.selection.SelectionRule.selector`) once the backward pass has left it. The
     selector is made after the gates' last use and used before the new gates are set, so
     between passes FSP holds one byte a unit. One buffer also lets a pass pack all gates
-    eight to a byte and compare them with the previous pass's in a few kernels a site.
+    eight to a byte and compare them with the previous pass's in one kernel.
 
     The buffer is site-major: each site's ``(B, units)`` bytes are one block, so a site's bytes
     are contiguous (the gate kernels, :mod:`~captum_feedback.core.kernels`, then make one call a

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IDENTITY, CODED, SCALED, RELU = 0, 1, 2, 3
-"""Transfer kinds (see :class:`Transfer`); the numba kernels use the same numbers."""
+"""Transfer kinds (see :class:`Transfer`), which the numba kernels read as numbers."""
 PINNED = 2
 """A selector byte that keeps its unit open whatever the sign of its activation: how a sample
 whose gates have converged keeps them through a selecting pass."""
@@ -122,11 +122,11 @@ def _numba() -> Any:
     return _numba_kernels
 
 
-def _kernels_for(values: Tensor, *others: Optional[Tensor]) -> Any:
-    """The numba kernels if they are on, ``values`` is a contiguous float CPU tensor of at least
-    :data:`MIN_UNITS` units and the ``others`` are CPU tensors of its shape (byte tensors, or
-    floats of its dtype); else ``None``."""
-    if not _enabled or values.numel() < MIN_UNITS or values.dtype not in _FLOATS or values.device.type != "cpu":
+def _kernels_for(values: Tensor, *others: Optional[Tensor], dtypes: Tuple[torch.dtype, ...] = _FLOATS) -> Any:
+    """The numba kernels if they are on, ``values`` is a contiguous CPU tensor of one of
+    ``dtypes`` (floats) with at least :data:`MIN_UNITS` units and the ``others`` are CPU tensors
+    of its shape (byte tensors, or of its dtype); else ``None``."""
+    if not _enabled or values.numel() < MIN_UNITS or values.dtype not in dtypes or values.device.type != "cpu":
         return None
     shape, allowed = values.shape, (values.dtype, torch.int8)
     if not values.is_contiguous() or any(t is not None and (t.shape != shape or t.dtype not in allowed
@@ -245,12 +245,11 @@ def repack(gates: Tensor, packed: Tensor) -> Tensor:
     """Packs the 0/1 bytes ``gates`` eight to a byte into ``packed`` (unit ``8j + i`` is bit ``i``
     of byte ``j``) in place; returns which packed bytes changed (booleans). One pass over the
     gates where torch operations take four and an int64 copy of them."""
-    kernels = _numba() if _enabled and gates.device.type == "cpu" and gates.numel() >= MIN_UNITS else None
+    kernels = _kernels_for(gates, dtypes=(torch.int8,))
     differs = torch.empty(packed.shape, dtype=torch.bool, device=packed.device)
     if kernels is not None:
         import numpy as np
 
-        _match_threads(torch.get_num_threads())
         kernels.repack(gates.view(torch.int8).numpy().view(np.uint64), packed.numpy(), differs.view(torch.int8).numpy())
         return differs
     step = 8 * _PACK_WORDS
@@ -262,6 +261,12 @@ def repack(gates: Tensor, packed: Tensor) -> Tensor:
     return differs
 
 
+def clamped(codes: Tensor, low: float, high: float) -> Transfer:
+    """A frozen hardtanh (ReLU6) of :func:`clamp_codes`'s codes: saturated units keep their
+    clamped value as a constant, the others stay linear (so a frozen ReLU6 no longer clamps)."""
+    return Transfer(CODED, codes, (0.0, 1.0, 0.0), (float(low), 0.0, float(high)))
+
+
 class _Clamped(torch.autograd.Function):
     """``clamp(x, low, high)`` and its codes in one pass; its backward passes the gradient
     where ``x`` was between the bounds, as ``hardtanh``'s does."""
@@ -270,7 +275,7 @@ class _Clamped(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, low: float, high: float, kernels: Any) -> Tuple[Tensor, Tensor]:  # noqa: D102
         out, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
         kernels.clamp_codes(x.detach().view(-1).numpy(), low, high, out.view(-1).numpy(), codes.view(-1).numpy())
-        ctx.transfer = Transfer(CODED, codes, (0.0, 1.0, 0.0), (low, 0.0, high))
+        ctx.transfer = clamped(codes, low, high)
         ctx.mark_non_differentiable(codes)
         return out, codes
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_feedback.core.kernels import CODED, SCALED, Transfer, clamp_codes
+from captum_feedback.core.kernels import CODED, SCALED, Transfer, clamp_codes, clamped
 
 Args = Tuple[Any, ...]
 Kwargs = Dict[str, Any]
@@ -48,8 +48,9 @@ class SiteOp:
     defaults: Tuple[Tuple[str, Any], ...]
     evaluate: Callable[[Kwargs], Tuple[Tensor, Any]]
     """Runs the real operation out of place: returns (output, frozen state)."""
-    frozen: Callable[[Tensor, Any, Kwargs], Tensor]
-    """Evaluates the linearized operation on a new input, given the frozen state."""
+    frozen: Optional[Callable[[Tensor, Any, Kwargs], Tensor]]
+    """Evaluates the linearized operation on a new input, given the frozen state; ``None``
+    where :attr:`transfer` says it."""
     returns_indices: Callable[[Kwargs], bool] = lambda params: False
     masks_input: bool = False
     """The frozen operation is ``x * state``: its state is the support of the activation."""
@@ -58,7 +59,11 @@ class SiteOp:
     keep no frozen state; on a ReLU6 network computing it cost a sixth of the time)."""
     transfer: Optional[Callable[[Any, Kwargs], Transfer]] = None
     """The frozen operation as a :class:`~captum_feedback.core.kernels.Transfer`, which the gate
-    kernels apply in the same pass as the gate; ``frozen`` is then ``transfer(...).apply``."""
+    kernels apply in the same pass as the gate (or ``Transfer.apply`` where a site has no gate)."""
+
+    def __post_init__(self) -> None:
+        if (self.frozen is None) == (self.transfer is None):
+            raise ValueError(f"Site operation {self.label!r} needs a frozen form or a transfer, not both.")
 
     def bind(self, args: Args, kwargs: Kwargs) -> Kwargs:
         return bind_call(args, kwargs, self.names, dict(self.defaults))
@@ -79,11 +84,6 @@ def _relu_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
     return y, y.to(torch.bool)  # x > 0, from y: a comparison writing booleans is slower
 
 
-def _times_state(x: Tensor, state: Tensor, p: Kwargs) -> Tensor:
-    """A frozen ReLU (``state``: its on-states) or smooth activation (its scale ``s(x)``)."""
-    return x * state
-
-
 def _relu_transfer(on: Tensor, p: Kwargs) -> Transfer:
     """A frozen ReLU: ``x`` where it was on, else 0."""
     return Transfer(CODED, on.view(torch.int8), (0.0, 1.0), (0.0, 0.0))
@@ -96,14 +96,7 @@ def _hardtanh_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
 
 
 def _hardtanh_transfer(codes: Tensor, p: Kwargs) -> Transfer:
-    # Saturated units keep their clamped value as a constant; the others stay linear, so a
-    # frozen ReLU6 no longer clamps at 6.
-    return Transfer(CODED, codes, (0.0, 1.0, 0.0), (float(p["min_val"]), 0.0, float(p["max_val"])))
-
-
-def _applied(transfer: Callable[[Any, Kwargs], Transfer]) -> Callable[[Tensor, Any, Kwargs], Tensor]:
-    """A ``frozen`` function that applies a site's transfer with torch operations."""
-    return lambda x, state, p: transfer(state, p).apply(x)
+    return clamped(codes, p["min_val"], p["max_val"])
 
 
 def _negative_slope(x: Tensor, p: Kwargs) -> Any:
@@ -141,7 +134,7 @@ def _scaled(label: str, names: Tuple[str, ...], defaults: Kwargs, real: Callable
     def evaluate(p: Kwargs) -> Tuple[Tensor, Tensor]:
         return real(p), scale(p["input"], p).detach()
 
-    return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, _times_state, output=real,
+    return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, None, output=real,
                   transfer=lambda state, p: Transfer(SCALED, scale=state))
 
 
@@ -149,17 +142,17 @@ def _activation(label: str, names: Tuple[str, ...], defaults: Kwargs, evaluate, 
     return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, frozen)
 
 
-_RELU = SiteOp("relu", "activation", ("input", "inplace"), (), _relu_eval, _times_state, masks_input=True,
+_RELU = SiteOp("relu", "activation", ("input", "inplace"), (), _relu_eval, None, masks_input=True,
                output=lambda p: torch.relu(p["input"]), transfer=_relu_transfer)
 def _hardtanh(p: Kwargs) -> Tensor:
     return F.hardtanh(p["input"], p["min_val"], p["max_val"])
 
 
 _HARDTANH = SiteOp("hardtanh", "activation", ("input", "min_val", "max_val", "inplace"),
-                   (("min_val", -1.0), ("max_val", 1.0)), _hardtanh_eval, _applied(_hardtanh_transfer),
+                   (("min_val", -1.0), ("max_val", 1.0)), _hardtanh_eval, None,
                    output=_hardtanh, transfer=_hardtanh_transfer)
 _RELU6 = SiteOp("relu6", "activation", ("input", "inplace"), (("min_val", 0.0), ("max_val", 6.0)),
-                _hardtanh_eval, _applied(_hardtanh_transfer), output=_hardtanh, transfer=_hardtanh_transfer)
+                _hardtanh_eval, None, output=_hardtanh, transfer=_hardtanh_transfer)
 _LEAKY = _activation(
     "leaky_relu", ("input", "negative_slope", "inplace"), {"negative_slope": 0.01},
     _leaky_eval, _leaky_frozen,
