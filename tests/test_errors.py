@@ -167,8 +167,40 @@ class Shrinking(nn.Module):
 
 @pytest.mark.parametrize("config", ["paper", "default"])
 def test_a_model_whose_shapes_change_between_passes_names_the_pass_and_the_site(config):
+    model = Shrinking()
+    before = snapshot(model)
     with pytest.raises(RuntimeError, match=r"control flow changed on forward pass 2 at site 'relu'"):
-        FSP(Shrinking()).attribute(torch.randn(1, 3, 8, 8), target=0, config=config)
+        FSP(model).attribute(torch.randn(1, 3, 8, 8), target=0, config=config)
+    assert_untouched(model, before)
+
+
+class Crashing(nn.Module):
+    """Its ReLU module raises on the third call, inside the module whose calls later passes watch."""
+
+    class Relu(nn.ReLU):
+        calls = 0
+
+        def forward(self, x):
+            type(self).calls += 1
+            if self.calls == 3:
+                raise ValueError("third call")
+            return super().forward(x)
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.head = nn.Conv2d(3, 4, 3), self.Relu(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_an_error_inside_a_site_module_in_a_later_pass_leaves_no_interception_behind():
+    model = Crashing()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="third call"):
+        FSP(model).attribute(torch.randn(1, 3, 8, 8), target=0, config="paper")
+    assert model.relu.calls == 3
+    assert_untouched(model, before)
 
 
 @pytest.mark.parametrize("method", [FSP, FR])
