@@ -14,12 +14,6 @@ from captum_feedback.core.kernels import CODED, IDENTITY, PINNED, RELU, SCALED, 
 pytest.importorskip("numba")
 
 
-@pytest.fixture(autouse=True)
-def kernels_for_every_size(monkeypatch):
-    """The small tensors here take the numba kernels too (bigger ones do outside the tests)."""
-    monkeypatch.setattr(kernels, "MIN_UNITS", 0)
-
-
 def both(fn, *mutable):
     """``fn()`` with the numba kernels and with torch operations, from the same ``mutable`` tensors."""
     before = [t.clone() for t in mutable]
@@ -76,13 +70,13 @@ def test_the_numba_kernels_read_the_transfer_kinds_and_the_pinned_byte_of_the_ke
         CODED, SCALED, RELU, PINNED)
 
 
-def test_cpu_float_tensors_take_the_numba_kernels_and_others_the_torch_operations(monkeypatch):
+def test_cpu_float_tensors_of_any_size_take_the_numba_kernels_and_others_the_torch_operations():
     x, gates = torch.randn(2, 8), torch.ones(2, 8, dtype=torch.int8)
     assert kernels._kernels_for(x, gates) is not None
+    assert kernels._kernels_for(x[:1, :1], gates[:1, :1]) is not None
     assert kernels._kernels_for(x.half(), gates.view(torch.int8)) is None
     assert kernels._kernels_for(x.t().contiguous().t(), gates) is None  # not contiguous
-    monkeypatch.setattr(kernels, "MIN_UNITS", 17)
-    assert kernels._kernels_for(x, gates) is None  # too small to pay for a call
+    assert kernels._kernels_for(x, gates[:, :4]) is None  # gates of another shape
     with kernels.use_numba(False):
         assert kernels._kernels_for(x, gates) is None
 

@@ -19,8 +19,8 @@ import contextlib
 import functools
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,6 @@ _GATHER_BITS = 0x0102040810204080
 them into the top byte (byte ``i`` becomes bit ``i``) without carries."""
 _PACK_WORDS = 1 << 17
 """Words of int64 scratch space for packing gates with torch operations: 1 MiB."""
-MIN_UNITS = 1 << 15
-"""Tensors smaller than this take the torch operations: a numba call costs 10-20 us more than
-a torch operation before it does any work (2-core CPU, 2026-12-05)."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +63,24 @@ class Transfer:
     offsets: Tuple[float, ...] = ()
     scale: Optional[Tensor] = None
 
+    _arrays: Dict[torch.dtype, Tuple[Any, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """:meth:`arrays`, made once a dtype."""
+
     def __post_init__(self) -> None:
         if len(self.slopes) > 3 or len(self.offsets) != len(self.slopes):
             raise ValueError(f"A transfer has up to three codes, each with a slope and an offset; got slopes "
                              f"{self.slopes} and offsets {self.offsets}.")
+
+    def arrays(self, dtype: torch.dtype) -> Tuple[Any, Any, Any, Any]:
+        """What the numba kernels read of the transfer for activations of ``dtype``: the slopes
+        and offsets as three-entry arrays, and the codes and scale as flat arrays sharing the
+        tensors' memory (one-element placeholders where the transfer has none)."""
+        made = self._arrays.get(dtype)
+        if made is None:
+            slopes, offsets, no_scale, no_codes = _tables(self.slopes, self.offsets, dtype)
+            made = self._arrays[dtype] = (slopes, offsets, no_codes if self.codes is None else _flat(self.codes),
+                                          no_scale if self.scale is None else _flat(self.scale))
+        return made
 
     def apply(self, x: Tensor) -> Tensor:
         """``f(x)`` in torch operations, differentiable (a frozen site without gates)."""
@@ -124,14 +135,15 @@ def _numba() -> Any:
 
 def _kernels_for(values: Tensor, *others: Optional[Tensor], dtypes: Tuple[torch.dtype, ...] = _FLOATS) -> Any:
     """The numba kernels if they are on, ``values`` is a contiguous CPU tensor of one of
-    ``dtypes`` (floats) with at least :data:`MIN_UNITS` units and the ``others`` are CPU tensors
-    of its shape (byte tensors, or of its dtype); else ``None``."""
-    if not _enabled or values.numel() < MIN_UNITS or values.dtype not in dtypes or values.device.type != "cpu":
+    ``dtypes`` (floats) and the ``others`` are CPU tensors of its shape (byte tensors, or of its
+    dtype); else ``None``. Called once a site and pass direction, so written for a few
+    microseconds: a kernel call pays even on a site of a few units."""
+    if not _enabled or not values.is_cpu or values.dtype not in dtypes or not values.is_contiguous():
         return None
-    shape, allowed = values.shape, (values.dtype, torch.int8)
-    if not values.is_contiguous() or any(t is not None and (t.shape != shape or t.dtype not in allowed
-                                                            or t.device.type != "cpu") for t in others):
-        return None
+    shape, dtype = values.shape, values.dtype
+    for t in others:
+        if t is not None and (t.shape != shape or not t.is_cpu or (t.dtype != dtype and t.dtype != torch.int8)):
+            return None
     kernels = _numba()
     if kernels is not None:
         _match_threads(torch.get_num_threads())
@@ -146,16 +158,19 @@ def _match_threads(threads: int) -> None:
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
-def _calls(*tensors: Optional[Tensor]) -> Iterator[Tuple[Any, ...]]:
-    """The tensors as contiguous numpy rows sharing their memory, for one kernel call each: the
-    whole tensors at once where all are contiguous, else one sample at a time (a site's gate
-    bytes are rows of the gate store's buffer, padded when its units are not a multiple of 8).
-    ``None`` stays ``None``."""
-    if all(t is None or t.is_contiguous() for t in tensors):
-        yield tuple(None if t is None else t.detach().view(-1).numpy() for t in tensors)
-        return
-    for b in range(len(tensors[0])):
-        yield tuple(None if t is None else t[b].detach().view(-1).numpy() for t in tensors)
+def _flat(t: Tensor) -> Any:
+    """A contiguous tensor as a one-dimensional numpy array sharing its memory."""
+    return t.detach().numpy().ravel()
+
+
+def _rows(*tensors: Tensor) -> List[Tuple[Any, ...]]:
+    """The tensors (of one shape) as flat numpy arrays sharing their memory, for one kernel call
+    each: the whole tensors at once where all are contiguous, else one sample at a time (a site's
+    gate bytes are rows of the gate store's buffer, padded when its units are not a multiple of
+    8)."""
+    if all(t.is_contiguous() for t in tensors):
+        return [tuple(_flat(t) for t in tensors)]
+    return [tuple(_flat(t[b]) for t in tensors) for b in range(len(tensors[0]))]
 
 
 @functools.lru_cache(maxsize=64)
@@ -170,12 +185,15 @@ def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.
             np.zeros(1, dtype=kind), np.zeros(1, dtype=np.int8))
 
 
-def _transfer_calls(values: Tensor, transfer: Transfer, gates: Tensor, out: Tensor) -> Iterator[Tuple[Any, ...]]:
-    """:func:`_calls` of a gate kernel: values, gates, output, codes and scale, a one-element
-    placeholder for the codes or scale a transfer has not."""
-    no_scale, no_codes = _tables(transfer.slopes, transfer.offsets, values.dtype)[2:]
-    for values_, gates_, out_, codes, scale in _calls(values, gates, out, transfer.codes, transfer.scale):
-        yield values_, gates_, out_, no_codes if codes is None else codes, no_scale if scale is None else scale
+def _transfer_rows(transfer: Transfer, values: Tensor, gates: Tensor, out: Tensor) -> List[Tuple[Any, ...]]:
+    """:func:`_rows` of a gate kernel: values, gates, output, codes and scale (the transfer's
+    placeholders where it has none)."""
+    _, _, codes, scale = transfer.arrays(values.dtype)
+    if values.is_contiguous() and gates.is_contiguous():
+        return [(_flat(values), _flat(gates), _flat(out), codes, scale)]
+    return [(values_, gates_, out_, codes if transfer.codes is None else _flat(transfer.codes[b]),
+             scale if transfer.scale is None else _flat(transfer.scale[b]))
+            for b, (values_, gates_, out_) in enumerate(_rows(values, gates, out))]
 
 
 def _bytes(gates: Tensor) -> Tensor:
@@ -191,8 +209,8 @@ def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, p
     kernels = _kernels_for(x, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(x)
-        slopes, offsets = _tables(transfer.slopes, transfer.offsets, x.dtype)[:2]
-        for x_, gates_, out_, codes, scale in _transfer_calls(x, transfer, gates, out):
+        slopes, offsets = transfer.arrays(x.dtype)[:2]
+        for x_, gates_, out_, codes, scale in _transfer_rows(transfer, x, gates, out):
             kernels.gated_forward(x_, transfer.kind, codes, slopes, offsets, scale, gates_, selects, out_)
         return out
     # In place in floats: on the CPU a comparison that writes booleans costs several times the
@@ -213,8 +231,8 @@ def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor) -> Tensor:
     kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(grad)
-        slopes = _tables(transfer.slopes, transfer.offsets, grad.dtype)[0]
-        for grad_, gates_, out_, codes, scale in _transfer_calls(grad, transfer, gates, out):
+        slopes = transfer.arrays(grad.dtype)[0]
+        for grad_, gates_, out_, codes, scale in _transfer_rows(transfer, grad, gates, out):
             kernels.gated_backward(grad_, transfer.kind, codes, slopes, scale, gates_, out_)
         return out
     return gates.to(grad.dtype).mul_(transfer.derivative(grad))
@@ -226,9 +244,12 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
     within_bytes = None if within is None else _bytes(within)
     kernels = _kernels_for(cw, into, within_bytes)
     if kernels is not None:
-        no_within = _tables((), (), cw.dtype)[3]
-        for cw_, into_, within_ in _calls(cw, into, within_bytes):
-            kernels.signs(cw_, no_within if within_ is None else within_, within_ is not None, into_)
+        if within_bytes is None:
+            for cw_, into_ in _rows(cw, into):
+                kernels.signs(cw_, _tables((), (), cw.dtype)[3], False, into_)
+        else:
+            for cw_, into_, within_ in _rows(cw, into, within_bytes):
+                kernels.signs(cw_, within_, True, into_)
         return
     into.copy_(torch.sign(cw))
     if within_bytes is not None:
@@ -274,7 +295,7 @@ class _Clamped(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, low: float, high: float, kernels: Any) -> Tuple[Tensor, Tensor]:  # noqa: D102
         out, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
-        kernels.clamp_codes(x.detach().view(-1).numpy(), low, high, out.view(-1).numpy(), codes.view(-1).numpy())
+        kernels.clamp_codes(_flat(x), low, high, _flat(out), _flat(codes))
         ctx.transfer = clamped(codes, low, high)
         ctx.mark_non_differentiable(codes)
         return out, codes
