@@ -65,8 +65,12 @@ def _normalized(x: Tensor, dims: Tuple[int, ...], eps: float, centred: bool, sca
 
 
 def _affine(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], shape: Tuple[int, ...]) -> Tensor:
-    y = y * weight.reshape(shape) if weight is not None else y
-    return y + bias.reshape(shape) if bias is not None else y
+    """``y * weight + bias`` in place on ``y``, a temporary of the caller: each activation-sized
+    tensor not made saves its page faults (issue #22). The parameters enter detached, as
+    constants (feedback asks no gradient of them); a parameter that asked for one would make
+    autograd keep a copy of ``y`` for it."""
+    y = y.mul_(weight.detach().reshape(shape)) if weight is not None else y
+    return y.add_(bias.detach().reshape(shape)) if bias is not None else y
 
 
 def _rescaled(run: Callable[[Kwargs, Optional[Tensor]], Tuple[Tensor, Tensor]]) -> Tuple[Callable, Callable]:
@@ -83,7 +87,8 @@ def _layer_norm(centred: bool) -> Callable[[Kwargs, Optional[Tensor]], Tuple[Ten
         x, shape = p["input"], tuple(p["normalized_shape"])
         eps = p["eps"] if p["eps"] is not None else torch.finfo(x.dtype).eps
         centre, scale = _normalized(x, tuple(range(x.dim() - len(shape), x.dim())), eps, centred, scale)
-        return _affine(centre * scale, p.get("weight"), p.get("bias"), shape), scale
+        normed = centre.mul_(scale) if centred else centre * scale  # RMSNorm's centre is the input
+        return _affine(normed, p.get("weight"), p.get("bias"), shape), scale
 
     return run
 
@@ -92,7 +97,7 @@ def _group_norm(p: Kwargs, scale: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     x = p["input"]
     centre, scale = _normalized(x.reshape(x.shape[0], p["num_groups"], -1), (2,), p["eps"], True, scale)
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    return _affine((centre * scale).view_as(x), p.get("weight"), p.get("bias"), shape), scale
+    return _affine(centre.mul_(scale).view_as(x), p.get("weight"), p.get("bias"), shape), scale
 
 
 def _normalize(p: Kwargs, norm: Optional[Tensor]) -> Tuple[Tensor, Tensor]:

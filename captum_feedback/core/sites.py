@@ -119,10 +119,14 @@ def _leaky_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
 
 
 def _gelu_scale(x: Tensor, p: Kwargs) -> Tensor:
-    """GELU's scale: the normal CDF ``Phi(x)``, or its tanh approximation."""
+    """GELU's scale: the normal CDF ``Phi(x)``, or its tanh approximation (detached). In place
+    after the first operation: one new activation-sized tensor where the formula written out
+    makes four, each of whose pages the system must fault in (issue #22)."""
+    x = x.detach()
     if p.get("approximate", "none") == "tanh":
-        return 0.5 * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
-    return 0.5 * (1 + torch.erf(x / 2**0.5))
+        inner = x.pow(3).mul_(0.044715).add_(x).mul_((2 / torch.pi) ** 0.5)
+        return inner.tanh_().add_(1).mul_(0.5)
+    return (x / 2**0.5).erf_().add_(1).mul_(0.5)
 
 
 def _scaled(label: str, names: Tuple[str, ...], defaults: Kwargs, real: Callable[[Kwargs], Tensor],
@@ -132,7 +136,7 @@ def _scaled(label: str, names: Tuple[str, ...], defaults: Kwargs, real: Callable
     runs the real operation."""
 
     def evaluate(p: Kwargs) -> Tuple[Tensor, Tensor]:
-        return real(p), scale(p["input"], p).detach()
+        return real(p), scale(p["input"].detach(), p)
 
     return SiteOp(label, "activation", names, tuple(defaults.items()), evaluate, None, output=real,
                   transfer=lambda state, p: Transfer(SCALED, scale=state))
