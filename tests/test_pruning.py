@@ -292,6 +292,22 @@ def test_site_bytes_tell_per_sample_whether_any_gate_changed_since_the_last_pass
     assert torch.equal(store.packed_gates(sites[0]), expected)
 
 
+def test_a_gate_store_made_from_spare_buffers_starts_with_every_gate_open():
+    from captum_feedback.core.engine import HeapHold, Site
+    from captum_feedback.core.gate_store import GateStore
+
+    sites = [Site(0, "conv", "activation", (2, 3, 5)), Site(1, "pool", "pool", (2, 4))]
+    old = GateStore(sites, 2, torch.device("cpu"), keep_history=False)
+    old.buffer.fill_(-1)  # a selector, and packed gates all closed
+    old.packed.fill_(0)
+    heap = HeapHold()
+    old.give_back(heap)
+    store = GateStore(sites, 2, torch.device("cpu"), False, heap)
+    assert store.buffer.data_ptr() == old.buffer.data_ptr() and not heap.spares
+    assert store.changed().tolist() == [False, False]
+    assert bool((store.buffer == 1).all()) and bool((store.packed == 255).all())  # padding units too
+
+
 def test_works_inside_a_no_grad_block_like_captum():
     model = seeded(VGGish())
     x = torch.randn(1, 3, 16, 16)
@@ -361,3 +377,16 @@ def test_the_attribution_object_holds_its_last_large_site_output_between_calls_a
     small = FSP(seeded(VGGish()))
     small.attribute(torch.randn(1, 3, 16, 16), target=1)
     assert small._heap.tensor is None
+
+
+@pytest.mark.parametrize("config", ["paper", "default"])
+def test_a_call_takes_the_last_calls_gate_store_buffers_and_gives_the_same_result(config):
+    # Fresh pages cost a fault each (engine.HeapHold); a store of the same size reuses them.
+    fsp, x = FSP(seeded(VGGish())), torch.randn(2, 3, 16, 16)
+    first = fsp.attribute(x, target=[1, 2], config=config)
+    buffers = [t.data_ptr() for t in fsp._heap.spares]
+    assert len(buffers) == 2  # the gate bytes and their packed bits
+    assert torch.equal(fsp.attribute(x, target=[1, 2], config=config), first)
+    assert [t.data_ptr() for t in fsp._heap.spares] == buffers
+    other = fsp.attribute(torch.randn(1, 3, 16, 16), target=1, config=config)  # another size: new buffers
+    assert other.shape == (1, 3, 16, 16) and [t.data_ptr() for t in fsp._heap.spares] != buffers

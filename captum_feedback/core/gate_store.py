@@ -5,13 +5,19 @@ pruning rule one bit a unit per earlier pass for the blank-map fallback."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from captum_feedback.core.engine import Site
+from captum_feedback.core.engine import HeapHold, Site
 from captum_feedback.core.kernels import repack
+
+
+def _filled(heap: Optional[HeapHold], numel: int, dtype: torch.dtype, device: torch.device, value: int) -> Tensor:
+    """``numel`` units of ``value``: a spare buffer of ``heap`` refilled, else a new one."""
+    spare = heap.take(numel, dtype, device) if heap is not None else None
+    return spare.fill_(value) if spare is not None else torch.full((numel,), value, dtype=dtype, device=device)
 
 
 def unpack_bits(packed: Tensor) -> Tensor:
@@ -35,7 +41,8 @@ class GateStore:
     at the end of each row, which never change.
     """
 
-    def __init__(self, sites: Sequence[Site], batch_size: int, device: torch.device, keep_history: bool) -> None:
+    def __init__(self, sites: Sequence[Site], batch_size: int, device: torch.device, keep_history: bool,
+                 heap: Optional[HeapHold] = None) -> None:
         self._blocks: Dict[int, Tuple[int, int]] = {}
         """Per site, the first byte of its block and its row length (units, padded to 8)."""
         start = 0
@@ -45,8 +52,8 @@ class GateStore:
             self._blocks[site.index] = (start, row)
             start += batch_size * row
         self.batch_size = batch_size
-        self.buffer = torch.ones(start, dtype=torch.int8, device=device)
-        self.packed = torch.full((start // 8,), 255, dtype=torch.uint8, device=device)
+        self.buffer = _filled(heap, start, torch.int8, device, 1)
+        self.packed = _filled(heap, start // 8, torch.uint8, device, 255)
         """The gates as of the last :meth:`changed`, eight units a byte, block for block."""
         self.history: List[Tensor] = []
         """The packed gates as of each earlier call to :meth:`changed`, oldest first (kept only
@@ -54,6 +61,11 @@ class GateStore:
         self.keep_history = keep_history
         self._slots = {site.index: self._rows(site.index)[:, : math.prod(site.shape[1:])].view(site.shape)
                        for site in sites}
+
+    def give_back(self, heap: HeapHold) -> None:
+        """Leaves the buffers to ``heap`` for a later store (:meth:`HeapHold.take`), in place of
+        those it held; this store must not be used afterwards."""
+        heap.spares = [self.buffer, self.packed]
 
     def _rows(self, index: int) -> Tensor:
         """A site's block as ``(B, row)`` bytes."""

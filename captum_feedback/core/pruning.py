@@ -13,7 +13,7 @@ from captum_feedback.core._compat import TargetType, TensorOrTuple, format_outpu
 from captum_feedback.core.attribution import Batch, FeedbackAttribution, input_gradients
 from captum_feedback.core.config import ConfigLike, FeedbackConfig, SelectionSettings, resolve_config
 from captum_feedback.core.diagnosis import MAP_TOLERANCE, outputs_unchanged, relative_change, warn_degenerate
-from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, Site
+from captum_feedback.core.engine import Gate, GatePolicy, GatingSession, HeapHold, Site
 from captum_feedback.core.gate_store import GateStore
 from captum_feedback.core.kernels import PINNED
 from captum_feedback.core.selection import SelectionRule
@@ -68,8 +68,10 @@ class _PruningPolicy(GatePolicy):
     passes_cws_through = True  # and the selector reuses the gate's bytes
 
     def __init__(self, rule: SelectionRule, sites: Sequence[Site], batch_size: int, keep_cws: bool,
-                 mirror: Optional[_PruningPolicy] = None) -> None:
+                 heap: HeapHold, mirror: Optional[_PruningPolicy] = None) -> None:
         self.rule = rule
+        self.heap = heap
+        """Where the gate store takes its buffers from and leaves them (:meth:`release`)."""
         self.keep_cws = keep_cws
         self.wants_on_states = rule.prunes_only
         self.sites = sites
@@ -163,6 +165,13 @@ class _PruningPolicy(GatePolicy):
                     self.bytes.slot(site).mul_(site.support.view(torch.int8))
         return reverted
 
+    def release(self) -> None:
+        """Leaves the gate store's buffers to the next run (:class:`~.engine.HeapHold`), once the
+        state holds what it keeps of the gates."""
+        if self.bytes is not None:
+            self.bytes.give_back(self.heap)
+            self.bytes = None
+
     def changed(self) -> Tensor:
         """Per sample (on the CPU), whether this pass's gates differ from the last pass's."""
         if self.bytes is None:
@@ -179,7 +188,7 @@ class _PruningPolicy(GatePolicy):
         if not self.plan.final and self._updates(site):  # the site's gates have been used: its
             if self.bytes is None:  # bytes take the selector
                 stored = [s for s in self.sites if self.plan.updatable is None or s.index in self.plan.updatable]
-                self.bytes = GateStore(stored, self.batch_size, cw.device, keep_history=self.rule.prunes_only)
+                self.bytes = GateStore(stored, self.batch_size, cw.device, self.rule.prunes_only, self.heap)
             slot = self.bytes.slot(site)  # a frozen ReLU's gates stay within its support
             self.rule.write_selector(cw, slot, self._open_units(site, slot), not site.nonnegative, site.support)
             self.selected.add(site.index)
@@ -360,12 +369,14 @@ class FeedbackSelectivePruning(FeedbackAttribution):
             states = [self._select(sample, config, keep_cws, layers, updates, dual) for sample in batch.samples()]
             return FeedbackState.cat(states, batch.inputs)
         session = self._session(batch, selection.linearize)
-        mirror = _PruningPolicy(selection.rule, session.sites, batch.size, bool(keep_cws)) if dual else None
-        policy = _PruningPolicy(selection.rule, session.sites, batch.size, bool(keep_cws), mirror)
+        settings = (selection.rule, session.sites, batch.size, bool(keep_cws), session.heap)
+        mirror = _PruningPolicy(*settings) if dual else None
+        policy = _PruningPolicy(*settings, mirror)
         total = selection.updates if updates is None else updates
         with session.installed():
             passes = self._iterate(session, batch, policy, selection, layers, total)
             state = self._state(session, policy, passes, config, batch.inputs).kept(keep_cws)
+            policy.release()  # the dual's gate store takes its buffers
             del policy  # what the state does not keep goes once the dual's first pass replaces it
             if mirror is not None:
                 negated = batch.negated()
@@ -378,6 +389,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                     dual_passes = self._iterate(session, negated, mirror, selection, layers, total, first=passes,
                                                 kept_sites=kept_sites)
                 dual_state = self._state(session, mirror, dual_passes, config, negated.inputs).kept(keep_cws)
+                mirror.release()
                 state = replace(state, dual=dual_state)
         return self._diagnosed(state, batch, selection.linearize) if total > 0 and state.attributions else state
 
