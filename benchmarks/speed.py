@@ -26,6 +26,11 @@ Usage::
     python benchmarks/speed.py                       # the full table (slow on a CPU)
     python benchmarks/speed.py --models vgg16 --batch-sizes 1 --repeats 3
     python benchmarks/speed.py --models efficientnet_lite0 --batch-sizes 4   # issue #22's setting
+    python benchmarks/speed.py --models efficientnet_lite0 --batch-sizes 4 --keep-freed-memory
+
+``--keep-freed-memory`` has glibc keep freed memory for the whole run, every method alike
+(:func:`captum_feedback.core.allocator.keep_freed_memory`, what the ``captum-feedback`` command
+does): FSP's passes then reuse their pages instead of faulting them in again.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import zoo
 from captum.attr import GuidedBackprop, IntegratedGradients, LayerGradCam, Saliency
 
 from captum_feedback import PRESETS, FeedbackConfig, FeedbackRecovering, FeedbackSelectivePruning
+from captum_feedback.core.allocator import keep_freed_memory
 from captum_feedback.core.config import resolve_config
 from captum_feedback.data.photos import bundled_photos
 from captum_feedback.models.classifiers import load_classifier, recommended_layers
@@ -200,9 +206,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", nargs="*", default=[], metavar="METHOD",
                         help="methods to leave out, by the start of their label (e.g. IntegratedGradients)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed memory for every method (captum_feedback.core.allocator), as the "
+                             "captum-feedback command does")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    kept = keep_freed_memory() if args.keep_freed_memory else False
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"allocator keeps freed memory: {kept}")
     configs = {args.config: resolve_config(args.config, updates=args.updates), "paper": PRESETS["paper"]}
     rows = run(args.models, args.batch_sizes, args.repeats, configs, device, args.ig_repeats, args.skip)
     labelled = [(label, config, False) for label, config in configs.items()]

@@ -217,7 +217,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             checks.list_classes(args.queries, args.model)
             return 0
         from captum_feedback.app import commands
+        from captum_feedback.core.allocator import keep_freed_memory
 
+        keep_freed_memory()  # FSP's passes reuse their pages (the command's process is ours)
         written = {"explain": commands.explain, "benchmark": commands.benchmark,
                    "demo": commands.demo}[args.command](args)
     except CommandError as error:

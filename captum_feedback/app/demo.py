@@ -34,6 +34,7 @@ from captum_feedback.app.visualization import (  # noqa: E402
     visualize_energy_map,
 )
 from captum_feedback.compare.methods import MethodMaps  # noqa: E402
+from captum_feedback.core.allocator import keep_freed_memory  # noqa: E402
 from captum_feedback.core.config import PRESETS, ConfigLike, FeedbackConfig, resolve_config  # noqa: E402
 from captum_feedback.data import ClutteredScenes  # noqa: E402
 from captum_feedback.data.photos import bundled_photos  # noqa: E402
@@ -166,6 +167,7 @@ def main(argv: Sequence[str] = None) -> None:
     parser.add_argument("--photos", nargs="+", default=list(DEFAULT_PHOTOS))
     parser.add_argument("--config", choices=sorted(PRESETS), default="default")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     run(args.out, args.photos, args.config)
 
 

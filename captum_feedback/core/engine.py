@@ -124,6 +124,8 @@ class GatePolicy:
 _RELU, _IDENTITY = Transfer(RELU), Transfer()
 _BALLAST_BYTES = 1 << 20
 """Site outputs from this size on may hold the heap between calls (:class:`HeapHold`)."""
+_SPARES = 4
+"""Spare buffers a :class:`HeapHold` keeps: two gate stores, each its bytes and packed bits."""
 
 
 @dataclass
@@ -144,11 +146,17 @@ class HeapHold:
       200 ms to fault its 137 MB in, refilling a held one takes 15 ms.
 
     It costs memory beyond a call: one activation (the last site output of at least 1 MiB)
-    and the last call's gate store, held by the attribution object that owns the holder.
+    and the last two gate stores of other sizes, held by the attribution object that owns the
+    holder.
     """
 
     tensor: Optional[Tensor] = None
     spares: List[Tensor] = field(default_factory=list)
+
+    def give(self, *buffers: Tensor) -> None:
+        """Keeps ``buffers`` as the newest spares; of the older ones, as many as keep
+        :data:`_SPARES` in all (the stores of two configurations run in turn, say)."""
+        self.spares = [*buffers, *self.spares][:_SPARES]
 
     def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Optional[Tensor]:
         """A spare buffer of ``numel`` units of ``dtype`` on ``device`` (its values are those

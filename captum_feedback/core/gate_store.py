@@ -63,9 +63,9 @@ class GateStore:
                        for site in sites}
 
     def give_back(self, heap: HeapHold) -> None:
-        """Leaves the buffers to ``heap`` for a later store (:meth:`HeapHold.take`), in place of
-        those it held; this store must not be used afterwards."""
-        heap.spares = [self.buffer, self.packed]
+        """Leaves the buffers to ``heap`` for a later store (:meth:`HeapHold.take`); this store
+        must not be used afterwards."""
+        heap.give(self.buffer, self.packed)
 
     def _rows(self, index: int) -> Tensor:
         """A site's block as ``(B, row)`` bytes."""
