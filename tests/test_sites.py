@@ -94,3 +94,38 @@ def test_gate_outputs_may_be_modified_in_place_by_the_model():
     """ResNetish adds the skip in place onto a tensor derived from a gated output."""
     attribution = FSP(seeded(ResNetish())).attribute(torch.randn(2, 3, 16, 16), target=0)
     assert torch.isfinite(attribution).all() and attribution.abs().sum() > 0
+
+
+def test_later_passes_see_the_site_calls_of_hooks_and_of_modules_made_on_the_fly():
+    # After the first pass the engine watches only the modules that made site calls: a site
+    # in a forward hook, one in a module the model makes in its forward.
+    class Made(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = nn.ReLU()(self.conv(x))  # a module the model does not hold
+            return self.head(x.mean((2, 3)))
+
+    model = seeded(Made())
+    model.head.register_forward_hook(lambda m, inputs, out: F.leaky_relu(out, 0.5))
+    state = FSP(model).select(torch.randn(2, 3, 8, 8), target=[0, 1], config="paper")
+    assert list(state.site_kinds) == ["relu", "leaky_relu"]
+    assert int(state.updates.max()) > 0  # later passes ran, with every site seen in each
+
+
+def test_later_passes_see_a_site_call_in_a_forward_pre_hook_of_a_module_that_makes_no_other():
+    class Hooked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.head = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.relu(self.conv(x)).mean((2, 3)))
+
+    model = seeded(Hooked())
+    model.head.register_forward_pre_hook(lambda m, inputs: (torch.relu(inputs[0] - 0.1),))
+    state = FSP(model).select(torch.randn(2, 3, 8, 8), target=[0, 1], config="paper")
+    assert list(state.site_kinds) == ["relu", "head"]
+    assert int(state.updates.max()) > 0

@@ -330,9 +330,11 @@ class GatingSession:
         frozen calls runs (:attr:`_callers`), and leave it when the outermost of them returns.
 
         Outside them every torch call runs as without the mode: on MobileNetV3 at batch 1 a
-        mode over the whole forward pass costs 13% of it (each of about 190 calls a pass goes
-        through Python). A call the first pass did not make outside those modules goes unseen;
-        one inside them is seen, and the count of sites checked, as before."""
+        mode over the whole forward pass cost 1 ms of its 6.8 (each of about 190 calls a pass
+        goes through Python). The mode is entered before the module's own forward pre-hooks,
+        whose calls the first pass counted as the module's. A call the first pass did not make
+        outside those modules goes unseen; one inside them is seen, and the count of sites
+        checked, as before."""
         thread = threading.get_ident()
         entered: List[nn.Module] = []
 
@@ -355,7 +357,8 @@ class GatingSession:
 
         handles: List[Any] = [_Removal(close)]
         for module in self._callers or ():
-            handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
+            handles += [module.register_forward_pre_hook(enter, prepend=True),
+                        module.register_forward_hook(leave, always_call=True)]
         return handles
 
     def _note_caller(self) -> None:
