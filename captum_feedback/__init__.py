@@ -17,6 +17,7 @@ from typing import Any, List
 __version__ = "0.4.0"
 
 _HOMES = {
+    "captum_feedback.core.allocator": ("keep_freed_memory",),
     "captum_feedback.core.attribution": ("GatePolicyAttribution", "ungated_share"),
     "captum_feedback.core.config": ("PRESETS", "ExecutionSettings", "FeedbackConfig", "MapSettings",
                                     "SelectionSettings", "Stage"),

@@ -10,11 +10,11 @@ faults a call and 8.5-9.2 x Saliency's time, where Saliency, run where an earlie
 the heap, took none; with the allocator keeping freed memory, 12 faults and 6.3-6.5 x, Saliency's
 time unchanged.
 
-:func:`keep_freed_memory` sets that for the whole process, as ``MALLOC_TRIM_THRESHOLD_`` and
-``MALLOC_MMAP_THRESHOLD_`` in the environment, or jemalloc and tcmalloc loaded through
-``LD_PRELOAD``, would. The library never calls it by itself (it changes the user's process);
-the ``captum-feedback`` command and the demo do, and ``benchmarks/speed.py
---keep-freed-memory`` measures with it.
+:func:`keep_freed_memory` (``captum_feedback.keep_freed_memory``) sets that for the whole
+process, as ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_`` in the environment, or
+jemalloc and tcmalloc loaded through ``LD_PRELOAD``, would. The library never calls it by itself
+(it changes the user's process); the ``captum-feedback`` command and the demo do, and
+``benchmarks/speed.py --keep-freed-memory`` measures with it.
 """
 
 from __future__ import annotations
