@@ -12,8 +12,8 @@ Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes
 (ReLU on/off states, max-pool choices) and later passes evaluate the frozen, piecewise-linear
 network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
 
-Everything a session installs (the mode, the hooks that scope it, layer taps) is removed on every exit
-path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
+Everything a session installs (the mode, the hooks that scope it, layer taps) is removed on
+every exit path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
 """
 
 from __future__ import annotations
@@ -299,8 +299,9 @@ class GatingSession:
         module running at each); ``None`` when one came from outside every module. Later passes
         intercept calls only while one of them runs (:meth:`_scoped_mode`)."""
         self.heap = heap if heap is not None else HeapHold()
-        """Holds the latest site output of at least :data:`_BALLAST_BYTES` of the last session
-        (:class:`HeapHold`) until this one ends."""
+        """What the sessions of one attribution object keep for the next (:class:`HeapHold`):
+        the latest site output of at least :data:`_BALLAST_BYTES`, held until the next session
+        ends, and the buffers a policy leaves (FSP's gate store)."""
         self._latest: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ site naming
