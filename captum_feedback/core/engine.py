@@ -311,7 +311,7 @@ class GatingSession:
         nearest ``nn.Module`` call frame that is one of the model's modules (its forward, or its
         hooks). Per site call this costs a few microseconds; hooks that tracked every module
         call cost about 1 ms a pass on MobileNetV3, 15% of a forward pass."""
-        frame = sys._getframe(2)
+        frame = sys._getframe(3)
         while frame is not None:
             if frame.f_code is _MODULE_CALL:
                 module = frame.f_locals.get("self")
@@ -356,13 +356,16 @@ class GatingSession:
                         module.register_forward_hook(leave, always_call=True)]
         return handles
 
-    def _note_caller(self, module: Optional[nn.Module]) -> None:
-        """Records the module running a first-pass site or frozen call (:attr:`_callers`)."""
+    def _caller(self) -> Optional[nn.Module]:
+        """The module running a first-pass site or frozen call (:meth:`_calling_module`),
+        recorded among :attr:`_callers`."""
+        module = self._calling_module()
         if self._callers is not None:
             if module is not None:
                 self._callers.add(module)
             else:
                 self._callers = None
+        return module
 
     def _site_name(self, module: Optional[nn.Module], op: SiteOp, seen: Counter) -> str:
         base = self._module_names.get(module, "") if module is not None else ""
@@ -374,9 +377,7 @@ class GatingSession:
     # ------------------------------------------------------------------ the intercepted call
     def _on_site(self, func: Callable, op: SiteOp, args: tuple, kwargs: dict) -> Any:
         params = op.bind(args, kwargs)
-        module = self._calling_module() if self.passes == 0 else None
-        if self.passes == 0:
-            self._note_caller(module)
+        module = self._caller() if self.passes == 0 else None
         if params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size:
             # Not per sample (Swin V2's position-bias MLP runs on a table of the parameters):
             # no gate, and not counted among the sites.
@@ -405,7 +406,7 @@ class GatingSession:
         index = self._frozen_calls
         self._frozen_calls += 1
         if self.passes == 0:
-            self._note_caller(self._calling_module())
+            self._caller()
             output, state = op.evaluate(params) if op.applies(params) else (None, None)
             self._frozen.append((op, state))
             return output if state is not None else func(*args, **kwargs)

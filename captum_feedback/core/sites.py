@@ -63,7 +63,7 @@ class SiteOp:
 
     def __post_init__(self) -> None:
         if (self.frozen is None) == (self.transfer is None):
-            raise ValueError(f"Site operation {self.label!r} needs a frozen form or a transfer, not both.")
+            raise ValueError(f"Site operation {self.label!r} needs exactly one of a frozen form and a transfer.")
 
     def bind(self, args: Args, kwargs: Kwargs) -> Kwargs:
         return bind_call(args, kwargs, self.names, dict(self.defaults))
