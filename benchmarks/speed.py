@@ -16,9 +16,9 @@ numbers compare methods with each other rather than with the process size.
 
 FSP runs in the default configuration (``--config``; its number of updates ``k`` is the
 configuration's unless ``--updates`` sets them, over all stages) and, as a second row, as the
-paper's Algorithm 2 with 5 updates; a third row draws the configuration's Summation Energy Map,
-which for a contrastive configuration runs FSP for the target and its dual in one batch of twice
-the size. Target (issues #2, #10 and #22): a call of P passes costs at most 1.15 P Saliency calls
+paper's Algorithm 2 with 5 updates; a third row draws the configuration's Summation Energy Map
+from ``select(..., attributions=False)`` (no input gradient), which for a contrastive
+configuration runs FSP for the target and then for its dual after one shared first pass. Target (issues #2, #10 and #22): a call of P passes costs at most 1.15 P Saliency calls
 (:func:`passes`), and its peak memory is at most 1.5 x Saliency's.
 
 Usage::
@@ -100,7 +100,7 @@ def methods(name: str, model: torch.nn.Module, configs: Dict[str, FeedbackConfig
                  for label, config in configs.items()}
     default_label, default = next(iter(configs.items()))
     fsp_calls[fsp_label(default, default_label, summation=True)] = (
-        lambda x, t: summation_energy_map(fsp.select(x, t, config=default)))
+        lambda x, t: summation_energy_map(fsp.select(x, t, config=default, attributions=False)))
     return {
         "Saliency": lambda x, t: Saliency(model).attribute(x, target=t, abs=False),
         **fsp_calls,

@@ -233,3 +233,54 @@ def test_select_keeps_the_cws_of_the_summed_sites_unless_asked_for_all():
     with pytest.raises(ValueError, match="keep_cws must be one of"):
         FSP(model).select(x, target=1, keep_cws="all")
 
+
+
+def _grads_reaching(model: nn.Module) -> list:
+    """Counts the gradients that reach the model's first convolution's input, pass by pass."""
+    reached = []
+
+    def watch(_module, inputs):
+        if inputs[0].requires_grad:
+            inputs[0].register_hook(lambda grad: reached.append(1))
+
+    model.features[0].register_forward_pre_hook(watch)
+    return reached
+
+
+@pytest.mark.parametrize("config", ["default", "paper", "released_code"])
+@pytest.mark.parametrize("keep_cws", ["summed", True])
+def test_a_state_without_attributions_holds_the_same_gates_cws_and_map(config, keep_cws):
+    model = seeded(VGGish())
+    x = torch.rand(2, 3, 16, 16)
+    full = FSP(model).select(x, target=[1, 3], config=config, keep_cws=keep_cws)
+    light = FSP(model).select(x, target=[1, 3], config=config, keep_cws=keep_cws, attributions=False)
+    assert light.attributions == () and light.map_change is None and light.ungated_share is None
+    assert light.input_size == full.input_size == (16, 16)
+    for ours, theirs in ((light, full), (light.dual, full.dual)) if full.dual is not None else ((light, full),):
+        assert ours.gates.keys() == theirs.gates.keys() and ours.cws.keys() == theirs.cws.keys()
+        for name in theirs.gates:
+            assert torch.equal(ours.gates[name], theirs.gates[name]), name
+        for name in theirs.cws:
+            assert torch.equal(ours.cws[name], theirs.cws[name]), name
+            assert torch.equal(ours.site_outputs[name], theirs.site_outputs[name]), name
+        assert torch.equal(ours.outputs, theirs.outputs)
+    assert torch.equal(summation_energy_map(light), summation_energy_map(full))
+
+
+def test_without_attributions_the_last_backward_pass_stops_above_the_inputs():
+    """The default's updates end at the head; its last pass goes to the inputs only for the
+    attributions: the summed site (the last feature map) is where it stops without them."""
+    model = seeded(VGGish())
+    x = torch.rand(1, 3, 16, 16)
+    reached = _grads_reaching(model)
+    FSP(model).select(x, target=1)
+    assert reached  # the target's last pass (and a diagnosis pass, where the outputs did not change)
+    reached.clear()
+    FSP(model).select(x, target=1, attributions=False)
+    assert reached == []
+
+
+def test_a_state_that_keeps_nothing_is_refused():
+    model = seeded(VGGish())
+    with pytest.raises(ValueError, match="keep nothing"):
+        FSP(model).select(torch.rand(1, 3, 16, 16), target=1, keep_cws=False, attributions=False)

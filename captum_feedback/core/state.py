@@ -146,7 +146,11 @@ class FeedbackState:
     @property
     def input_size(self) -> Tuple[int, ...]:
         """Spatial size of the first input (everything after batch and channel dimensions)."""
-        return tuple(self.attributions[0].shape[2:])
+        if self.attributions:
+            return tuple(self.attributions[0].shape[2:])
+        if self.input_digest is None:
+            raise ValueError("The state holds neither attributions nor its inputs' shapes; pass the map's size.")
+        return tuple(self.input_digest[0][0][2:])
 
 
 def summed_sites(kinds: Dict[str, str], shapes: Dict[str, Tuple[int, ...]], maps: MapSettings,
