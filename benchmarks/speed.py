@@ -18,7 +18,8 @@ FSP runs in the default configuration (``--config``; its number of updates ``k``
 configuration's unless ``--updates`` sets them, over all stages) and, as a second row, as the
 paper's Algorithm 2 with 5 updates; a third row draws the configuration's Summation Energy Map
 from ``select(..., attributions=False)`` (no input gradient), which for a contrastive
-configuration runs FSP for the target and then for its dual after one shared first pass. Target (issues #2, #10 and #22): a call of P passes costs at most 1.15 P Saliency calls
+configuration runs FSP for the target and then for its dual after one shared first pass.
+Target (issues #2, #10 and #22): a call of P passes costs at most 1.15 P Saliency calls
 (:func:`passes`), and its peak memory is at most 1.5 x Saliency's.
 
 Usage::
