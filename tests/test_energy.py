@@ -16,6 +16,7 @@ from captum_feedback import (
     summation_energy_map,
     summation_fsp_fr_energy_map,
 )
+from captum_feedback.compare.methods import MethodMaps
 
 
 def unit_norm(maps):
@@ -117,6 +118,19 @@ def test_the_pipeline_gives_every_map_of_one_fsp_run(config):
     torch.testing.assert_close(maps.summation_fsp_fr, summation_fsp_fr_energy_map(maps.summation, maps.fsp_fr))
     torch.testing.assert_close(maps.summation, summation_energy_map(maps.state))
     assert maps.state.config == PRESETS[config]
+
+
+@pytest.mark.parametrize("config", ["default", "paper", "released_code"])
+def test_the_summation_map_alone_is_the_pipelines_and_method_maps_compute_it_alone(config):
+    model = seeded(VGGish())
+    x = torch.randn(2, 3, 16, 16)
+    pipeline = FeedbackPipeline(model, model.features[3], config)
+    summation = pipeline.summation(x, target=[1, 2])
+    assert torch.equal(summation, pipeline.energy_maps(x, target=[1, 2]).summation)
+    methods = MethodMaps(model, model.features[3], model.features[5], config=config)
+    alone = methods(x, [1, 2], ["FSP Summation"])["FSP Summation"]
+    assert torch.equal(alone, summation)
+    assert torch.equal(methods(x, [1, 2], ["FSP Summation", "FSP"])["FSP Summation"], summation)
 
 
 def test_maps_go_into_captum_visualization_with_channels_last():

@@ -176,7 +176,9 @@ class MethodMaps:
         if unknown:
             raise ValueError(f"Unknown method(s) {unknown}; choose from {list(ALL_METHODS)}.")
         maps: Dict[str, Tensor] = {}
-        if any(m in methods for m in PIPELINE_METHODS):
+        if [m for m in methods if m in PIPELINE_METHODS] == ["FSP Summation"]:
+            maps["FSP Summation"] = self.pipeline.summation(inputs, target)
+        elif any(m in methods for m in PIPELINE_METHODS):
             fb = self.pipeline.energy_maps(inputs, target)
             maps.update({"FSP": fb.fsp, "FSP Summation": fb.summation, "FSP-FR": fb.fsp_fr,
                          "Summation-FSP-FR": fb.summation_fsp_fr})

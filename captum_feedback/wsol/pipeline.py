@@ -95,6 +95,13 @@ class FeedbackPipeline:
 
         return self._neurons.attribute(inputs, kept_sum, additional_forward_args, self.config.fr_rule)
 
+    def summation(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        """The Summation Energy Map alone, ``(B, 1, H, W)``: the same as :meth:`energy_maps`'s,
+        from one FSP run that keeps neither the layer nor the input gradient
+        (``select(..., attributions=False)``) and makes no FR pass."""
+        return summation_energy_map(self._fsp.select(inputs, target, additional_forward_args, config=self.config,
+                                                     attributions=False))
+
     def energy_maps(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None
                     ) -> FeedbackEnergyMaps:
         """Every energy map of the paper from one FSP run on images ``(B, C, H, W)``."""
