@@ -334,7 +334,7 @@ class FeedbackSelectivePruning(FeedbackAttribution):
                 keeps rather than at the inputs (unless ``layers`` need it to go on), and no
                 diagnosis pass runs (``map_change`` and ``ungated_share`` are ``None``). Gates,
                 CWs and maps are the same. The default configuration's Summation Energy Map took
-                1.2 to 2.3 times less time (README, "Speed").
+                1.1 to 2.3 times less time (docs/benchmarks.md, issue #22's fifth session).
 
         Returns:
             A :class:`FeedbackState`.
