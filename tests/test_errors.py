@@ -175,7 +175,7 @@ def test_a_model_whose_shapes_change_between_passes_names_the_pass_and_the_site(
 
 
 class Crashing(nn.Module):
-    """Its ReLU module raises on the third call, inside the module whose calls later passes watch."""
+    """Its ReLU module raises on the third call, in a later pass, inside the site's module."""
 
     class Relu(nn.ReLU):
         calls = 0

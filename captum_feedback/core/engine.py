@@ -12,7 +12,7 @@ Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes
 (ReLU on/off states, max-pool choices) and later passes evaluate the frozen, piecewise-linear
 network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
 
-Everything a session installs (the mode, the hooks that scope it, layer taps) is removed on
+Everything a session installs (the mode, layer taps) is removed on
 every exit path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
 """
 
@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -232,12 +231,6 @@ def _hooked(output: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:
     return output
 
 
-class _Removal(NamedTuple):
-    """A clean-up that runs with the hook handles' removal."""
-
-    remove: Callable[[], None]
-
-
 class _SiteMode(TorchFunctionMode):
     def __init__(self, on_site: Callable[[Callable, SiteOp, tuple, dict], Any],
                  on_frozen: Optional[Callable[[Callable, FrozenOp, tuple, dict], Any]]) -> None:
@@ -294,10 +287,6 @@ class GatingSession:
         self._open: List[Tuple[Site, GradientEdge]] = []
         """The ungated sites of the last pass whose output autograd reaches, in execution order,
         with the edge of their output: where :meth:`propagate_cws` may stop."""
-        self._callers: Optional[Set[nn.Module]] = set()
-        """The modules that made the first pass's gate-site and frozen calls (the innermost
-        module running at each); ``None`` when one came from outside every module. Later passes
-        intercept calls only while one of them runs (:meth:`_scoped_mode`)."""
         self.heap = heap if heap is not None else HeapHold()
         """What the sessions of one attribution object keep for the next (:class:`HeapHold`):
         the latest site output of at least :data:`_BALLAST_BYTES`, held until the next session
@@ -307,11 +296,11 @@ class GatingSession:
     # ------------------------------------------------------------------ site naming
     def _calling_module(self) -> Optional[nn.Module]:
         """The innermost of the model's modules whose call is running, to name a first-pass site
-        after (and to watch in later passes): read from the Python stack, the ``self`` of the
+        after: read from the Python stack, the ``self`` of the
         nearest ``nn.Module`` call frame that is one of the model's modules (its forward, or its
         hooks). Per site call this costs a few microseconds; hooks that tracked every module
         call cost about 1 ms a pass on MobileNetV3, 15% of a forward pass."""
-        frame = sys._getframe(3)
+        frame = sys._getframe(2)  # above this method and _on_site
         while frame is not None:
             if frame.f_code is _MODULE_CALL:
                 module = frame.f_locals.get("self")
@@ -319,53 +308,6 @@ class GatingSession:
                     return module
             frame = frame.f_back
         return None
-
-    def _scoped_mode(self, mode: _SiteMode) -> List[Any]:
-        """Hooks that enter ``mode`` while a module that made the first pass's gate-site or
-        frozen calls runs (:attr:`_callers`), and leave it when the outermost of them returns.
-
-        Outside them every torch call runs as without the mode: on MobileNetV3 at batch 1 a
-        mode over the whole forward pass cost 1 ms of its 6.8 (each of about 190 calls a pass
-        goes through Python). The mode is entered before the module's own forward pre-hooks,
-        whose calls the first pass counted as the module's. A call the first pass did not make
-        outside those modules goes unseen; one inside them is seen, and the count of sites
-        checked, as before."""
-        thread = threading.get_ident()
-        entered: List[nn.Module] = []
-
-        def enter(module: nn.Module, _inputs: Any) -> None:
-            if threading.get_ident() == thread:
-                if not entered:
-                    mode.__enter__()
-                entered.append(module)
-
-        def leave(module: nn.Module, _inputs: Any, _output: Any) -> None:
-            if entered and entered[-1] is module and threading.get_ident() == thread:
-                entered.pop()
-                if not entered:
-                    mode.__exit__(None, None, None)
-
-        def close() -> None:  # an exit path that skipped a hook: the mode never outlives the pass
-            if entered:
-                entered.clear()
-                mode.__exit__(None, None, None)
-
-        handles: List[Any] = [_Removal(close)]
-        for module in self._callers or ():
-            handles += [module.register_forward_pre_hook(enter, prepend=True),
-                        module.register_forward_hook(leave, always_call=True)]
-        return handles
-
-    def _caller(self) -> Optional[nn.Module]:
-        """The module running a first-pass site or frozen call (:meth:`_calling_module`),
-        recorded among :attr:`_callers`."""
-        module = self._calling_module()
-        if self._callers is not None:
-            if module is not None:
-                self._callers.add(module)
-            else:
-                self._callers = None
-        return module
 
     def _site_name(self, module: Optional[nn.Module], op: SiteOp, seen: Counter) -> str:
         base = self._module_names.get(module, "") if module is not None else ""
@@ -377,7 +319,7 @@ class GatingSession:
     # ------------------------------------------------------------------ the intercepted call
     def _on_site(self, func: Callable, op: SiteOp, args: tuple, kwargs: dict) -> Any:
         params = op.bind(args, kwargs)
-        module = self._caller() if self.passes == 0 else None
+        module = self._calling_module() if self.passes == 0 else None
         if params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size:
             # Not per sample (Swin V2's position-bias MLP runs on a table of the parameters):
             # no gate, and not counted among the sites.
@@ -406,7 +348,6 @@ class GatingSession:
         index = self._frozen_calls
         self._frozen_calls += 1
         if self.passes == 0:
-            self._caller()
             output, state = op.evaluate(params) if op.applies(params) else (None, None)
             self._frozen.append((op, state))
             return output if state is not None else func(*args, **kwargs)
@@ -526,14 +467,10 @@ class GatingSession:
         self._inputs, self._open = inputs, []
         tapped: Dict[nn.Module, Tensor] = {}
         handles = [self._tap(module, tapped) for module in taps]
-        mode = _SiteMode(self._on_site, self._on_frozen if self.linearize else None)
-        whole = self.passes == 0 or self._callers is None
         if self.passes == 0:
             self._anchor = torch.zeros((), device=inputs[0].device, requires_grad=True)
-        else:
-            handles += self._scoped_mode(mode) if not whole else []
         try:
-            with mode if whole else contextlib.nullcontext():
+            with _SiteMode(self._on_site, self._on_frozen if self.linearize else None):
                 output = self.forward_func(*inputs, *additional_forward_args)
         finally:
             for handle in handles:
