@@ -284,3 +284,13 @@ def test_a_state_that_keeps_nothing_is_refused():
     model = seeded(VGGish())
     with pytest.raises(ValueError, match="keep nothing"):
         FSP(model).select(torch.rand(1, 3, 16, 16), target=1, keep_cws=False, attributions=False)
+
+
+def test_without_attributions_the_tapped_layers_keep_their_outputs_and_cws():
+    model = seeded(VGGish())
+    x = torch.rand(2, 3, 16, 16)
+    full = FSP(model).select(x, target=[0, 1], layers=(model.features[3],))
+    light = FSP(model).select(x, target=[0, 1], layers=(model.features[3],), attributions=False, keep_cws=False)
+    assert light.attributions == () and not light.cws
+    assert torch.equal(light.layer_outputs["features.3"], full.layer_outputs["features.3"])
+    assert torch.equal(light.layer_cws["features.3"], full.layer_cws["features.3"])
