@@ -10,7 +10,7 @@ from torchvision.ops import roi_align
 
 from captum_feedback.core._compat import TargetType, per_sample_targets
 from captum_feedback.core.config import ConfigLike
-from captum_feedback.wsol.energy import energy_map, summation_energy_map
+from captum_feedback.wsol.energy import energy_map
 from captum_feedback.wsol.pipeline import FeedbackPipeline
 
 
@@ -126,7 +126,7 @@ def two_stage_localization(
     size = tuple(images.shape[-2:])
     targets = per_sample_targets(target, len(images))
     pipeline = FeedbackPipeline(model, layer, config)
-    coarse_map = summation_energy_map(pipeline.select(images, targets, additional_forward_args))
+    coarse_map = pipeline.summation(images, targets, additional_forward_args)
     coarse = energy_box(coarse_map, fraction)
     crops = crop_and_resize(images, coarse)
     fine_state = pipeline.select(crops, targets, additional_forward_args, keep_cws=False)
