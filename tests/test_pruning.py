@@ -292,6 +292,20 @@ def test_site_bytes_tell_per_sample_whether_any_gate_changed_since_the_last_pass
     assert torch.equal(store.packed_gates(sites[0]), expected)
 
 
+def test_a_single_samples_store_tells_whether_any_of_its_sites_gates_changed():
+    from captum_feedback.core.engine import Site
+    from captum_feedback.core.gate_store import GateStore
+
+    sites = [Site(0, "conv", "activation", (1, 3, 5)), Site(1, "pool", "pool", (1, 4))]
+    store = GateStore(sites, 1, torch.device("cpu"), keep_history=False)
+    assert store.changed().tolist() == [False]
+    store.slot(sites[1])[0, 3] = 0
+    assert store.changed().tolist() == [True]
+    assert store.changed().tolist() == [False]
+    store.slot(sites[0])[0, 1, 2] = 0
+    assert store.changed().tolist() == [True]
+
+
 def test_a_gate_store_made_from_spare_buffers_starts_with_every_gate_open():
     from captum_feedback.core.engine import HeapHold, Site
     from captum_feedback.core.gate_store import GateStore
