@@ -12,8 +12,8 @@ Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes
 (ReLU on/off states, max-pool choices) and later passes evaluate the frozen, piecewise-linear
 network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
 
-Everything a session installs (the mode, layer taps) is removed on
-every exit path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
+Everything a session installs (the mode, layer taps) is removed on every exit path, and the
+model's training flags, ``requires_grad`` and ``.grad`` are restored.
 """
 
 from __future__ import annotations
@@ -296,10 +296,10 @@ class GatingSession:
     # ------------------------------------------------------------------ site naming
     def _calling_module(self) -> Optional[nn.Module]:
         """The innermost of the model's modules whose call is running, to name a first-pass site
-        after: read from the Python stack, the ``self`` of the
-        nearest ``nn.Module`` call frame that is one of the model's modules (its forward, or its
-        hooks). Per site call this costs a few microseconds; hooks that tracked every module
-        call cost about 1 ms a pass on MobileNetV3, 15% of a forward pass."""
+        after: read from the Python stack, the ``self`` of the nearest ``nn.Module`` call frame
+        that is one of the model's modules (its forward, or its hooks). Per site call this costs a
+        few microseconds; hooks that tracked every module call cost about 1 ms a pass on
+        MobileNetV3, 15% of a forward pass."""
         frame = sys._getframe(2)  # above this method and _on_site
         while frame is not None:
             if frame.f_code is _MODULE_CALL:
