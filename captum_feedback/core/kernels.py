@@ -189,11 +189,11 @@ def _transfer_rows(transfer: Transfer, values: Tensor, gates: Tensor, out: Tenso
     """:func:`_rows` of a gate kernel: values, gates, output, codes and scale (the transfer's
     placeholders where it has none)."""
     _, _, codes, scale = transfer.arrays(values.dtype)
-    if values.is_contiguous() and gates.is_contiguous():
-        return [(_flat(values), _flat(gates), _flat(out), codes, scale)]
-    return [(values_, gates_, out_, codes if transfer.codes is None else _flat(transfer.codes[b]),
-             scale if transfer.scale is None else _flat(transfer.scale[b]))
-            for b, (values_, gates_, out_) in enumerate(_rows(values, gates, out))]
+    rows = _rows(values, gates, out)
+    if len(rows) == 1:  # the whole tensors (or a batch of one's sample): the transfer's arrays as made once
+        return [(*rows[0], codes, scale)]
+    return [(*row, codes if transfer.codes is None else _flat(transfer.codes[b]),
+             scale if transfer.scale is None else _flat(transfer.scale[b])) for b, row in enumerate(rows)]
 
 
 def _bytes(gates: Tensor) -> Tensor:
@@ -244,12 +244,10 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
     within_bytes = None if within is None else _bytes(within)
     kernels = _kernels_for(cw, into, within_bytes)
     if kernels is not None:
-        if within_bytes is None:
-            for cw_, into_ in _rows(cw, into):
-                kernels.signs(cw_, _tables((), (), cw.dtype)[3], False, into_)
-        else:
-            for cw_, into_, within_ in _rows(cw, into, within_bytes):
-                kernels.signs(cw_, within_, True, into_)
+        no_within = _tables((), (), cw.dtype)[3]
+        tensors = (cw, into) if within_bytes is None else (cw, into, within_bytes)
+        for cw_, into_, *within_ in _rows(*tensors):
+            kernels.signs(cw_, within_[0] if within_ else no_within, bool(within_), into_)
         return
     into.copy_(torch.sign(cw))
     if within_bytes is not None:

@@ -119,10 +119,9 @@ def _leaky_frozen(x: Tensor, on: Tensor, p: Kwargs) -> Tensor:
 
 
 def _gelu_scale(x: Tensor, p: Kwargs) -> Tensor:
-    """GELU's scale: the normal CDF ``Phi(x)``, or its tanh approximation (detached). In place
-    after the first operation: one new activation-sized tensor where the formula written out
-    makes four, each of whose pages the system must fault in (issue #22)."""
-    x = x.detach()
+    """GELU's scale: the normal CDF ``Phi(x)``, or its tanh approximation, of the detached input
+    (:func:`_scaled`). In place after the first operation: one new activation-sized tensor where
+    the formula written out makes four, each of whose pages the system must fault in (issue #22)."""
     if p.get("approximate", "none") == "tanh":
         inner = x.pow(3).mul_(0.044715).add_(x).mul_((2 / torch.pi) ** 0.5)
         return inner.tanh_().add_(1).mul_(0.5)
