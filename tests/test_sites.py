@@ -129,3 +129,72 @@ def test_later_passes_see_a_site_call_in_a_forward_pre_hook_of_a_module_that_mak
     state = FSP(model).select(torch.randn(2, 3, 8, 8), target=[0, 1], config="paper")
     assert list(state.site_kinds) == ["relu", "head"]
     assert int(state.updates.max()) > 0
+
+
+class TokenMixer(nn.Module):
+    """Standard modules only: LayerNorm, a softmax over tokens, GELU, Hardswish, max-pooling."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        self.embed, self.norm, self.mix = nn.Conv2d(3, 8, 2, stride=2), nn.LayerNorm(8), nn.Linear(8, 8)
+        self.softmax, self.gelu = nn.Softmax(dim=1), nn.GELU()
+        self.hardswish, self.pool = nn.Hardswish(), nn.MaxPool2d(2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        f = self.functional
+        x = self.embed(x)
+        x = F.max_pool2d(F.hardswish(x), 2) if f else self.pool(self.hardswish(x))
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = F.layer_norm(tokens, (8,), self.norm.weight, self.norm.bias) if f else self.norm(tokens)
+        weights = F.softmax(tokens.sum(2, keepdim=True), dim=1) if f else self.softmax(tokens.sum(2, keepdim=True))
+        mixed = self.mix(tokens)
+        tokens = F.gelu(mixed) if f else self.gelu(mixed)
+        return self.head((weights * tokens).sum(1))
+
+
+@pytest.mark.parametrize("config", ["paper", "default"])
+def test_later_passes_that_replay_standard_modules_give_what_the_mode_gives(config):
+    # Where every site and frozen call of the first pass came from a standard module's forward,
+    # later passes hand the engine those calls without the TorchFunctionMode; a functional twin
+    # of the same model runs every pass under the mode.
+    x = torch.randn(2, 3, 16, 16)
+    vgg = seeded(VGGish())
+    torch.testing.assert_close(FSP(vgg).attribute(x, target=[1, 3], config=config),
+                               FSP(FunctionalVGGish(vgg)).attribute(x, target=[1, 3], config=config), rtol=0, atol=0)
+    modules = seeded(TokenMixer())
+    functional = TokenMixer(functional=True).eval()
+    functional.load_state_dict(modules.state_dict())
+    torch.testing.assert_close(FSP(modules).attribute(x, target=[0, 2], config=config),
+                               FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
+
+
+def test_replayed_modules_keep_their_own_forward_after_every_call_and_every_error():
+    model = seeded(ResNetish())
+    x = torch.randn(2, 3, 16, 16)
+    FSP(model).attribute(x, target=0, config="paper")
+    calls = []
+    model.conv2.register_forward_hook(lambda m, inputs, out: calls.append(1) or (out if len(calls) < 3 else out[:1]))
+    with pytest.raises(RuntimeError):
+        FSP(model).attribute(x, target=0, config="paper")  # the third pass breaks off in a later pass
+    assert len(calls) == 3
+    assert all("forward" not in vars(module) for module in model.modules())
+
+
+def test_a_model_called_from_another_thread_during_a_later_pass_computes_its_plain_output():
+    import threading
+
+    model = seeded(ResNetish())
+    probe, seen = torch.randn(2, 8, 5, 5), []  # of the batch size: unbatched calls are never gated
+
+    def elsewhere(module, inputs):
+        thread = threading.Thread(target=lambda: seen.append(model.relu(probe.clone())))
+        thread.start()
+        thread.join()
+
+    model.head.register_forward_pre_hook(elsewhere)
+    state = FSP(model).select(torch.randn(2, 3, 16, 16), target=0, config="paper")
+    assert int(state.updates.max()) > 1 and len(seen) > 2
+    for output in seen:
+        torch.testing.assert_close(output, torch.relu(probe), rtol=0, atol=0)

@@ -3,16 +3,18 @@
 A :class:`GatingSession` runs forward passes of a model in which every call of a gate-site
 operation (:mod:`captum_feedback.core.sites`) is intercepted by a ``torch.overrides.TorchFunctionMode``
 -- never by patching torch -- so modules, reused modules, in-place and functional calls are all
-seen, in execution order. Each call becomes a :class:`Site`. A :class:`GatePolicy` decides the
-binary feedback gate of each site in the forward pass and how the contribution weight (CW,
-Eq. 6: ``alpha = dS / d(gated output)``) is treated in the backward pass. Methods differ only
-in their policy.
+seen, in execution order. Each call becomes a :class:`Site`. Where all of them came from
+standard modules such as ``nn.ReLU``, later passes replace those modules' ``forward`` for the
+session's thread instead (:class:`_Replay`): the mode costs a Python call per torch call.
+A :class:`GatePolicy` decides the binary feedback gate of each site in the forward pass and
+how the contribution weight (CW, Eq. 6: ``alpha = dS / d(gated output)``) is treated in the
+backward pass. Methods differ only in their policy.
 
 Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes every site
 (ReLU on/off states, max-pool choices) and later passes evaluate the frozen, piecewise-linear
 network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
 
-Everything a session installs (the mode, layer taps) is removed on every exit path, and the
+Everything a session installs (the mode, replayed forwards, layer taps) is removed on every exit path, and the
 model's training flags, ``requires_grad`` and ``.grad`` are restored.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -127,6 +130,13 @@ _MODULE_CALL = nn.Module._call_impl.__code__
 """The code of ``nn.Module.__call__``'s frame, whose ``self`` is the module being called."""
 _SPARES = 4
 """Spare buffers a :class:`HeapHold` keeps: two gate stores, each its bytes and packed bits."""
+_REPLAYABLE = frozenset({
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+    nn.Sigmoid, nn.Softmax, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.LayerNorm, nn.GroupNorm,
+})
+"""``torch.nn``'s leaf modules whose ``forward`` is one call of a torch function on its input,
+the module's settings being the call's other arguments: a later pass may make that call itself
+(:class:`_Replay`)."""
 
 
 @dataclass
@@ -231,6 +241,69 @@ def _hooked(output: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:
     return output
 
 
+class _Call(NamedTuple):
+    """A gate-site or frozen call that a module's ``forward`` made on its input in the first pass."""
+
+    handler: Callable[[Callable, Any, tuple, dict], Any]
+    func: Callable
+    op: Any
+    args: tuple
+    """The call's arguments after the input."""
+    kwargs: dict
+
+
+class _Replay:
+    """Later passes without the ``TorchFunctionMode``, where the first pass showed that every
+    gate-site and frozen call came from a standard leaf module (:data:`_REPLAYABLE`) applied to
+    its input: for the pass, each such module's ``forward`` (an instance attribute, removed
+    after) hands the engine the call the mode saw. On MobileNetV3 the mode's Python call for
+    each of ~190 torch calls was 1.1 ms of a 10 ms pass.
+
+    Only the session's thread is redirected: the model called from another thread meanwhile
+    runs its modules' own ``forward``. A later pass that calls a gate-site operation from
+    anywhere else is not seen (the mode would refuse the changed control flow); the passes must
+    compute the same thing anyway.
+    """
+
+    def __init__(self) -> None:
+        self.calls: Dict[nn.Module, _Call] = {}
+        self.possible = True
+        """No first-pass call came from anywhere else."""
+        self._forwards: Dict[nn.Module, Callable[..., Any]] = {}
+        self._thread = 0
+
+    def note(self, module: Optional[nn.Module], direct: bool, call: _Call) -> None:
+        """Records a first-pass call made by ``module`` (``direct``: by its own ``forward`` on its input)."""
+        if not (direct and self.possible):
+            self.possible, self.calls = False, {}
+        else:
+            self.calls.setdefault(module, call)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Every recorded module's ``forward`` makes its call, for this thread."""
+        self._thread = threading.get_ident()
+        if not self._forwards:
+            self._forwards = {module: self._forward(module, call) for module, call in self.calls.items()}
+        try:
+            for module, forward in self._forwards.items():
+                vars(module)["forward"] = forward  # not a parameter, buffer or module: nn.Module's setattr adds nothing
+            yield
+        finally:
+            for module in self._forwards:
+                vars(module).pop("forward", None)
+
+    def _forward(self, module: nn.Module, call: _Call) -> Callable[..., Any]:
+        own = type(module).forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self._thread or len(args) != 1 or kwargs:
+                return own(module, *args, **kwargs)
+            return call.handler(call.func, call.op, (args[0], *call.args), call.kwargs)
+
+        return forward
+
+
 class _SiteMode(TorchFunctionMode):
     def __init__(self, on_site: Callable[[Callable, SiteOp, tuple, dict], Any],
                  on_frozen: Optional[Callable[[Callable, FrozenOp, tuple, dict], Any]]) -> None:
@@ -292,22 +365,31 @@ class GatingSession:
         the latest site output of at least :data:`_BALLAST_BYTES`, held until the next session
         ends, and the buffers a policy leaves (FSP's gate store)."""
         self._latest: Optional[Tensor] = None
+        self._replay = _Replay()
 
     # ------------------------------------------------------------------ site naming
-    def _calling_module(self) -> Optional[nn.Module]:
+    def _calling_module(self, args: tuple) -> Tuple[Optional[nn.Module], bool]:
         """The innermost of the model's modules whose call is running, to name a first-pass site
-        after: read from the Python stack, the ``self`` of the nearest ``nn.Module`` call frame
-        that is one of the model's modules (its forward, or its hooks). Per site call this costs a
-        few microseconds; hooks that tracked every module call cost about 1 ms a pass on
-        MobileNetV3, 15% of a forward pass."""
-        frame = sys._getframe(2)  # above this method and _on_site
+        after, and whether the call is its ``forward``'s one call on its input, which
+        :class:`_Replay` may make in later passes: read from the Python stack, the ``self`` of the
+        nearest ``nn.Module`` call frame that is one of the model's modules (its forward, or its
+        hooks). Per site call this costs a few microseconds; hooks that tracked every module call
+        cost about 1 ms a pass on MobileNetV3, 15% of a forward pass."""
+        frame, below = sys._getframe(2), None  # above this method and _on_site
         while frame is not None:
             if frame.f_code is _MODULE_CALL:
                 module = frame.f_locals.get("self")
                 if module in self._module_names:
-                    return module
+                    cls, called = type(module), frame.f_locals.get("args", ())
+                    direct = (cls in _REPLAYABLE and "forward" not in module.__dict__ and below is not None
+                              and below.f_code is cls.forward.__code__ and not frame.f_locals.get("kwargs")
+                              and len(called) == 1 and len(args) > 0 and args[0] is called[0])
+                    return module, direct
+                below = None
+            else:
+                below = frame
             frame = frame.f_back
-        return None
+        return None, False
 
     def _site_name(self, module: Optional[nn.Module], op: SiteOp, seen: Counter) -> str:
         base = self._module_names.get(module, "") if module is not None else ""
@@ -319,7 +401,10 @@ class GatingSession:
     # ------------------------------------------------------------------ the intercepted call
     def _on_site(self, func: Callable, op: SiteOp, args: tuple, kwargs: dict) -> Any:
         params = op.bind(args, kwargs)
-        module = self._calling_module() if self.passes == 0 else None
+        module = None
+        if self.passes == 0:
+            module, direct = self._calling_module(args)
+            self._replay.note(module, direct, _Call(self._on_site, func, op, args[1:], kwargs))
         if params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size:
             # Not per sample (Swin V2's position-bias MLP runs on a table of the parameters):
             # no gate, and not counted among the sites.
@@ -348,6 +433,7 @@ class GatingSession:
         index = self._frozen_calls
         self._frozen_calls += 1
         if self.passes == 0:
+            self._replay.note(*self._calling_module(args), _Call(self._on_frozen, func, op, args[1:], kwargs))
             output, state = op.evaluate(params) if op.applies(params) else (None, None)
             self._frozen.append((op, state))
             return output if state is not None else func(*args, **kwargs)
@@ -470,7 +556,7 @@ class GatingSession:
         if self.passes == 0:
             self._anchor = torch.zeros((), device=inputs[0].device, requires_grad=True)
         try:
-            with _SiteMode(self._on_site, self._on_frozen if self.linearize else None):
+            with self._intercepted():
                 output = self.forward_func(*inputs, *additional_forward_args)
         finally:
             for handle in handles:
@@ -482,6 +568,12 @@ class GatingSession:
             )
         self.passes += 1
         return output, tapped
+
+    def _intercepted(self) -> contextlib.AbstractContextManager:
+        """The mode, or for a later pass whose calls all come from standard modules, their replay."""
+        if self.passes > 0 and self._replay.possible:
+            return self._replay.installed()
+        return _SiteMode(self._on_site, self._on_frozen if self.linearize else None)
 
     def _tap(self, module: nn.Module, tapped: Dict[nn.Module, Tensor]) -> Any:
         name = self.module_name(module)

@@ -34,11 +34,12 @@ def check_model(model: Any) -> None:
 
     Raises:
         ValueError: ``nn.DataParallel`` anywhere in the model: its replicas run in other
-            threads, where the gating (a thread-local ``TorchFunctionMode``) does not reach, so
-            they would compute plain gradients (``DistributedDataParallel`` runs in the caller's
-            thread and works). A module in training mode that would change the model or make
-            the passes differ: batch normalization (batch statistics, running statistics updated
-            on every pass), instance normalization that tracks running statistics, and dropout.
+            threads, where the gating (a thread-local ``TorchFunctionMode``, or forwards replayed
+            for the caller's thread alone) does not reach, so they would compute plain gradients
+            (``DistributedDataParallel`` runs in the caller's thread and works). A module in
+            training mode that would change the model or make the passes differ: batch
+            normalization (batch statistics, running statistics updated on every pass), instance
+            normalization that tracks running statistics, and dropout.
     """
     if not isinstance(model, nn.Module):
         return
