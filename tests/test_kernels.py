@@ -110,6 +110,26 @@ def test_the_backward_kernel_and_the_sign_kernel_give_the_torch_operations_numbe
         assert torch.equal(a, b) and torch.equal(a.float(), torch.sign(grad) * (1 if within is None else within))
 
 
+@pytest.mark.parametrize("strided", [False, True])
+def test_the_backward_kernel_writes_the_signs_into_the_gates_it_reads_as_two_separate_calls_would(strided):
+    torch.manual_seed(2)
+    x, grad = torch.randn(2, 3, 7, 5), torch.randn(2, 3, 7, 5)
+    grad[0, 0, 0] = 0.0
+
+    def fill(size):
+        return torch.randint(0, 2, size, dtype=torch.int8)
+
+    for transfer in transfers(x):
+        for within in (None, x > 0):
+            gates = gate_rows(x.shape, fill) if strided else fill(x.shape)
+            apart = gates.clone()
+            expected = kernels.gated_backward(grad, transfer, apart)
+            kernels.write_signs(grad, apart, within)
+            (a, [ga]), (b, [gb]) = both(lambda: kernels.gated_backward(grad, transfer, gates, gates, within), gates)
+            assert torch.equal(a, expected) and torch.equal(b, expected), transfer.kind
+            assert torch.equal(ga, apart) and torch.equal(gb, apart), transfer.kind
+
+
 class MobileLike(nn.Module):
     """ReLU6, Hardswish, ReLU and max-pooling sites, a squeeze-excitation gate and a pooled head."""
 

@@ -54,9 +54,10 @@ def gated_forward(x, kind, codes, slopes, offsets, scale, gates, selects, out): 
 
 
 @njit(parallel=True, cache=True)
-def gated_backward(grad, kind, codes, slopes, scale, gates, out):  # noqa: ANN001, ANN201
+def gated_backward(grad, kind, codes, slopes, scale, gates, out, signs, within, writes_signs, has_within):  # noqa: ANN001, ANN201
     """``out = z * f'(x) * grad``, ``f'`` of a frozen transfer (1 for the others, whose gates
-    already lie within their active units)."""
+    already lie within their active units); with ``writes_signs``, also :func:`signs` of
+    ``grad`` into ``signs``, which may be ``gates`` themselves: each unit's gate is read first."""
     s0, s1, s2 = slopes[0], slopes[1], slopes[2]
     for j in prange(grad.shape[0]):
         g = grad[j]
@@ -69,6 +70,9 @@ def gated_backward(grad, kind, codes, slopes, scale, gates, out):  # noqa: ANN00
             out[j] = g * scale[j]
         else:
             out[j] = g
+        if writes_signs:
+            s = np.int8(1) if g > 0 else (np.int8(-1) if g < 0 else np.int8(0))
+            signs[j] = s if (not has_within or within[j] != 0) else np.int8(0)
 
 
 @njit(parallel=True, cache=True)

@@ -56,6 +56,8 @@ class Site:
     """The shape of the operation's input in the first pass; later passes must match it."""
     transfer: Optional[Transfer] = None
     """The frozen operation as the gate kernels apply it, made once (``SiteOp.transfer``)."""
+    holds: bool = False
+    """Its output may hold the heap between calls (:meth:`GatingSession._hold`)."""
 
     @property
     def nonnegative(self) -> bool:
@@ -115,10 +117,20 @@ class GatePolicy:
     def observe(self, site: Site, output: Tensor) -> None:
         """Forward: sees the site's gated output ``z * x`` (detached), as the model receives it."""
 
-    def backward(self, site: Site, cw: Tensor) -> Tensor:
+    def signs_into(self, site: Site, cw: Tensor) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        """Backward, at a gated site of a policy that passes CWs through, before :meth:`backward`:
+        where all that :meth:`backward` would read of the CW ``cw`` is its signs (Eq. 6's rule
+        with ``tau = 0``), the bytes to write ``sign(cw)`` into (the gate's own may be among
+        them) and booleans to keep them within (``None``: every unit). The engine writes them
+        in the same pass over memory as it gates the CW (:func:`~.kernels.gated_backward`) and
+        tells :meth:`backward` so."""
+        return None
+
+    def backward(self, site: Site, cw: Tensor, signs_written: bool = False) -> Tensor:
         """Backward: receives the site's CW ``dS/d(z * x)``; returns the CW to propagate instead.
 
         Autograd then multiplies it by the site's gate and carries it down the network.
+        ``signs_written``: the engine has written the signs that :meth:`signs_into` asked for.
         """
         return cw
 
@@ -180,35 +192,37 @@ class HeapHold:
 
 class _Gate(torch.autograd.Function):
     """``y = z * f(x)`` for a site's gate ``z`` and transfer ``f`` (the frozen operation of a
-    linearized pass, or none); its backward hands the CW ``dS/dy`` to ``on_cw`` and propagates
-    ``z * f'(x) *`` the CW that ``on_cw`` returns. Both directions are one pass over memory
-    (:mod:`~captum_feedback.core.kernels`).
+    linearized pass, or none); its backward hands the CW ``dS/dy`` to the policy's ``backward``
+    and propagates ``z * f'(x) *`` the CW that it returns. Both directions are one pass over
+    memory (:mod:`~captum_feedback.core.kernels`).
 
     It also takes the session's *anchor*, a scalar leaf, as an input, so that a backward pass
     asked only for the anchor's gradient runs through every gated site and no further
     (:meth:`GatingSession.propagate_cws`).
 
     It keeps ``z`` as bytes. With a policy that passes CWs through
-    (:attr:`GatePolicy.passes_cws_through`) the backward pass reads ``z`` before it calls
-    ``on_cw``, so the policy may reuse ``z``'s bytes from then on.
+    (:attr:`GatePolicy.passes_cws_through`) the backward pass reads ``z`` before the policy
+    sees the CW, so the policy may reuse ``z``'s bytes from then on, and may have the CW's
+    signs written into them as ``z`` is read (:meth:`GatePolicy.signs_into`).
     """
 
     @staticmethod
     def forward(  # noqa: D102
-        ctx: Any, x: Tensor, anchor: Tensor, transfer: Transfer, gate: Gate, on_cw: Callable[[Tensor], Tensor],
-        passes_through: bool,
+        ctx: Any, x: Tensor, anchor: Tensor, transfer: Transfer, gate: Gate, site: Site, policy: GatePolicy,
     ) -> Tensor:
         # Kept on ctx, not saved: a policy may hold gates as views of one buffer whose other
         # views it writes later in the pass, which autograd's version check would reject.
-        ctx.keep, ctx.transfer, ctx.on_cw, ctx.passes_through = gate.keep, transfer, on_cw, passes_through
+        ctx.keep, ctx.transfer, ctx.site, ctx.policy = gate.keep, transfer, site, policy
         return gated_forward(x, transfer, gate.keep, gate.selects, gate.pinned)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # noqa: D102
-        if not ctx.passes_through:
-            return gated_backward(ctx.on_cw(grad), ctx.transfer, ctx.keep), None, None, None, None, None
-        gated = gated_backward(grad, ctx.transfer, ctx.keep)
-        ctx.on_cw(grad)
+        policy, site = ctx.policy, ctx.site
+        if not policy.passes_cws_through:
+            return gated_backward(policy.backward(site, grad), ctx.transfer, ctx.keep), None, None, None, None, None
+        signs = policy.signs_into(site, grad)
+        gated = gated_backward(grad, ctx.transfer, ctx.keep, *(signs or ()))
+        policy.backward(site, grad, signs_written=signs is not None)
         return gated, None, None, None, None, None
 
 
@@ -415,7 +429,7 @@ class GatingSession:
         self._calls += 1
         if self.passes == 0:
             output, state = self._first_pass(op, params)
-            site = self._new_site(index, op, tuple(output.shape), state, module)
+            site = self._new_site(index, op, output, state, module)
             site.input_shape = tuple(params["input"].shape)
         else:
             site = self._site_at(index, op)
@@ -484,30 +498,28 @@ class GatingSession:
         gate = self._policy.gate(site, activation)
         if gate is None and site.support is not None and self.passes > 0:
             gate = Gate(site.support)  # a frozen ReLU is x on its support
-
-        def on_cw(cw: Tensor) -> Tensor:
-            return self._policy.backward(site, cw)
-
         if gate is None:
-            gated = _hooked(output if output is not None else transfer.apply(source), on_cw)
+            gated = _hooked(output if output is not None else transfer.apply(source),
+                            lambda cw: self._policy.backward(site, cw))
             if gated.requires_grad and self._policy.needs_cw(site):
                 self._open.append((site, get_gradient_edge(gated)))
         else:  # only sites whose CWs are needed lead an update's backward pass to the anchor
             anchor = self._anchor if self._policy.needs_cw(site) else self._anchor.detach()
-            gated = _Gate.apply(source, anchor, transfer, gate, on_cw, self._policy.passes_cws_through)
+            gated = _Gate.apply(source, anchor, transfer, gate, site, self._policy)
         self._policy.observe(site, gated.detach())
-        self._hold(gated)
+        if site.holds:
+            self._latest = gated.detach()
         return gated
 
-    def _hold(self, output: Tensor) -> None:
-        """Holds a large CPU site output until a later one replaces it, and from the session's
-        end until the next session's end (:class:`HeapHold`)."""
-        if output.device.type == "cpu" and output.numel() * output.element_size() >= _BALLAST_BYTES:
-            self._latest = output.detach()
+    @staticmethod
+    def _holds(output: Tensor) -> bool:
+        """Whether a site's output is a large CPU tensor, which the session holds until a later
+        one replaces it, and from the session's end until the next session's end (:class:`HeapHold`)."""
+        return output.device.type == "cpu" and output.numel() * output.element_size() >= _BALLAST_BYTES
 
-    def _new_site(self, index: int, op: SiteOp, shape: Tuple[int, ...], state: Any,
-                  module: Optional[nn.Module]) -> Site:
-        site = Site(index, self._site_name(module, op, self._names_seen), op.kind, shape, op)
+    def _new_site(self, index: int, op: SiteOp, output: Tensor, state: Any, module: Optional[nn.Module]) -> Site:
+        site = Site(index, self._site_name(module, op, self._names_seen), op.kind, tuple(output.shape), op)
+        site.holds = self._holds(output)
         # The frozen form reproduces the first pass exactly and keeps only masks for backward.
         site.frozen = state if self.linearize else None
         if op.masks_input and (self.linearize or self._policy.wants_on_states):

@@ -168,9 +168,10 @@ def _rows(*tensors: Tensor) -> List[Tuple[Any, ...]]:
     each: the whole tensors at once where all are contiguous, else one sample at a time (a site's
     gate bytes are rows of the gate store's buffer, padded when its units are not a multiple of
     8)."""
-    if all(t.is_contiguous() for t in tensors):
-        return [tuple(_flat(t) for t in tensors)]
-    return [tuple(_flat(t[b]) for t in tensors) for b in range(len(tensors[0]))]
+    for t in tensors:
+        if not t.is_contiguous():
+            return [tuple(_flat(t[b]) for t in tensors) for b in range(len(tensors[0]))]
+    return [tuple(map(_flat, tensors))]
 
 
 @functools.lru_cache(maxsize=64)
@@ -185,14 +186,14 @@ def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.
             np.zeros(1, dtype=kind), np.zeros(1, dtype=np.int8))
 
 
-def _transfer_rows(transfer: Transfer, values: Tensor, gates: Tensor, out: Tensor) -> List[Tuple[Any, ...]]:
-    """:func:`_rows` of a gate kernel: values, gates, output, codes and scale (the transfer's
-    placeholders where it has none)."""
-    _, _, codes, scale = transfer.arrays(values.dtype)
-    rows = _rows(values, gates, out)
+def _transfer_rows(transfer: Transfer, *tensors: Tensor) -> List[Tuple[Any, ...]]:
+    """:func:`_rows` of a gate kernel: the ``tensors`` (values, gates, output, ...), then the
+    transfer's slopes, offsets, codes and scale (its placeholders where it has none)."""
+    slopes, offsets, codes, scale = transfer.arrays(tensors[0].dtype)
+    rows = _rows(*tensors)
     if len(rows) == 1:  # the whole tensors (or a batch of one's sample): the transfer's arrays as made once
-        return [(*rows[0], codes, scale)]
-    return [(*row, codes if transfer.codes is None else _flat(transfer.codes[b]),
+        return [(*rows[0], slopes, offsets, codes, scale)]
+    return [(*row, slopes, offsets, codes if transfer.codes is None else _flat(transfer.codes[b]),
              scale if transfer.scale is None else _flat(transfer.scale[b])) for b, row in enumerate(rows)]
 
 
@@ -209,8 +210,7 @@ def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, p
     kernels = _kernels_for(x, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(x)
-        slopes, offsets = transfer.arrays(x.dtype)[:2]
-        for x_, gates_, out_, codes, scale in _transfer_rows(transfer, x, gates, out):
+        for x_, gates_, out_, slopes, offsets, codes, scale in _transfer_rows(transfer, x, gates, out):
             kernels.gated_forward(x_, transfer.kind, codes, slopes, offsets, scale, gates_, selects, out_)
         return out
     # In place in floats: on the CPU a comparison that writes booleans costs several times the
@@ -225,17 +225,27 @@ def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, p
     return keep.mul_(y)
 
 
-def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor) -> Tensor:
-    """``z * f'(x) * grad`` for the gates ``z`` of :func:`gated_forward`."""
+def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor, signs_into: Optional[Tensor] = None,
+                   within: Optional[Tensor] = None) -> Tensor:
+    """``z * f'(x) * grad`` for the gates ``z`` of :func:`gated_forward`; with ``signs_into``
+    (bytes, which may be ``gates`` themselves), also :func:`write_signs` of ``grad`` there, in
+    the same pass over memory."""
     gates = _bytes(gates)
-    kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale)
+    extra = [t for t in (signs_into, None if within is None or signs_into is None else _bytes(within)) if t is not None]
+    kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale, *extra)
     if kernels is not None:
         out = torch.empty_like(grad)
-        slopes = transfer.arrays(grad.dtype)[0]
-        for grad_, gates_, out_, codes, scale in _transfer_rows(transfer, grad, gates, out):
-            kernels.gated_backward(grad_, transfer.kind, codes, slopes, scale, gates_, out_)
+        unused = _tables((), (), grad.dtype)[3]
+        for grad_, gates_, out_, *rest in _transfer_rows(transfer, grad, gates, out, *extra):
+            signs_, within_ = (*rest[: len(extra)], unused, unused)[:2]
+            slopes, _, codes, scale = rest[len(extra):]
+            kernels.gated_backward(grad_, transfer.kind, codes, slopes, scale, gates_, out_, signs_, within_,
+                                   len(extra) > 0, len(extra) > 1)
         return out
-    return gates.to(grad.dtype).mul_(transfer.derivative(grad))
+    gated = gates.to(grad.dtype).mul_(transfer.derivative(grad))
+    if signs_into is not None:
+        write_signs(grad, signs_into, within)
+    return gated
 
 
 def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> None:

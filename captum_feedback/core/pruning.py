@@ -178,23 +178,38 @@ class _PruningPolicy(GatePolicy):
             return torch.ones(self.batch_size, dtype=torch.bool)
         return self.bytes.changed().cpu()
 
-    def backward(self, site: Site, cw: Tensor) -> Tensor:
+    def signs_into(self, site: Site, cw: Tensor) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        if not self.rule.writes_signs or not self._selects(site) or self._mirrored() is not None:
+            return None
+        return self._selector_bytes(site, cw.device), site.support
+
+    def backward(self, site: Site, cw: Tensor, signs_written: bool = False) -> Tensor:
         mirror = self._mirrored()
         if mirror is not None:
             mirror.backward(site, -cw)
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        if not self.plan.final and self._updates(site):  # the site's gates have been used: its
-            if self.bytes is None:  # bytes take the selector
-                stored = [s for s in self.sites if self.plan.updatable is None or s.index in self.plan.updatable]
-                self.bytes = GateStore(stored, self.batch_size, cw.device, self.rule.prunes_only, self.heap)
-            slot = self.bytes.slot(site)  # a frozen ReLU's gates stay within its support
-            self.rule.write_selector(cw, slot, self._open_units(site, slot), not site.nonnegative, site.support)
+        if self._selects(site):
+            slot = self._selector_bytes(site, cw.device)
+            if not signs_written:  # a frozen ReLU's gates stay within its support
+                self.rule.write_selector(cw, slot, self._open_units(site, slot), not site.nonnegative, site.support)
             self.selected.add(site.index)
         if self.keep_cws and self.plan.final:
             self.cws[site.index] = cw.detach()
         return cw
+
+    def _selects(self, site: Site) -> bool:
+        """Whether this pass's CW of the site selects its next gates: its gates have been used,
+        and its bytes take the selector."""
+        return site.kind != "layer" and not self.plan.final and self._updates(site)
+
+    def _selector_bytes(self, site: Site, device: torch.device) -> Tensor:
+        """The site's bytes in the gate store, made on the first site that selects."""
+        if self.bytes is None:
+            stored = [s for s in self.sites if self.plan.updatable is None or s.index in self.plan.updatable]
+            self.bytes = GateStore(stored, self.batch_size, device, self.rule.prunes_only, self.heap)
+        return self.bytes.slot(site)
 
     def _open_units(self, site: Site, slot: Tensor) -> Optional[Tensor]:
         """The site's open, active units, which a pruning rule averages over and keeps within."""

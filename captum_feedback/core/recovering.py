@@ -24,7 +24,7 @@ class RecoveringPolicy(GatePolicy):
         self.activations[site.index] = x
         return None
 
-    def backward(self, site: Site, cw: Tensor) -> Tensor:
+    def backward(self, site: Site, cw: Tensor, signs_written: bool = False) -> Tensor:
         if site.kind == "layer":
             return cw
         return cw * keep_mask(self.rule.selector(cw), self.activations.pop(site.index))

@@ -186,6 +186,12 @@ class SelectionRule:
         """The paper's ``alpha > 0`` (Algorithms 1 and 2), which alone keeps the ascent guarantee."""
         return isinstance(self.threshold, Zero)
 
+    @property
+    def writes_signs(self) -> bool:
+        """Whether :meth:`selector` is the CWs' signs (the zero threshold without the edge rule),
+        which :meth:`write_selector` and the gate's backward kernel write in one pass."""
+        return self.is_zero and not self.drop_edges
+
     def selector(self, cw: Tensor, open_units: Optional[Tensor] = None, signed: bool = True) -> Tensor:
         """All the selection rule needs to know of a site's CWs: one of three values a unit.
 
@@ -212,7 +218,7 @@ class SelectionRule:
                        within: Optional[Tensor] = None) -> None:
         """Writes :meth:`selector` into the bytes ``into``, ``0`` outside ``within`` (booleans)
         if given; the paper's rule in one pass over memory (:func:`~.kernels.write_signs`)."""
-        if self.is_zero and not self.drop_edges:
+        if self.writes_signs:
             write_signs(cw, into, within)
             return
         into.copy_(self.selector(cw, open_units, signed))
