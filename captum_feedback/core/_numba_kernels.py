@@ -53,35 +53,57 @@ def gated_forward(x, kind, codes, slopes, offsets, scale, gates, selects, out): 
         out[j] = y if keep else y * 0
 
 
+@njit(inline="always", cache=True)
+def _gated_cw(g, gate, kind, codes, scale, j, s0, s1, s2):  # noqa: ANN001, ANN202
+    """One unit of :func:`gated_backward`'s ``z * f'(x) * grad``."""
+    if gate == 0:
+        return g * 0
+    if kind == CODED:
+        c = codes[j]
+        return (s1 * g) if c == 1 else ((s0 * g) if c == 0 else (s2 * g))
+    if kind == SCALED:
+        return g * scale[j]
+    return g
+
+
+@njit(inline="always", cache=True)
+def _sign(v):  # noqa: ANN001, ANN202
+    return np.int8(v > 0) - np.int8(v < 0)
+
+
 @njit(parallel=True, cache=True)
 def gated_backward(grad, kind, codes, slopes, scale, gates, out, signs, within, writes_signs, has_within):  # noqa: ANN001, ANN201
     """``out = z * f'(x) * grad``, ``f'`` of a frozen transfer (1 for the others, whose gates
     already lie within their active units); with ``writes_signs``, also :func:`signs` of
-    ``grad`` into ``signs``, which may be ``gates`` themselves: each unit's gate is read first."""
+    ``grad`` into ``signs``, which may be ``gates`` themselves: each unit's gate is read first.
+    One loop for each case: a test of the case inside the loop kept it from being vectorized
+    (twice as slow)."""
     s0, s1, s2 = slopes[0], slopes[1], slopes[2]
-    for j in prange(grad.shape[0]):
-        g = grad[j]
-        if gates[j] == 0:
-            out[j] = g * 0
-        elif kind == CODED:
-            c = codes[j]
-            out[j] = (s1 * g) if c == 1 else ((s0 * g) if c == 0 else (s2 * g))
-        elif kind == SCALED:
-            out[j] = g * scale[j]
-        else:
-            out[j] = g
-        if writes_signs:
-            s = np.int8(1) if g > 0 else (np.int8(-1) if g < 0 else np.int8(0))
-            signs[j] = s if (not has_within or within[j] != 0) else np.int8(0)
+    n = grad.shape[0]
+    if not writes_signs:
+        for j in prange(n):
+            out[j] = _gated_cw(grad[j], gates[j], kind, codes, scale, j, s0, s1, s2)
+    elif has_within:
+        for j in prange(n):
+            g = grad[j]
+            out[j] = _gated_cw(g, gates[j], kind, codes, scale, j, s0, s1, s2)
+            signs[j] = _sign(g) * within[j]
+    else:
+        for j in prange(n):
+            g = grad[j]
+            out[j] = _gated_cw(g, gates[j], kind, codes, scale, j, s0, s1, s2)
+            signs[j] = _sign(g)
 
 
 @njit(parallel=True, cache=True)
 def signs(cw, within, has_within, out):  # noqa: ANN001, ANN201
-    """``out = sign(cw)`` as bytes, zero outside ``within`` when ``has_within``."""
-    for j in prange(cw.shape[0]):
-        v = cw[j]
-        s = np.int8(1) if v > 0 else (np.int8(-1) if v < 0 else np.int8(0))
-        out[j] = s if (not has_within or within[j] != 0) else np.int8(0)
+    """``out = sign(cw)`` as bytes, zero outside ``within`` (0/1 bytes) when ``has_within``."""
+    if has_within:
+        for j in prange(cw.shape[0]):
+            out[j] = _sign(cw[j]) * within[j]
+    else:
+        for j in prange(cw.shape[0]):
+            out[j] = _sign(cw[j])
 
 
 @njit(parallel=True, cache=True)
