@@ -169,14 +169,16 @@ def test_torchvision_mobilenet_v3_gets_the_same_paper_attribution_from_the_kerne
     assert torch.equal(a, b) and a.abs().sum() > 0
 
 
-def test_repacking_gates_gives_the_torch_operations_bytes_and_says_which_changed():
+def test_repacking_gates_gives_the_torch_operations_bytes_and_says_which_segments_changed():
     torch.manual_seed(2)
     gates = torch.randint(0, 2, (8 * 1000,), dtype=torch.int8)
-    packed = torch.randint(0, 256, (1000,), dtype=torch.uint8)
-    (a, [pa]), (b, [pb]) = both(lambda: kernels.repack(gates, packed), packed)
-    assert torch.equal(a, b) and torch.equal(pa, pb)
-    assert torch.equal(pa, kernels.pack_bits(gates.view(torch.bool).view(1, -1))[0])
-    assert not kernels.repack(gates, packed).any()  # nothing changed since
+    bounds = torch.tensor([0, 10, 10, 400, 1000])  # an empty segment among them
+    packed = kernels.pack_bits(gates.view(torch.bool).view(1, -1))[0]
+    packed[[3, 950]] ^= 4  # one bit a segment, in the first and the last
+    (a, [pa]), (b, [pb]) = both(lambda: kernels.repack(gates, packed, bounds), packed)
+    assert a.tolist() == b.tolist() == [True, False, False, True]
+    assert torch.equal(pa, pb) and torch.equal(pa, kernels.pack_bits(gates.view(torch.bool).view(1, -1))[0])
+    assert not kernels.repack(gates, packed, bounds).any()  # nothing changed since
 
 
 def test_a_relu6_first_pass_gives_hardtanh_and_its_gradient_with_its_codes():

@@ -270,24 +270,28 @@ def pack_bits(gate: Tensor) -> Tensor:
     return (gate.view(torch.int64) * _GATHER_BITS).bitwise_right_shift_(56).to(torch.uint8)
 
 
-def repack(gates: Tensor, packed: Tensor) -> Tensor:
+def repack(gates: Tensor, packed: Tensor, bounds: Tensor) -> Tensor:
     """Packs the 0/1 bytes ``gates`` eight to a byte into ``packed`` (unit ``8j + i`` is bit ``i``
-    of byte ``j``) in place; returns which packed bytes changed (booleans). One pass over the
-    gates where torch operations take four and an int64 copy of them."""
+    of byte ``j``) in place; returns, for each segment ``bounds[k]:bounds[k + 1]`` of
+    ``packed`` (``bounds``: increasing int64 byte offsets on the CPU), whether any of its bytes
+    changed. One pass over the gates where torch operations take four and an int64 copy of them."""
     kernels = _kernels_for(gates, dtypes=(torch.int8,))
-    differs = torch.empty(packed.shape, dtype=torch.bool, device=packed.device)
     if kernels is not None:
         import numpy as np
 
-        kernels.repack(gates.view(torch.int8).numpy().view(np.uint64), packed.numpy(), differs.view(torch.int8).numpy())
-        return differs
+        changed = torch.empty(len(bounds) - 1, dtype=torch.bool)
+        kernels.repack(gates.view(torch.int8).numpy().view(np.uint64), packed.numpy(), bounds.numpy(),
+                       changed.view(torch.int8).numpy())
+        return changed
+    differs = torch.empty(packed.shape, dtype=torch.bool, device=packed.device)
     step = 8 * _PACK_WORDS
     for start in range(0, len(gates), step):  # a slice at a time: int64 scratch near 1 MiB
         now = pack_bits(gates[start : start + step].view(1, -1))[0]
         words = packed[start // 8 : (start + step) // 8]
         torch.ne(now, words, out=differs[start // 8 : (start + step) // 8])
         words.copy_(now)
-    return differs
+    counts = torch.cat([differs.new_zeros(1, dtype=torch.long), differs.cumsum(0)]).cpu()
+    return counts[bounds[1:]] > counts[bounds[:-1]]
 
 
 def clamped(codes: Tensor, low: float, high: float) -> Transfer:
