@@ -114,8 +114,14 @@ class GatePolicy:
         """
         return None
 
+    @property
+    def observes(self) -> bool:
+        """Whether :meth:`observe` wants this pass's outputs."""
+        return True
+
     def observe(self, site: Site, output: Tensor) -> None:
-        """Forward: sees the site's gated output ``z * x`` (detached), as the model receives it."""
+        """Forward: sees the site's gated output ``z * x`` (detached), as the model receives it,
+        in a pass that it :attr:`observes`."""
 
     def signs_into(self, site: Site, cw: Tensor) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
         """Backward, at a gated site of a policy that passes CWs through, before :meth:`backward`:
@@ -258,12 +264,21 @@ def _hooked(output: Tensor, on_cw: Callable[[Tensor], Tensor]) -> Tensor:
 class _Call(NamedTuple):
     """A gate-site or frozen call that a module's ``forward`` made on its input in the first pass."""
 
-    handler: Callable[[Callable, Any, tuple, dict], Any]
+    handler: Callable[[Callable, Any, dict, tuple, dict], Any]
+    """The session's method for such a call after the first pass."""
     func: Callable
     op: Any
+    params: dict
+    """The call's other arguments, bound to the operation's names."""
     args: tuple
-    """The call's arguments after the input."""
+    """The call's positional arguments after the input."""
     kwargs: dict
+
+    @classmethod
+    def of(cls, handler: Callable, func: Callable, op: Any, params: dict, args: tuple, kwargs: dict) -> _Call:
+        """The call without its input, which later passes replace (and the first pass's may go)."""
+        return cls(handler, func, op, {name: value for name, value in params.items() if name != "input"}, args[1:],
+                   kwargs)
 
 
 class _Replay:
@@ -313,7 +328,7 @@ class _Replay:
         def forward(*args: Any, **kwargs: Any) -> Any:
             if threading.get_ident() != self._thread or len(args) != 1 or kwargs:
                 return own(module, *args, **kwargs)
-            return call.handler(call.func, call.op, (args[0], *call.args), call.kwargs)
+            return call.handler(call.func, call.op, {**call.params, "input": args[0]}, (*args, *call.args), call.kwargs)
 
         return forward
 
@@ -415,28 +430,35 @@ class GatingSession:
     # ------------------------------------------------------------------ the intercepted call
     def _on_site(self, func: Callable, op: SiteOp, args: tuple, kwargs: dict) -> Any:
         params = op.bind(args, kwargs)
-        module = None
-        if self.passes == 0:
-            module, direct = self._calling_module(args)
-            self._replay.note(module, direct, _Call(self._on_site, func, op, args[1:], kwargs))
-        if params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size:
-            # Not per sample (Swin V2's position-bias MLP runs on a table of the parameters):
-            # no gate, and not counted among the sites.
-            if self.passes == 0:
-                self.unbatched.append(self._site_name(module, op, Counter()))
+        if self.passes > 0:
+            return self._later_site(func, op, params, args, kwargs)
+        module, direct = self._calling_module(args)
+        self._replay.note(module, direct, _Call.of(self._later_site, func, op, params, args, kwargs))
+        if self._unbatched(params):
+            self.unbatched.append(self._site_name(module, op, Counter()))
             return func(*args, **kwargs)
-        index = self._calls
+        output, state = self._first_pass(op, params)
+        site = self._new_site(self._calls, op, output, state, module)
         self._calls += 1
-        if self.passes == 0:
-            output, state = self._first_pass(op, params)
-            site = self._new_site(index, op, output, state, module)
-            site.input_shape = tuple(params["input"].shape)
-        else:
-            site = self._site_at(index, op)
-            if tuple(params["input"].shape) != site.input_shape:
-                raise self._changed(site, f"took an input of shape {tuple(params['input'].shape)}, not "
-                                          f"{site.input_shape} as in the first")
-            output, state = self._later_pass(site, params)
+        site.input_shape = tuple(params["input"].shape)
+        gated = self._apply_gate(site, params, output)
+        return (gated, state) if op.returns_indices(params) else gated
+
+    def _unbatched(self, params: dict) -> bool:
+        """Whether a site operation's input is not per sample (Swin V2's position-bias MLP runs on
+        a table of the parameters): the call is not gated, and not counted among the sites."""
+        return params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size
+
+    def _later_site(self, func: Callable, op: SiteOp, params: dict, args: tuple, kwargs: dict) -> Any:
+        """A gate-site call after the first pass (``params``: the call's arguments bound)."""
+        if self._unbatched(params):
+            return func(*args, **kwargs)
+        site = self._site_at(self._calls, op)
+        self._calls += 1
+        shape = params["input"].shape
+        if shape != site.input_shape:
+            raise self._changed(site, f"took an input of shape {tuple(shape)}, not {site.input_shape} as in the first")
+        output, state = self._later_pass(site, params)
         gated = self._apply_gate(site, params, output)
         return (gated, state) if op.returns_indices(params) else gated
 
@@ -444,13 +466,17 @@ class GatingSession:
         """A nonlinearity that is not a gate site, in a linearized session: the first pass
         records its state, later passes evaluate it frozen (:class:`~.frozen_ops.FrozenOp`)."""
         params = op.bind(args, kwargs)
+        if self.passes > 0:
+            return self._later_frozen(func, op, params, args, kwargs)
+        self._replay.note(*self._calling_module(args), _Call.of(self._later_frozen, func, op, params, args, kwargs))
+        output, state = op.evaluate(params) if op.applies(params) else (None, None)
+        self._frozen.append((op, state))
+        self._frozen_calls += 1
+        return output if state is not None else func(*args, **kwargs)
+
+    def _later_frozen(self, func: Callable, op: FrozenOp, params: dict, args: tuple, kwargs: dict) -> Any:
         index = self._frozen_calls
         self._frozen_calls += 1
-        if self.passes == 0:
-            self._replay.note(*self._calling_module(args), _Call(self._on_frozen, func, op, args[1:], kwargs))
-            output, state = op.evaluate(params) if op.applies(params) else (None, None)
-            self._frozen.append((op, state))
-            return output if state is not None else func(*args, **kwargs)
         if index >= len(self._frozen) or self._frozen[index][0] is not op:
             raise self._changed(None, f"called {op.label} as frozen operation {index}, unlike the first")
         state = self._frozen[index][1]
@@ -468,8 +494,8 @@ class GatingSession:
     def _later_pass(self, site: Site, params: dict) -> Tuple[Optional[Tensor], Any]:
         """The site's operation after the first pass: frozen when linearized (Sec. 3.3). The
         output is ``None`` where the site's transfer (:meth:`_transfer`) computes it."""
-        if site.nonnegative:  # a re-evaluated ReLU: its transfer
-            return None, None
+        if site.transfer is not None or site.nonnegative:  # a frozen transfer, or a re-evaluated ReLU's
+            return None, site.frozen
         if site.frozen is None:
             return (site.op.output(params), None) if site.op.output is not None else site.op.evaluate(params)
         if site.op.transfer is not None:
@@ -481,32 +507,34 @@ class GatingSession:
         tensor: a frozen ReLU, ReLU6 or smooth activation (after the first pass for all but the
         ReLU, whose support the first pass knows) and a re-evaluated ReLU read the operation's
         input; every other site (max-pooling, and the first pass) its computed output."""
-        x_in = params["input"]
+        if site.transfer is not None:
+            return site.transfer, params["input"]
         if site.support is not None or (site.frozen is not None and output is None):
-            if site.transfer is None:
-                site.transfer = site.op.transfer(site.frozen, params)
-            return site.transfer, x_in
-        return (_RELU, x_in) if site.nonnegative else (_IDENTITY, output)
+            site.transfer = site.op.transfer(site.frozen, params)
+            return site.transfer, params["input"]
+        return (_RELU, params["input"]) if site.nonnegative else (_IDENTITY, output)
 
     def _apply_gate(self, site: Site, params: dict, output: Optional[Tensor]) -> Tensor:
+        policy, support = self._policy, site.support
         transfer, source = self._transfer(site, params, output)
         activation = None
-        if self._policy.reads_activations:  # a frozen ReLU's input; else the site's output
-            if output is None and site.support is None:
+        if policy.reads_activations:  # a frozen ReLU's input; else the site's output
+            if output is None and support is None:
                 output = transfer.apply(source)
-            activation = (params["input"] if site.support is not None else output).detach()
-        gate = self._policy.gate(site, activation)
-        if gate is None and site.support is not None and self.passes > 0:
-            gate = Gate(site.support)  # a frozen ReLU is x on its support
+            activation = (params["input"] if support is not None else output).detach()
+        gate = policy.gate(site, activation)
+        if gate is None and support is not None and self.passes > 0:
+            gate = Gate(support)  # a frozen ReLU is x on its support
         if gate is None:
             gated = _hooked(output if output is not None else transfer.apply(source),
                             lambda cw: self._policy.backward(site, cw))
-            if gated.requires_grad and self._policy.needs_cw(site):
+            if gated.requires_grad and policy.needs_cw(site):
                 self._open.append((site, get_gradient_edge(gated)))
         else:  # only sites whose CWs are needed lead an update's backward pass to the anchor
-            anchor = self._anchor if self._policy.needs_cw(site) else self._anchor.detach()
-            gated = _Gate.apply(source, anchor, transfer, gate, site, self._policy)
-        self._policy.observe(site, gated.detach())
+            anchor = self._anchor if policy.needs_cw(site) else self._anchor.detach()
+            gated = _Gate.apply(source, anchor, transfer, gate, site, policy)
+        if policy.observes:
+            policy.observe(site, gated.detach())
         if site.holds:
             self._latest = gated.detach()
         return gated

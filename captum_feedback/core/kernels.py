@@ -160,7 +160,7 @@ def _match_threads(threads: int) -> None:
 
 def _flat(t: Tensor) -> Any:
     """A contiguous tensor as a one-dimensional numpy array sharing its memory."""
-    return t.detach().numpy().ravel()
+    return (t.detach() if t.requires_grad else t).numpy().ravel()
 
 
 def _rows(*tensors: Tensor) -> List[Tuple[Any, ...]]:

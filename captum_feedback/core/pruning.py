@@ -128,6 +128,10 @@ class _PruningPolicy(GatePolicy):
         self.mirror.plan = self.plan
         return self.mirror
 
+    @property
+    def observes(self) -> bool:
+        return (self.keep_cws and self.plan.may_be_final) or self._mirrored() is not None
+
     def observe(self, site: Site, output: Tensor) -> None:
         mirror = self._mirrored()
         if mirror is not None:
