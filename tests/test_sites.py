@@ -198,3 +198,17 @@ def test_a_model_called_from_another_thread_during_a_later_pass_computes_its_pla
     assert int(state.updates.max()) > 1 and len(seen) > 2
     for output in seen:
         torch.testing.assert_close(output, torch.relu(probe), rtol=0, atol=0)
+
+
+def test_the_reach_test_finds_the_nodes_whose_backward_pass_runs_through_the_lowest_site():
+    from captum_feedback.core.engine import _all_reach
+
+    x = torch.randn(3, requires_grad=True)
+    before = x.cos()  # made before the lowest node: never above it
+    lowest = x.exp()
+    above, beside = lowest * 2, x.sin()
+    joined = (above + beside) * torch.nn.Parameter(torch.ones(3))  # one path through it suffices
+    assert _all_reach(lowest.grad_fn, [above.grad_fn, joined.grad_fn])
+    assert not _all_reach(lowest.grad_fn, [above.grad_fn, beside.grad_fn])
+    assert not _all_reach(lowest.grad_fn, [before.grad_fn])
+    assert _all_reach(lowest.grad_fn, [])

@@ -168,10 +168,9 @@ def _rows(*tensors: Tensor) -> List[Tuple[Any, ...]]:
     each: the whole tensors at once where all are contiguous, else one sample at a time (a site's
     gate bytes are rows of the gate store's buffer, padded when its units are not a multiple of
     8)."""
-    for t in tensors:
-        if not t.is_contiguous():
-            return [tuple(_flat(t[b]) for t in tensors) for b in range(len(tensors[0]))]
-    return [tuple(map(_flat, tensors))]
+    if all(t.is_contiguous() for t in tensors):
+        return [tuple(map(_flat, tensors))]
+    return [tuple(_flat(t[b]) for t in tensors) for b in range(len(tensors[0]))]
 
 
 @functools.lru_cache(maxsize=64)
@@ -190,11 +189,11 @@ def _transfer_rows(transfer: Transfer, *tensors: Tensor) -> List[Tuple[Any, ...]
     """:func:`_rows` of a gate kernel: the ``tensors`` (values, gates, output, ...), then the
     transfer's slopes, offsets, codes and scale (its placeholders where it has none)."""
     slopes, offsets, codes, scale = transfer.arrays(tensors[0].dtype)
-    rows = _rows(*tensors)
-    if len(rows) == 1:  # the whole tensors (or a batch of one's sample): the transfer's arrays as made once
-        return [(*rows[0], slopes, offsets, codes, scale)]
+    if all(t.is_contiguous() for t in tensors):  # the transfer's arrays as made once
+        return [(*map(_flat, tensors), slopes, offsets, codes, scale)]
     return [(*row, slopes, offsets, codes if transfer.codes is None else _flat(transfer.codes[b]),
-             scale if transfer.scale is None else _flat(transfer.scale[b])) for b, row in enumerate(rows)]
+             scale if transfer.scale is None else _flat(transfer.scale[b]))
+            for b, row in enumerate(_rows(*tensors))]
 
 
 def _bytes(gates: Tensor) -> Tensor:
