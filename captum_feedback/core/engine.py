@@ -146,8 +146,6 @@ _BALLAST_BYTES = 1 << 20
 """Site outputs from this size on may hold the heap between calls (:class:`HeapHold`)."""
 _MODULE_CALL = nn.Module._call_impl.__code__
 """The code of ``nn.Module.__call__``'s frame, whose ``self`` is the module being called."""
-_LEAF = 2**64 - 1
-"""The sequence number of a leaf's gradient accumulator (autograd numbers its other nodes in order)."""
 _SPARES = 4
 """Spare buffers a :class:`HeapHold` keeps: two gate stores, each its bytes and packed bits."""
 _REPLAYABLE = frozenset({
@@ -235,29 +233,19 @@ class _Gate(torch.autograd.Function):
 
 
 def _all_reach(lowest: Node, nodes: Sequence[Node]) -> bool:
-    """Whether a backward pass from each of ``nodes`` passes through ``lowest``.
-
-    A node made before ``lowest`` (a lower sequence number in the pass's thread) cannot reach
-    it, nor can a leaf's gradient accumulator (numbered last): neither is walked. Were a node
-    made in another thread skipped wrongly, the answer would be ``False``, and the caller's
-    backward pass goes on to the inputs, as it would anyway.
-    """
-    floor = lowest._sequence_nr()
+    """Whether a backward pass from each of ``nodes`` passes through ``lowest``."""
     reaches: Dict[Node, bool] = {lowest: True}
-    below: Dict[Node, List[Node]] = {}
 
     def visit(node: Node) -> bool:  # iterative: graphs are deeper than Python's recursion limit
         stack = [node]
         while stack:
             top = stack[-1]
-            if top not in below:
-                below[top] = [n for n, _ in top.next_functions if n is not None and floor <= n._sequence_nr() < _LEAF]
-            unseen = [n for n in below[top] if n not in reaches]
-            if unseen:
-                stack.extend(unseen)
+            below = [n for n, _ in top.next_functions if n is not None and n not in reaches]
+            if below:
+                stack.extend(below)
                 continue
             stack.pop()
-            reaches[top] = any(reaches[n] for n in below[top])
+            reaches[top] = any(reaches.get(n, False) for n, _ in top.next_functions if n is not None)
         return reaches[node]
 
     return all(visit(node) for node in nodes)
