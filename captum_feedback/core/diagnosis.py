@@ -20,6 +20,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
+from captum_feedback.core._compat import finite_rows
 from captum_feedback.core.state import FeedbackState
 
 MAP_TOLERANCE = 1e-3
@@ -98,7 +99,7 @@ def degeneracies(state: FeedbackState) -> Dict[str, Tensor]:
         return {reason: none for reason in REASONS}
     finite = torch.isfinite(state.target_scores.cpu()).all(0)
     for attribution in state.attributions:
-        finite &= torch.isfinite(attribution.detach().flatten(1)).all(1).cpu()
+        finite &= finite_rows(attribution.detach().flatten(1)).cpu()
     same = state.map_change.cpu() <= MAP_TOLERANCE  # NaN (outputs changed: not measured) compares False
     bypass = state.ungated_share.cpu() > BYPASS_SHARE  # NaN (not measured) compares False
     first, last = state.target_scores[0].cpu(), state.target_scores[-1].cpu()

@@ -33,7 +33,7 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
 from captum_feedback.core.frozen_ops import FROZEN_OPS, FrozenOp
-from captum_feedback.core.guards import check_depends_on_inputs, check_model, preserved_state
+from captum_feedback.core.guards import check_depends_on_inputs, check_model, named_modules, preserved_state
 from captum_feedback.core.kernels import RELU, Transfer, gated_backward, gated_forward
 from captum_feedback.core.sites import SITE_OPS, SiteOp
 
@@ -369,9 +369,8 @@ class GatingSession:
         self.batch_size = batch_size
         self.sites: List[Site] = []
         self.passes = 0
-        self._module_names: Dict[nn.Module, str] = (
-            {m: n for n, m in forward_func.named_modules()} if isinstance(forward_func, nn.Module) else {}
-        )
+        self._modules = named_modules(forward_func)
+        self._module_names: Dict[nn.Module, str] = {m: n for n, m in self._modules}
         self._calls = 0
         self._names_seen: Counter = Counter()
         self._policy: GatePolicy = GatePolicy()
@@ -657,9 +656,9 @@ class GatingSession:
     def installed(self) -> Iterator[GatingSession]:
         """Enables autograd (also inside a caller's ``no_grad``) and guards the model's state
         for the session's lifetime."""
-        check_model(self.forward_func)
+        check_model(self._modules)
         try:
-            with preserved_state(self.forward_func), torch.enable_grad():
+            with preserved_state(self._modules), torch.enable_grad():
                 yield self
         finally:
             self._open = []  # its edges reach hooks that hold the session: a cycle through autograd

@@ -5,7 +5,7 @@ the model's training flags, ``requires_grad`` and ``.grad`` put back on every ex
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -16,21 +16,27 @@ def check_depends_on_inputs(scores: Tensor) -> None:
         raise ValueError("The target score does not depend on the inputs; nothing to attribute.")
 
 
-def _state_snapshot(model: Any) -> List[Tuple[Any, Any, Any]]:
+Named = Sequence[Tuple[str, nn.Module]]
+"""A model's modules with their names, ``list(model.named_modules())`` (none for a function)."""
+
+
+def named_modules(model: Any) -> List[Tuple[str, nn.Module]]:
+    """The model's modules with their names, walked once for every check and guard of a session."""
+    return list(model.named_modules()) if isinstance(model, nn.Module) else []
+
+
+def _state_snapshot(modules: Named) -> List[Tuple[Any, Any, Any]]:
     """``(object, attribute, value)`` for every module's training flag and every parameter's
     ``requires_grad`` and ``.grad``. Parameters are read from each module's own table, not
     ``model.parameters()``, whose de-duplication took as long as the rest (a shared parameter is
     listed twice and restored twice, harmlessly)."""
-    if not isinstance(model, nn.Module):
-        return []
-    modules = list(model.modules())
-    params = [p for m in modules for p in m._parameters.values() if p is not None]
-    return ([(m, "training", m.training) for m in modules] + [(p, "requires_grad", p.requires_grad) for p in params]
+    params = [p for _, m in modules for p in m._parameters.values() if p is not None]
+    return ([(m, "training", m.training) for _, m in modules] + [(p, "requires_grad", p.requires_grad) for p in params]
             + [(p, "grad", p.grad) for p in params])
 
 
-def check_model(model: Any) -> None:
-    """Refuses, in one walk over the modules, what the gating cannot run on.
+def check_model(modules: Named) -> None:
+    """Refuses what the gating cannot run on, among the model's ``modules`` (:func:`named_modules`).
 
     Raises:
         ValueError: ``nn.DataParallel`` anywhere in the model: its replicas run in other
@@ -41,9 +47,7 @@ def check_model(model: Any) -> None:
             normalization (batch statistics, running statistics updated on every pass), instance
             normalization that tracks running statistics, and dropout.
     """
-    if not isinstance(model, nn.Module):
-        return
-    for name, module in model.named_modules():
+    for name, module in modules:
         if isinstance(module, nn.DataParallel):
             raise ValueError(
                 f"'{name or 'model'}' is a torch.nn.DataParallel: its replicas run in other threads, which the "
@@ -71,9 +75,10 @@ def _training_effect(module: nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def preserved_state(model: Any) -> Iterator[None]:
-    """Restores training flags, ``requires_grad`` and ``.grad`` of every module and parameter."""
-    snapshot = _state_snapshot(model)
+def preserved_state(modules: Named) -> Iterator[None]:
+    """Restores training flags, ``requires_grad`` and ``.grad`` of the ``modules`` and their
+    parameters (:func:`named_modules`)."""
+    snapshot = _state_snapshot(modules)
     try:
         yield
     finally:

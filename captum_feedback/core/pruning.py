@@ -606,7 +606,7 @@ def _rows(rows: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tup
 
 def _blank(grads: Tuple[Tensor, ...]) -> Tensor:
     """Per sample, whether every input gradient is zero (on the CPU)."""
-    nonzero = torch.stack([g.detach().flatten(1).ne(0).any(1) for g in grads]).any(0)
+    nonzero = torch.stack([g.detach().flatten(1).any(1) for g in grads]).any(0)  # any: nonzero, no booleans made
     return ~nonzero.cpu()
 
 
