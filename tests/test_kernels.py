@@ -92,19 +92,26 @@ def test_a_selector_keeps_units_whose_cw_agrees_with_their_sign_and_pinned_units
     assert relu.tolist() == [[1, 0, 0, 0, 0, 0]] and out.tolist() == [[2.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
 
 
-@pytest.mark.parametrize("strided", [False, True])
-def test_the_backward_kernel_and_the_sign_kernel_give_the_torch_operations_numbers(strided):
-    torch.manual_seed(1)
+def coin_bytes(size):
+    return torch.randint(0, 2, size, dtype=torch.int8)
+
+
+def activations_and_cws(seed):
+    """Activations and CWs of one shape, with a CW of exactly zero (sign 0)."""
+    torch.manual_seed(seed)
     x, grad = torch.randn(2, 3, 7, 5), torch.randn(2, 3, 7, 5)
     grad[0, 0, 0] = 0.0
-    def fill(size):
-        return torch.randint(0, 2, size, dtype=torch.int8)
+    return x, grad
 
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_the_backward_kernel_and_the_sign_kernel_give_the_torch_operations_numbers(strided):
+    x, grad = activations_and_cws(1)
     for transfer in transfers(x):
-        gates = gate_rows(x.shape, fill) if strided else fill(x.shape)
+        gates = gate_rows(x.shape, coin_bytes) if strided else coin_bytes(x.shape)
         (a, _), (b, _) = both(lambda: kernels.gated_backward(grad, transfer, gates), gates)
         assert torch.equal(a, b), transfer.kind
-    into = gate_rows(x.shape, fill) if strided else fill(x.shape)
+    into = gate_rows(x.shape, coin_bytes) if strided else coin_bytes(x.shape)
     for within in (None, x > 0):
         (_, [a]), (_, [b]) = both(lambda: kernels.write_signs(grad, into, within), into)
         assert torch.equal(a, b) and torch.equal(a.float(), torch.sign(grad) * (1 if within is None else within))
@@ -112,16 +119,10 @@ def test_the_backward_kernel_and_the_sign_kernel_give_the_torch_operations_numbe
 
 @pytest.mark.parametrize("strided", [False, True])
 def test_the_backward_kernel_writes_the_signs_into_the_gates_it_reads_as_two_separate_calls_would(strided):
-    torch.manual_seed(2)
-    x, grad = torch.randn(2, 3, 7, 5), torch.randn(2, 3, 7, 5)
-    grad[0, 0, 0] = 0.0
-
-    def fill(size):
-        return torch.randint(0, 2, size, dtype=torch.int8)
-
+    x, grad = activations_and_cws(2)
     for transfer in transfers(x):
         for within in (None, x > 0):
-            gates = gate_rows(x.shape, fill) if strided else fill(x.shape)
+            gates = gate_rows(x.shape, coin_bytes) if strided else coin_bytes(x.shape)
             apart = gates.clone()
             expected = kernels.gated_backward(grad, transfer, apart)
             kernels.write_signs(grad, apart, within)
