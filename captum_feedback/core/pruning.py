@@ -188,6 +188,9 @@ class _PruningPolicy(GatePolicy):
         return self._selector_bytes(site, cw.device), site.support
 
     def backward(self, site: Site, cw: Tensor, signs_written: bool = False) -> Tensor:
+        if signs_written:  # signs_into's site: it selects, in a pass that is not the last, with no dual
+            self.selected.add(site.index)
+            return cw
         mirror = self._mirrored()
         if mirror is not None:
             mirror.backward(site, -cw)
