@@ -212,3 +212,21 @@ def test_the_reach_test_finds_the_nodes_whose_backward_pass_runs_through_the_low
     assert not _all_reach(lowest.grad_fn, [above.grad_fn, beside.grad_fn])
     assert not _all_reach(lowest.grad_fn, [before.grad_fn])
     assert _all_reach(lowest.grad_fn, [])
+
+
+def test_a_replayed_module_called_otherwise_on_a_later_pass_is_a_control_flow_error_that_leaves_no_trace():
+    class Switching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.head, self.calls = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2), 0
+
+        def forward(self, x):
+            self.calls += 1
+            h = self.conv(x)
+            h = self.relu(h) if self.calls == 1 else self.relu(input=h)  # a keyword after the first pass
+            return self.head(h.mean((2, 3)))
+
+    model = seeded(Switching())
+    with pytest.raises(RuntimeError, match="other arguments on a later forward pass"):
+        FSP(model).attribute(torch.randn(2, 3, 8, 8), target=0, config="paper")
+    assert "forward" not in vars(model.relu)

@@ -326,8 +326,13 @@ class _Replay:
         own = type(module).forward
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() != self._thread or len(args) != 1 or kwargs:
+            if threading.get_ident() != self._thread:
                 return own(module, *args, **kwargs)
+            if len(args) != 1 or kwargs:
+                raise RuntimeError(
+                    f"The model called its {type(module).__name__} module with other arguments on a later forward "
+                    "pass than on the first. Feedback runs the model several times and needs the same "
+                    "computation every time (no randomness or data-dependent branches).")
             return call.handler(call.func, call.op, {**call.params, "input": args[0]}, (*args, *call.args), call.kwargs)
 
         return forward
