@@ -33,6 +33,27 @@ def test_with_fr_s_rule_it_is_fr_and_a_forward_rule_changes_the_gradient():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+def test_a_policy_that_passes_cws_through_gets_them_gated_by_the_engine_and_needs_no_signs_hook():
+    model = seeded(VGGish())
+    x = torch.rand(2, 3, 16, 16)
+
+    class ClosedBelowMean(GatePolicy):
+        def __init__(self, passes_through):
+            self.passes_cws_through, self.seen = passes_through, []
+
+        def gate(self, site, x):
+            return Gate(x > x.mean()) if site.kind == "activation" else None
+
+        def backward(self, site, cw):  # written before signs_into and signs_written existed
+            self.seen.append(site.name)
+            return cw
+
+    through, plain = ClosedBelowMean(True), ClosedBelowMean(False)
+    a = GatePolicyAttribution(model, through).attribute(x, target=1)
+    b = GatePolicyAttribution(model, plain).attribute(x, target=1)
+    assert torch.equal(a, b) and through.seen == plain.seen and through.seen
+
+
 def test_a_policy_must_be_a_gate_policy():
     with pytest.raises(TypeError, match="policy must be a GatePolicy"):
         GatePolicyAttribution(seeded(VGGish()), lambda site, x: None)

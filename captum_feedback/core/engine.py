@@ -227,8 +227,12 @@ class _Gate(torch.autograd.Function):
         if not policy.passes_cws_through:
             return gated_backward(policy.backward(site, grad), ctx.transfer, ctx.keep), None, None, None, None, None
         signs = policy.signs_into(site, grad)
-        gated = gated_backward(grad, ctx.transfer, ctx.keep, *(signs or ()))
-        policy.backward(site, grad, signs_written=signs is not None)
+        if signs is None:  # a policy of its own that passes CWs through may not know signs_written
+            gated = gated_backward(grad, ctx.transfer, ctx.keep)
+            policy.backward(site, grad)
+        else:
+            gated = gated_backward(grad, ctx.transfer, ctx.keep, *signs)
+            policy.backward(site, grad, signs_written=True)
         return gated, None, None, None, None, None
 
 
