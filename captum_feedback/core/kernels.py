@@ -230,16 +230,19 @@ def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor, signs_into: 
     (bytes, which may be ``gates`` themselves), also :func:`write_signs` of ``grad`` there, in
     the same pass over memory."""
     gates = _bytes(gates)
-    extra = [t for t in (signs_into, None if within is None or signs_into is None else _bytes(within)) if t is not None]
+    within_bytes = None if within is None or signs_into is None else _bytes(within)
+    extra = [t for t in (signs_into, within_bytes) if t is not None]
     kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale, *extra)
     if kernels is not None:
         out = torch.empty_like(grad)
         unused = _tables((), (), grad.dtype)[3]
-        for grad_, gates_, out_, *rest in _transfer_rows(transfer, grad, gates, out, *extra):
-            signs_, within_ = (*rest[: len(extra)], unused, unused)[:2]
-            slopes, _, codes, scale = rest[len(extra):]
+        for row in _transfer_rows(transfer, grad, gates, out, *extra):
+            grad_, gates_, out_ = row[:3]
+            signs_ = row[3] if signs_into is not None else unused
+            within_ = row[4] if within_bytes is not None else unused
+            slopes, _, codes, scale = row[-4:]
             kernels.gated_backward(grad_, transfer.kind, codes, slopes, scale, gates_, out_, signs_, within_,
-                                   len(extra) > 0, len(extra) > 1)
+                                   signs_into is not None, within_bytes is not None)
         return out
     gated = gates.to(grad.dtype).mul_(transfer.derivative(grad))
     if signs_into is not None:
