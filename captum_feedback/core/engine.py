@@ -458,15 +458,18 @@ class GatingSession:
         return params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size
 
     def _later_site(self, func: Callable, op: SiteOp, params: dict, args: tuple, kwargs: dict) -> Any:
-        """A gate-site call after the first pass (``params``: the call's arguments bound)."""
-        if self._unbatched(params):
+        """A gate-site call after the first pass (``params``: the call's arguments bound). Written
+        for as few Python steps as it can: on MobileNetV3 at batch 1 they are a tenth of a pass."""
+        x = params["input"]
+        if x.dim() == 0 or x.shape[0] != self.batch_size:  # not gated in the first pass either
             return func(*args, **kwargs)
-        site = self._site_at(self._calls, op)
-        self._calls += 1
-        shape = params["input"].shape
-        if shape != site.input_shape:
-            raise self._changed(site, f"took an input of shape {tuple(shape)}, not {site.input_shape} as in the first")
-        output, state = self._later_pass(site, params)
+        index, sites = self._calls, self.sites
+        site = sites[index] if index < len(sites) and sites[index].op is op else self._site_at(index, op)
+        self._calls = index + 1
+        if x.shape != site.input_shape:
+            raise self._changed(site, f"took an input of shape {tuple(x.shape)}, not {site.input_shape} as in the "
+                                      "first")
+        output, state = (None, site.frozen) if site.transfer is not None else self._later_pass(site, params)
         gated = self._apply_gate(site, params, output)
         return (gated, state) if op.returns_indices(params) else gated
 

@@ -71,16 +71,20 @@ class Transfer:
             raise ValueError(f"A transfer has up to three codes, each with a slope and an offset; got slopes "
                              f"{self.slopes} and offsets {self.offsets}.")
 
-    def arrays(self, dtype: torch.dtype) -> Tuple[Any, Any, Any, Any]:
+    def arrays(self, dtype: torch.dtype, row: Optional[int] = None) -> Tuple[Any, Any, Any, Any]:
         """What the numba kernels read of the transfer for activations of ``dtype``: the slopes
         and offsets as three-entry arrays, and the codes and scale as flat arrays sharing the
-        tensors' memory (one-element placeholders where the transfer has none)."""
+        tensors' memory (one-element placeholders where the transfer has none), of the whole
+        tensors (made once) or of sample ``row``."""
         made = self._arrays.get(dtype)
         if made is None:
             slopes, offsets, no_scale, no_codes = _tables(self.slopes, self.offsets, dtype)
             made = self._arrays[dtype] = (slopes, offsets, no_codes if self.codes is None else _flat(self.codes),
                                           no_scale if self.scale is None else _flat(self.scale))
-        return made
+        if row is None:
+            return made
+        return (*made[:2], made[2] if self.codes is None else _flat(self.codes[row]),
+                made[3] if self.scale is None else _flat(self.scale[row]))
 
     def apply(self, x: Tensor) -> Tensor:
         """``f(x)`` in torch operations, differentiable (a frozen site without gates)."""
@@ -185,17 +189,6 @@ def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.
             np.zeros(1, dtype=kind), np.zeros(1, dtype=np.int8))
 
 
-def _transfer_rows(transfer: Transfer, *tensors: Tensor) -> List[Tuple[Any, ...]]:
-    """:func:`_rows` of a gate kernel: the ``tensors`` (values, gates, output, ...), then the
-    transfer's slopes, offsets, codes and scale (its placeholders where it has none)."""
-    slopes, offsets, codes, scale = transfer.arrays(tensors[0].dtype)
-    if all(t.is_contiguous() for t in tensors):  # the transfer's arrays as made once
-        return [(*map(_flat, tensors), slopes, offsets, codes, scale)]
-    return [(*row, slopes, offsets, codes if transfer.codes is None else _flat(transfer.codes[b]),
-             scale if transfer.scale is None else _flat(transfer.scale[b]))
-            for b, row in enumerate(_rows(*tensors))]
-
-
 def _bytes(gates: Tensor) -> Tensor:
     return gates.view(torch.int8) if gates.dtype == torch.bool else gates
 
@@ -209,7 +202,9 @@ def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, p
     kernels = _kernels_for(x, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(x)
-        for x_, gates_, out_, slopes, offsets, codes, scale in _transfer_rows(transfer, x, gates, out):
+        rows = _rows(x, gates, out)
+        for b, (x_, gates_, out_) in enumerate(rows):
+            slopes, offsets, codes, scale = transfer.arrays(x.dtype, b if len(rows) > 1 else None)
             kernels.gated_forward(x_, transfer.kind, codes, slopes, offsets, scale, gates_, selects, out_)
         return out
     # In place in floats: on the CPU a comparison that writes booleans costs several times the
@@ -236,11 +231,10 @@ def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor, signs_into: 
     if kernels is not None:
         out = torch.empty_like(grad)
         unused = _tables((), (), grad.dtype)[3]
-        for row in _transfer_rows(transfer, grad, gates, out, *extra):
-            grad_, gates_, out_ = row[:3]
-            signs_ = row[3] if signs_into is not None else unused
-            within_ = row[4] if within_bytes is not None else unused
-            slopes, _, codes, scale = row[-4:]
+        rows = _rows(grad, gates, out, *extra)
+        for b, (grad_, gates_, out_, *signs_within) in enumerate(rows):
+            slopes, _, codes, scale = transfer.arrays(grad.dtype, b if len(rows) > 1 else None)
+            signs_, within_ = (*signs_within, unused, unused)[:2]
             kernels.gated_backward(grad_, transfer.kind, codes, slopes, scale, gates_, out_, signs_, within_,
                                    signs_into is not None, within_bytes is not None)
         return out
