@@ -14,8 +14,8 @@ Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes
 (ReLU on/off states, max-pool choices) and later passes evaluate the frozen, piecewise-linear
 network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
 
-Everything a session installs (the mode, replayed forwards, layer taps) is removed on every exit path, and the
-model's training flags, ``requires_grad`` and ``.grad`` are restored.
+Everything a session installs (the mode, replayed forwards, layer taps) is removed on every
+exit path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Site:
     transfer: Optional[Transfer] = None
     """The frozen operation as the gate kernels apply it, made once (``SiteOp.transfer``)."""
     holds: bool = False
-    """Its output may hold the heap between calls (:meth:`GatingSession._hold`)."""
+    """Its output is large enough to hold the heap between calls (:class:`HeapHold`,
+    :meth:`GatingSession._holds`)."""
 
     @property
     def nonnegative(self) -> bool:
@@ -227,11 +228,10 @@ class _Gate(torch.autograd.Function):
         if not policy.passes_cws_through:
             return gated_backward(policy.backward(site, grad), ctx.transfer, ctx.keep), None, None, None, None, None
         signs = policy.signs_into(site, grad)
+        gated = gated_backward(grad, ctx.transfer, ctx.keep, *(signs or ()))
         if signs is None:  # a policy of its own that passes CWs through may not know signs_written
-            gated = gated_backward(grad, ctx.transfer, ctx.keep)
             policy.backward(site, grad)
         else:
-            gated = gated_backward(grad, ctx.transfer, ctx.keep, *signs)
             policy.backward(site, grad, signs_written=True)
         return gated, None, None, None, None, None
 
@@ -458,18 +458,15 @@ class GatingSession:
         return params["input"].dim() == 0 or params["input"].shape[0] != self.batch_size
 
     def _later_site(self, func: Callable, op: SiteOp, params: dict, args: tuple, kwargs: dict) -> Any:
-        """A gate-site call after the first pass (``params``: the call's arguments bound). Written
-        for as few Python steps as it can: on MobileNetV3 at batch 1 they are a tenth of a pass."""
-        x = params["input"]
-        if x.dim() == 0 or x.shape[0] != self.batch_size:  # not gated in the first pass either
+        """A gate-site call after the first pass (``params``: the call's arguments bound)."""
+        if self._unbatched(params):  # not gated in the first pass either
             return func(*args, **kwargs)
-        index, sites = self._calls, self.sites
-        site = sites[index] if index < len(sites) and sites[index].op is op else self._site_at(index, op)
-        self._calls = index + 1
-        if x.shape != site.input_shape:
-            raise self._changed(site, f"took an input of shape {tuple(x.shape)}, not {site.input_shape} as in the "
-                                      "first")
-        output, state = (None, site.frozen) if site.transfer is not None else self._later_pass(site, params)
+        site = self._site_at(self._calls, op)
+        self._calls += 1
+        shape = params["input"].shape
+        if shape != site.input_shape:
+            raise self._changed(site, f"took an input of shape {tuple(shape)}, not {site.input_shape} as in the first")
+        output, state = self._later_pass(site, params)
         gated = self._apply_gate(site, params, output)
         return (gated, state) if op.returns_indices(params) else gated
 

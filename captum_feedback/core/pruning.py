@@ -197,10 +197,9 @@ class _PruningPolicy(GatePolicy):
         if site.kind == "layer":
             self.layer_cws[site.name] = cw.detach()
             return cw
-        if self._selects(site):
+        if self._selects(site):  # a frozen ReLU's gates stay within its support
             slot = self._selector_bytes(site, cw.device)
-            if not signs_written:  # a frozen ReLU's gates stay within its support
-                self.rule.write_selector(cw, slot, self._open_units(site, slot), not site.nonnegative, site.support)
+            self.rule.write_selector(cw, slot, self._open_units(site, slot), not site.nonnegative, site.support)
             self.selected.add(site.index)
         if self.keep_cws and self.plan.final:
             self.cws[site.index] = cw.detach()
