@@ -77,6 +77,18 @@ def test_cpu_float_tensors_of_any_size_take_the_numba_kernels_and_others_the_tor
     assert kernels._kernels_for(x.half(), gates.view(torch.int8)) is None
     assert kernels._kernels_for(x.t().contiguous().t(), gates) is None  # not contiguous
     assert kernels._kernels_for(x, gates[:, :4]) is None  # gates of another shape
+    assert kernels._kernels_for(x, gate_rows(x.shape, coin_bytes)) is not None  # rows of a wider buffer
+    # The kernels read raw memory as rows of contiguous units: gates whose samples are not are torch's.
+    assert kernels._kernels_for(x, torch.ones(8, 2, dtype=torch.int8).t()) is None
+
+
+def test_gates_whose_samples_are_not_contiguous_get_the_same_numbers_from_the_torch_operations():
+    x, grad = activations_and_cws(3)
+    gates = coin_bytes((2, 7, 5, 3)).permute(0, 3, 1, 2)  # channels last
+    assert gates.shape == x.shape and kernels._kernels_for(x, gates) is None
+    for transfer in transfers(x):
+        assert torch.equal(kernels.gated_backward(grad, transfer, gates),
+                           kernels.gated_backward(grad, transfer, gates.contiguous()))
     with kernels.use_numba(False):
         assert kernels._kernels_for(x, gates) is None
 

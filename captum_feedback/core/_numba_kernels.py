@@ -1,9 +1,13 @@
 """Numba kernels of :mod:`captum_feedback.core.kernels` (imported only when numba is there).
 
-Every array is one contiguous row of units: the wrapper calls a kernel once per sample where a
-site's gate bytes are rows of the gate store's buffer, further apart than a site's units. Each
-kernel makes one pass over its arrays where the torch operations it replaces make five to
-seven.
+Each kernel makes one pass over its arrays where the torch operations it replaces make five to
+seven. The per-site kernels (:func:`gated_forward`, :func:`gated_backward`, :func:`signs`,
+:func:`clamp_codes`) take tensors as memory addresses (``Tensor.data_ptr()``) and read them as
+``rows`` rows of ``n`` units, each tensor's rows ``step`` bytes apart (0 for one row): a site's
+gate bytes are rows of the gate store's buffer, further apart than a site's units. Turning a
+tensor into a numpy array costs microseconds a tensor; a gated pass makes hundreds of kernel
+calls (issue #22). An argument the call does not read (the codes of a transfer without codes,
+say) is given another tensor's address; the wrapper checks shapes, dtypes and layouts.
 
 ``kind`` is a :class:`~captum_feedback.core.kernels.Transfer`'s: the map ``y = f(x)`` of the
 site before its gate.
@@ -12,7 +16,8 @@ site before its gate.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange, types
+from numba.extending import intrinsic
 
 CODED, SCALED, RELU = 1, 2, 3
 PINNED = 2
@@ -20,9 +25,29 @@ PINNED = 2
 imports this module when a kernel is first needed and so cannot be imported from here
 (tests/test_kernels.py holds them equal)."""
 
+_BYTE = np.zeros(1, dtype=np.int8)
+"""Stands for the dtype of byte tensors (gates, selectors, codes) in :func:`_units`."""
+
+
+@intrinsic
+def _pointer(typingctx, address, like):  # noqa: ANN001, ANN201, ARG001
+    """``address`` (an integer) as a pointer to units of ``like``'s dtype."""
+    signature = types.CPointer(like.dtype)(address, like)
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+
+    return signature, codegen
+
+
+@njit(cache=True)
+def _units(address, row, step, n, like):  # noqa: ANN001, ANN202
+    """Row ``row`` of a tensor at ``address``: ``n`` units of ``like``'s dtype."""
+    return carray(_pointer(address + row * step, like), n)
+
 
 @njit(parallel=True, cache=True)
-def gated_forward(x, kind, codes, slopes, offsets, scale, gates, selects, out):  # noqa: ANN001, ANN201
+def _gated_forward(x, kind, codes, slopes, offsets, scale, gates, selects, out):  # noqa: ANN001, ANN201
     """``out = z * f(x)``; with ``selects`` the gates start as a selector ``s`` and become
     ``z = 1[s * f(x) > 0]`` (or 1 where ``s`` is :data:`PINNED`), else ``z = gates``
     (within ``x > 0`` for a ReLU, written back). ``slopes`` and ``offsets`` have three entries,
@@ -72,9 +97,9 @@ def _sign(v):  # noqa: ANN001, ANN202
 
 
 @njit(parallel=True, cache=True)
-def gated_backward(grad, kind, codes, slopes, scale, gates, out, signs, within, writes_signs, has_within):  # noqa: ANN001, ANN201
+def _gated_backward(grad, kind, codes, slopes, scale, gates, out, signs, within, writes_signs, has_within):  # noqa: ANN001, ANN201
     """``out = z * f'(x) * grad``, ``f'`` of a frozen transfer (1 for the others, whose gates
-    already lie within their active units); with ``writes_signs``, also :func:`signs` of
+    already lie within their active units); with ``writes_signs``, also :func:`_signs` of
     ``grad`` into ``signs``, which may be ``gates`` themselves: each unit's gate is read first.
     One loop for each case: a test of the case inside the loop kept it from being vectorized
     (twice as slow)."""
@@ -96,7 +121,7 @@ def gated_backward(grad, kind, codes, slopes, scale, gates, out, signs, within, 
 
 
 @njit(parallel=True, cache=True)
-def signs(cw, within, has_within, out):  # noqa: ANN001, ANN201
+def _signs(cw, within, has_within, out):  # noqa: ANN001, ANN201
     """``out = sign(cw)`` as bytes, zero outside ``within`` (0/1 bytes) when ``has_within``."""
     if has_within:
         for j in prange(cw.shape[0]):
@@ -128,10 +153,46 @@ def repack(words, packed, bounds, changed):  # noqa: ANN001, ANN201
 
 
 @njit(parallel=True, cache=True)
-def clamp_codes(x, low, high, out, codes):  # noqa: ANN001, ANN201
+def _clamp_codes(x, low, high, out, codes):  # noqa: ANN001, ANN201
     """``out = clamp(x, low, high)`` and each unit's code: 0 at or below ``low``, 1 between,
     2 at or above ``high`` (a ReLU6's state for its frozen passes)."""
     for j in prange(x.shape[0]):
         v = x[j]
         out[j] = low if v <= low else (high if v >= high else v)
         codes[j] = np.int8(v > low) + np.int8(v >= high)
+
+
+@njit(cache=True)
+def gated_forward(rows, n, at, step, kind, slopes, offsets, selects):  # noqa: ANN001, ANN201
+    """:func:`_gated_forward` of each row; ``at`` and ``step``: of ``x``, the codes, the scale,
+    the gates and ``out``."""
+    for b in range(rows):
+        _gated_forward(_units(at[0], b, step[0], n, slopes), kind, _units(at[1], b, step[1], n, _BYTE), slopes,
+                       offsets, _units(at[2], b, step[2], n, slopes), _units(at[3], b, step[3], n, _BYTE), selects,
+                       _units(at[4], b, step[4], n, slopes))
+
+
+@njit(cache=True)
+def gated_backward(rows, n, at, step, kind, slopes, writes_signs, has_within):  # noqa: ANN001, ANN201
+    """:func:`_gated_backward` of each row; ``at`` and ``step``: of ``grad``, the codes, the
+    scale, the gates, ``out``, the signs and ``within``."""
+    for b in range(rows):
+        _gated_backward(_units(at[0], b, step[0], n, slopes), kind, _units(at[1], b, step[1], n, _BYTE), slopes,
+                        _units(at[2], b, step[2], n, slopes), _units(at[3], b, step[3], n, _BYTE),
+                        _units(at[4], b, step[4], n, slopes), _units(at[5], b, step[5], n, _BYTE),
+                        _units(at[6], b, step[6], n, _BYTE), writes_signs, has_within)
+
+
+@njit(cache=True)
+def signs(rows, n, at, step, like, has_within):  # noqa: ANN001, ANN201
+    """:func:`_signs` of each row; ``at`` and ``step``: of the CW (of ``like``'s dtype),
+    ``within`` and ``out``."""
+    for b in range(rows):
+        _signs(_units(at[0], b, step[0], n, like), _units(at[1], b, step[1], n, _BYTE), has_within,
+               _units(at[2], b, step[2], n, _BYTE))
+
+
+@njit(cache=True)
+def clamp_codes(n, at, low, high, like):  # noqa: ANN001, ANN201
+    """:func:`_clamp_codes` of one row; ``at``: of ``x``, ``out`` (of ``like``'s dtype) and the codes."""
+    _clamp_codes(_units(at[0], 0, 0, n, like), low, high, _units(at[1], 0, 0, n, like), _units(at[2], 0, 0, n, _BYTE))

@@ -20,7 +20,7 @@ import functools
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,28 +63,21 @@ class Transfer:
     offsets: Tuple[float, ...] = ()
     scale: Optional[Tensor] = None
 
-    _arrays: Dict[torch.dtype, Tuple[Any, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
-    """:meth:`arrays`, made once a dtype."""
+    _tables: Dict[torch.dtype, Tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """:meth:`tables`, made once a dtype."""
 
     def __post_init__(self) -> None:
         if len(self.slopes) > 3 or len(self.offsets) != len(self.slopes):
             raise ValueError(f"A transfer has up to three codes, each with a slope and an offset; got slopes "
                              f"{self.slopes} and offsets {self.offsets}.")
 
-    def arrays(self, dtype: torch.dtype, row: Optional[int] = None) -> Tuple[Any, Any, Any, Any]:
-        """What the numba kernels read of the transfer for activations of ``dtype``: the slopes
-        and offsets as three-entry arrays, and the codes and scale as flat arrays sharing the
-        tensors' memory (one-element placeholders where the transfer has none), of the whole
-        tensors (made once) or of sample ``row``."""
-        made = self._arrays.get(dtype)
+    def tables(self, dtype: torch.dtype) -> Tuple[Any, Any]:
+        """The slopes and offsets as three-entry numpy arrays of ``dtype``, as the numba kernels
+        read them (made once)."""
+        made = self._tables.get(dtype)
         if made is None:
-            slopes, offsets, no_scale, no_codes = _tables(self.slopes, self.offsets, dtype)
-            made = self._arrays[dtype] = (slopes, offsets, no_codes if self.codes is None else _flat(self.codes),
-                                          no_scale if self.scale is None else _flat(self.scale))
-        if row is None:
-            return made
-        return (*made[:2], made[2] if self.codes is None else _flat(self.codes[row]),
-                made[3] if self.scale is None else _flat(self.scale[row]))
+            made = self._tables[dtype] = _tables(self.slopes, self.offsets, dtype)
+        return made
 
     def apply(self, x: Tensor) -> Tensor:
         """``f(x)`` in torch operations, differentiable (a frozen site without gates)."""
@@ -140,13 +133,16 @@ def _numba() -> Any:
 def _kernels_for(values: Tensor, *others: Optional[Tensor], dtypes: Tuple[torch.dtype, ...] = _FLOATS) -> Any:
     """The numba kernels if they are on, ``values`` is a contiguous CPU tensor of one of
     ``dtypes`` (floats) and the ``others`` are CPU tensors of its shape (byte tensors, or of its
-    dtype); else ``None``. Called once a site and pass direction, so written for a few
-    microseconds: a kernel call pays even on a site of a few units."""
+    dtype), each sample's units contiguous as :func:`_layout` reads them; else ``None``. Called
+    once a site and pass direction, so written for a few microseconds: a kernel call pays even
+    on a site of a few units. The kernels read raw memory, so these checks are what keeps them
+    inside the tensors."""
     if not _enabled or not values.is_cpu or values.dtype not in dtypes or not values.is_contiguous():
         return None
     shape, dtype = values.shape, values.dtype
     for t in others:
-        if t is not None and (t.shape != shape or not t.is_cpu or (t.dtype != dtype and t.dtype != torch.int8)):
+        if t is not None and (t.shape != shape or not t.is_cpu or (t.dtype != dtype and t.dtype != torch.int8)
+                              or not (t.is_contiguous() or t.stride()[1:] == values.stride()[1:])):
             return None
     kernels = _numba()
     if kernels is not None:
@@ -162,31 +158,26 @@ def _match_threads(threads: int) -> None:
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
-def _flat(t: Tensor) -> Any:
-    """A contiguous tensor as a one-dimensional numpy array sharing its memory."""
-    return (t.detach() if t.requires_grad else t).numpy().ravel()
-
-
-def _rows(*tensors: Tensor) -> List[Tuple[Any, ...]]:
-    """The tensors (of one shape) as flat numpy arrays sharing their memory, for one kernel call
-    each: the whole tensors at once where all are contiguous, else one sample at a time (a site's
+def _layout(*tensors: Tensor) -> Tuple[int, int, Tuple[int, ...], Tuple[int, ...]]:
+    """How the numba kernels read ``tensors`` (of one shape, checked by :func:`_kernels_for`):
+    as one row of all their units where all are contiguous, else as one row a sample (a site's
     gate bytes are rows of the gate store's buffer, padded when its units are not a multiple of
-    8)."""
+    8); the rows, the units a row, and each tensor's address and bytes from row to row."""
+    at = tuple(t.data_ptr() for t in tensors)
     if all(t.is_contiguous() for t in tensors):
-        return [tuple(map(_flat, tensors))]
-    return [tuple(_flat(t[b]) for t in tensors) for b in range(len(tensors[0]))]
+        return 1, tensors[0].numel(), at, (0,) * len(tensors)
+    rows = len(tensors[0])
+    return rows, tensors[0].numel() // max(rows, 1), at, tuple(t.stride(0) * t.element_size() for t in tensors)
 
 
 @functools.lru_cache(maxsize=64)
-def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.dtype) -> Tuple[Any, Any, Any, Any]:
-    """A transfer's slopes and offsets as three-entry numpy arrays of ``dtype``, and one-element
-    float and byte arrays for the kernels' unused arguments."""
+def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.dtype) -> Tuple[Any, Any]:
+    """A transfer's slopes and offsets as three-entry numpy arrays of ``dtype``."""
     import numpy as np
 
     kind = np.float32 if dtype == torch.float32 else np.float64
     pad = (0.0, 0.0, 0.0)
-    return (np.asarray((slopes + pad)[:3], dtype=kind), np.asarray((offsets + pad)[:3], dtype=kind),
-            np.zeros(1, dtype=kind), np.zeros(1, dtype=np.int8))
+    return np.asarray((slopes + pad)[:3], dtype=kind), np.asarray((offsets + pad)[:3], dtype=kind)
 
 
 def _bytes(gates: Tensor) -> Tensor:
@@ -202,10 +193,10 @@ def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, p
     kernels = _kernels_for(x, gates, transfer.codes, transfer.scale)
     if kernels is not None:
         out = torch.empty_like(x)
-        rows = _rows(x, gates, out)
-        for b, (x_, gates_, out_) in enumerate(rows):
-            slopes, offsets, codes, scale = transfer.arrays(x.dtype, b if len(rows) > 1 else None)
-            kernels.gated_forward(x_, transfer.kind, codes, slopes, offsets, scale, gates_, selects, out_)
+        slopes, offsets = transfer.tables(x.dtype)
+        # A transfer without codes or scale hands the kernel x's memory, which it does not read there.
+        rows, n, at, step = _layout(x, _or(transfer.codes, x), _or(transfer.scale, x), gates, out)
+        kernels.gated_forward(rows, n, at, step, transfer.kind, slopes, offsets, selects)
         return out
     # In place in floats: on the CPU a comparison that writes booleans costs several times the
     # arithmetic, and a float-by-bool product is not vectorized.
@@ -219,6 +210,10 @@ def gated_forward(x: Tensor, transfer: Transfer, gates: Tensor, selects: bool, p
     return keep.mul_(y)
 
 
+def _or(tensor: Optional[Tensor], other: Tensor) -> Tensor:
+    return other if tensor is None else tensor
+
+
 def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor, signs_into: Optional[Tensor] = None,
                    within: Optional[Tensor] = None) -> Tensor:
     """``z * f'(x) * grad`` for the gates ``z`` of :func:`gated_forward`; with ``signs_into``
@@ -226,17 +221,14 @@ def gated_backward(grad: Tensor, transfer: Transfer, gates: Tensor, signs_into: 
     the same pass over memory."""
     gates = _bytes(gates)
     within_bytes = None if within is None or signs_into is None else _bytes(within)
-    extra = [t for t in (signs_into, within_bytes) if t is not None]
-    kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale, *extra)
+    kernels = _kernels_for(grad, gates, transfer.codes, transfer.scale, signs_into, within_bytes)
     if kernels is not None:
         out = torch.empty_like(grad)
-        unused = _tables((), (), grad.dtype)[3]
-        rows = _rows(grad, gates, out, *extra)
-        for b, (grad_, gates_, out_, *signs_within) in enumerate(rows):
-            slopes, _, codes, scale = transfer.arrays(grad.dtype, b if len(rows) > 1 else None)
-            signs_, within_ = (*signs_within, unused, unused)[:2]
-            kernels.gated_backward(grad_, transfer.kind, codes, slopes, scale, gates_, out_, signs_, within_,
-                                   signs_into is not None, within_bytes is not None)
+        # What the kernel does not read (codes, scale, signs, within) is given grad's or the gates' memory.
+        rows, n, at, step = _layout(grad, _or(transfer.codes, grad), _or(transfer.scale, grad), gates, out,
+                                    _or(signs_into, gates), _or(within_bytes, gates))
+        kernels.gated_backward(rows, n, at, step, transfer.kind, transfer.tables(grad.dtype)[0],
+                               signs_into is not None, within_bytes is not None)
         return out
     gated = gates.to(grad.dtype).mul_(transfer.derivative(grad))
     if signs_into is not None:
@@ -250,10 +242,8 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
     within_bytes = None if within is None else _bytes(within)
     kernels = _kernels_for(cw, into, within_bytes)
     if kernels is not None:
-        no_within = _tables((), (), cw.dtype)[3]
-        tensors = (cw, into) if within_bytes is None else (cw, into, within_bytes)
-        for cw_, into_, *within_ in _rows(*tensors):
-            kernels.signs(cw_, within_[0] if within_ else no_within, bool(within_), into_)
+        rows, n, at, step = _layout(cw, _or(within_bytes, into), into)
+        kernels.signs(rows, n, at, step, _tables((), (), cw.dtype)[0], within_bytes is not None)
         return
     into.copy_(torch.sign(cw))
     if within_bytes is not None:
@@ -303,7 +293,8 @@ class _Clamped(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, low: float, high: float, kernels: Any) -> Tuple[Tensor, Tensor]:  # noqa: D102
         out, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
-        kernels.clamp_codes(_flat(x), low, high, _flat(out), _flat(codes))
+        kernels.clamp_codes(x.numel(), (x.data_ptr(), out.data_ptr(), codes.data_ptr()), low, high,
+                            _tables((), (), x.dtype)[0])
         ctx.transfer = clamped(codes, low, high)
         ctx.mark_non_differentiable(codes)
         return out, codes
