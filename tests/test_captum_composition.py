@@ -89,3 +89,19 @@ def test_an_ambiguous_output_needs_a_selector():
         FSP(model).attribute(x, target=1)
     chosen = FSP(model, output_selector=lambda out: out["b"]).attribute(x, target=1)
     torch.testing.assert_close(chosen, FSP(lambda x: -model.net(x)).attribute(x, target=1))
+
+
+def test_every_target_form_scores_each_sample_at_its_own_index():
+    from captum_feedback.core._compat import per_sample_targets, select_targets
+
+    output = torch.arange(3 * 4 * 5.0).view(3, 4, 5)
+    cases = [((1, 2), [(1, 2)] * 3), ([(0, -1), (3, 0), (-2, 4)], [(0, -1), (3, 0), (-2, 4)]),
+             (torch.tensor([[1, 1], [2, 2], [0, 3]]), [(1, 1), (2, 2), (0, 3)])]
+    for target, indices in cases:
+        expected = [output[b][index].item() for b, index in enumerate(indices)]
+        assert select_targets(output, per_sample_targets(target, 3)).tolist() == expected
+    flat = output.flatten(1)
+    assert select_targets(flat, per_sample_targets([0, 19, -20], 3)).tolist() == [0.0, 39.0, 40.0]
+    assert select_targets(flat[:, :1], per_sample_targets(None, 3)).tolist() == [0.0, 20.0, 40.0]
+    with pytest.raises(ValueError, match="out of range"):
+        select_targets(flat, per_sample_targets([0, 20, 0], 3))

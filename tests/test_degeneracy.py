@@ -136,3 +136,15 @@ def test_each_sample_is_diagnosed_as_if_alone(invariant):
                             execution=ExecutionSettings(batch_invariant=invariant))
     state = FSP(model).select(x, 1, config=config)
     assert degeneracies(state)["unchanged"].tolist() == [True, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_row_is_finite_without_nan_or_infinity_and_blank_when_every_value_is_zero(dtype):
+    from captum_feedback.core._compat import blank_rows, finite_rows
+
+    rows = torch.zeros(6, 50, dtype=dtype)
+    rows[0, 7], rows[1, 7], rows[2, 7] = float("nan"), float("inf"), -float("inf")
+    rows[3, 7] = torch.finfo(dtype).tiny / 4  # a subnormal is neither infinite nor zero
+    rows[4, 7] = -1.0
+    assert finite_rows(rows).tolist() == [False, False, False, True, True, True]
+    assert blank_rows(rows).tolist() == [False, False, False, False, False, True]

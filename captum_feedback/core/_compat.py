@@ -13,10 +13,17 @@ TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
 
 
 def finite_rows(t: Tensor) -> Tensor:
-    """Per row of a ``(B, n)`` tensor, whether all its values are finite: ``0 * x`` is zero for a
-    finite ``x`` and NaN otherwise, so the row's sum of them is zero exactly where the row is
-    finite (eight times faster than ``isfinite(t).all(1)`` on the CPU: no booleans made)."""
-    return t.mul(0).sum(1) == 0
+    """Per row of a ``(B, n)`` tensor, whether all its values are finite: its largest and
+    smallest values are (a NaN propagates through both, an infinity reaches one). Two reductions
+    that make no booleans or copies: ``isfinite(t).all(1)`` is eight times slower on the CPU,
+    the row sum of ``0 * t`` (a copy) three times at a batch of 16 (issue #22)."""
+    return t.amax(1).isfinite() & t.amin(1).isfinite()
+
+
+def blank_rows(t: Tensor) -> Tensor:
+    """Per row of a ``(B, n)`` tensor, whether every value is zero (a NaN is not), from the same
+    reductions as :func:`finite_rows`: ``any(1)`` of floats is seven times slower on the CPU."""
+    return (t.amax(1) == 0) & (t.amin(1) == 0)
 
 
 def format_inputs(inputs: TensorOrTuple) -> Tuple[Tuple[Tensor, ...], bool]:
@@ -121,6 +128,12 @@ def select_targets(output: Tensor, targets: List[Tuple[int, ...]]) -> Tensor:
     shape = tuple(output.shape)
     if not shape or shape[0] != len(targets):
         raise ValueError(f"The model output of shape {shape} has no batch dimension of {len(targets)}.")
+    if len({len(index) for index in targets}) == 1 and len(targets[0]) == len(shape) - 1 > 0:
+        # One value per sample at full-length indices: one indexing operation, not a few per sample.
+        for index in set(targets):
+            _check_index(index, shape)
+        rows = torch.arange(len(targets), device=output.device)
+        return output[(rows, *torch.tensor(targets, device=output.device).unbind(1))]
     scores = []
     for row, index in zip(output, targets):
         _check_index(index, shape)
