@@ -212,6 +212,12 @@ def test_the_reach_test_finds_the_nodes_whose_backward_pass_runs_through_the_low
     assert not _all_reach(lowest.grad_fn, [above.grad_fn, beside.grad_fn])
     assert not _all_reach(lowest.grad_fn, [before.grad_fn])
     assert _all_reach(lowest.grad_fn, [])
+    assert _all_reach(lowest.grad_fn, [lowest.grad_fn])
+    deep = lowest
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = deep * 1.5 + beside  # every step also leads down a side path that does not reach it
+    assert _all_reach(lowest.grad_fn, [deep.grad_fn, above.grad_fn])
+    assert not _all_reach(lowest.grad_fn, [deep.grad_fn, beside.grad_fn])
 
 
 def test_a_replayed_module_called_otherwise_on_a_later_pass_is_a_control_flow_error_that_leaves_no_trace():
