@@ -180,6 +180,12 @@ def _tables(slopes: Tuple[float, ...], offsets: Tuple[float, ...], dtype: torch.
     return np.asarray((slopes + pad)[:3], dtype=kind), np.asarray((offsets + pad)[:3], dtype=kind)
 
 
+def _like(dtype: torch.dtype) -> Any:
+    """A small numpy array of ``dtype``, which tells a kernel that reads tensors by address the
+    dtype of its float tensors (the gate kernels take a transfer's slopes for that)."""
+    return _tables((), (), dtype)[0]
+
+
 def _bytes(gates: Tensor) -> Tensor:
     return gates.view(torch.int8) if gates.dtype == torch.bool else gates
 
@@ -243,7 +249,7 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
     kernels = _kernels_for(cw, into, within_bytes)
     if kernels is not None:
         rows, n, at, step = _layout(cw, _or(within_bytes, into), into)
-        kernels.signs(rows, n, at, step, _tables((), (), cw.dtype)[0], within_bytes is not None)
+        kernels.signs(rows, n, at, step, _like(cw.dtype), within_bytes is not None)
         return
     into.copy_(torch.sign(cw))
     if within_bytes is not None:
@@ -294,7 +300,7 @@ class _Clamped(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, low: float, high: float, kernels: Any) -> Tuple[Tensor, Tensor]:  # noqa: D102
         out, codes = torch.empty_like(x), torch.empty(x.shape, dtype=torch.int8)
         kernels.clamp_codes(x.numel(), (x.data_ptr(), out.data_ptr(), codes.data_ptr()), low, high,
-                            _tables((), (), x.dtype)[0])
+                            _like(x.dtype))
         ctx.transfer = clamped(codes, low, high)
         ctx.mark_non_differentiable(codes)
         return out, codes
