@@ -13,6 +13,8 @@ backward pass. Methods differ only in their policy.
 Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes every site
 (ReLU on/off states, max-pool choices) and later passes evaluate the frozen, piecewise-linear
 network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
+Where a frozen sigmoid leaves a branch unread (squeeze-excitation blocks), later replayed passes
+skip its modules once the policy has settled its sites (:mod:`~captum_feedback.core.dead_branches`).
 
 Everything a session installs (the mode, replayed forwards, layer taps) is removed on every
 exit path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
+from captum_feedback.core.dead_branches import WATCHED_FRAME, DeadBranches, Stub, Watched
 from captum_feedback.core.frozen_ops import FROZEN_OPS, FrozenOp
 from captum_feedback.core.guards import check_depends_on_inputs, check_model, named_modules, preserved_state
 from captum_feedback.core.kernels import RELU, Transfer, gated_backward, gated_forward
@@ -97,6 +100,16 @@ class GatePolicy:
     passes_cws_through = False
     """:meth:`backward` returns the CW it receives at gated sites: the engine then gates the CW
     before the policy sees it, and the policy may reuse the gate's bytes."""
+
+    settles = False
+    """:meth:`settled` may hold: the first pass of a linearized session then looks for the
+    branches that later passes need not run (:mod:`~captum_feedback.core.dead_branches`)."""
+
+    def settled(self, site: Site) -> bool:
+        """Whether this pass may leave out the site's call where nothing reads its output: the
+        gate it would take is the one it has, and the policy wants nothing else of the call
+        (no CW, no output)."""
+        return False
 
     def needs_cw(self, site: Site) -> bool:
         """Whether the next backward pass must hand this ungated site its CW.
@@ -313,11 +326,14 @@ class _Replay:
     compute the same thing anyway.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_stub: Callable[[Stub], Tensor]) -> None:
         self.calls: Dict[nn.Module, _Call] = {}
         self.possible = True
         """No first-pass call came from anywhere else."""
+        self._on_stub = on_stub
+        """The session's stand-in for a skipped module's call (:mod:`~.dead_branches`)."""
         self._forwards: Dict[nn.Module, Callable[..., Any]] = {}
+        self._skipping: Dict[nn.Module, Callable[..., Any]] = {}
         self._thread = 0
 
     def note(self, module: Optional[nn.Module], direct: bool, call: _Call) -> None:
@@ -328,25 +344,25 @@ class _Replay:
             self.calls.setdefault(module, call)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """Every recorded module's ``forward`` makes its call, for this thread."""
+    def installed(self, stubs: Dict[nn.Module, Stub]) -> Iterator[None]:
+        """Every recorded module's ``forward`` makes its call, for this thread; with ``stubs``
+        (the same every pass that has them), those modules return their stub's output."""
         self._thread = threading.get_ident()
         if not self._forwards:
             self._forwards = {module: self._forward(module, call) for module, call in self.calls.items()}
+        if stubs and not self._skipping:
+            self._skipping = {**self._forwards, **{module: self._stub(module, stub) for module, stub in stubs.items()}}
+        forwards = self._skipping if stubs else self._forwards
         try:
-            for module, forward in self._forwards.items():
+            for module, forward in forwards.items():
                 vars(module)["forward"] = forward  # not a parameter, buffer or module: nn.Module's setattr adds nothing
             yield
         finally:
-            for module in self._forwards:
+            for module in forwards:
                 vars(module).pop("forward", None)
 
     def _forward(self, module: nn.Module, call: _Call) -> Callable[..., Any]:
-        own = type(module).forward
-
         def forward(*args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() != self._thread:
-                return own(module, *args, **kwargs)
             if len(args) != 1 or kwargs:
                 raise RuntimeError(
                     f"The model called its {type(module).__name__} module with other arguments on a later forward "
@@ -354,14 +370,30 @@ class _Replay:
                     "computation every time (no randomness or data-dependent branches).")
             return call.handler(call.func, call.op, {**call.params, "input": args[0]}, (*args, *call.args), call.kwargs)
 
-        return forward
+        return self._for_thread(module, forward)
+
+    def _stub(self, module: nn.Module, stub: Stub) -> Callable[..., Any]:
+        return self._for_thread(module, lambda *args, **kwargs: self._on_stub(stub))
+
+    def _for_thread(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """``forward`` for the session's thread, the module's own for any other."""
+        own = type(module).forward
+
+        def redirected(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self._thread:
+                return own(module, *args, **kwargs)
+            return forward(*args, **kwargs)
+
+        return redirected
 
 
 class _SiteMode(TorchFunctionMode):
     def __init__(self, on_site: Callable[[Callable, SiteOp, tuple, dict], Any],
-                 on_frozen: Optional[Callable[[Callable, FrozenOp, tuple, dict], Any]]) -> None:
+                 on_frozen: Optional[Callable[[Callable, FrozenOp, tuple, dict], Any]],
+                 on_escape: Optional[Callable[[tuple, dict, Callable], None]] = None) -> None:
         super().__init__()
-        self.on_site, self.on_frozen = on_site, on_frozen
+        self.on_site, self.on_frozen, self.on_escape = on_site, on_frozen, on_escape
+        """``on_escape``: told of every other call whose result autograd does not tie to its arguments."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -371,7 +403,10 @@ class _SiteMode(TorchFunctionMode):
         frozen = FROZEN_OPS.get(func) if self.on_frozen is not None else None
         if frozen is not None:
             return self.on_frozen(func, frozen, args, kwargs)
-        return func(*args, **kwargs)
+        output = func(*args, **kwargs)
+        if self.on_escape is not None and not (isinstance(output, Tensor) and output.requires_grad):
+            self.on_escape(args, kwargs, func)
+        return output
 
 
 class GatingSession:
@@ -417,7 +452,9 @@ class GatingSession:
         the latest site output of at least :data:`_BALLAST_BYTES`, held until the next session
         ends, and the buffers a policy leaves (FSP's gate store)."""
         self._latest: Optional[Tensor] = None
-        self._replay = _Replay()
+        self._replay = _Replay(self._stubbed)
+        self._branches: Optional[DeadBranches] = None
+        """What later passes may skip, where the first pass looked (:meth:`_dead_branches`)."""
 
     # ------------------------------------------------------------------ site naming
     def _calling_module(self, args: tuple) -> Tuple[Optional[nn.Module], bool]:
@@ -433,12 +470,13 @@ class GatingSession:
                 module = frame.f_locals.get("self")
                 if module in self._module_names:
                     cls, called = type(module), frame.f_locals.get("args", ())
-                    direct = (cls in _REPLAYABLE and "forward" not in module.__dict__ and below is not None
+                    direct = (cls in _REPLAYABLE and isinstance(module.__dict__.get("forward"), (type(None), Watched))
+                              and below is not None
                               and below.f_code is cls.forward.__code__ and not frame.f_locals.get("kwargs")
                               and len(called) == 1 and len(args) > 0 and args[0] is called[0])
                     return module, direct
                 below = None
-            else:
+            elif frame.f_code is not WATCHED_FRAME:  # a first-pass recording of the call, transparent
                 below = frame
             frame = frame.f_back
         return None, False
@@ -465,6 +503,8 @@ class GatingSession:
         self._calls += 1
         site.input_shape = tuple(params["input"].shape)
         gated = self._apply_gate(site, params, output)
+        if self._branches is not None:
+            self._branches.site(site.index, gated)
         return (gated, state) if op.returns_indices(params) else gated
 
     def _unbatched(self, params: dict) -> bool:
@@ -493,6 +533,8 @@ class GatingSession:
             return self._later_frozen(func, op, params, args, kwargs)
         self._replay.note(*self._calling_module(args), _Call.of(self._later_frozen, func, op, params, args, kwargs))
         output, state = op.evaluate(params) if op.applies(params) else (None, None)
+        if self._branches is not None and op.constant and state is not None:
+            self._branches.cut(output)
         self._frozen.append((op, state))
         self._frozen_calls += 1
         return output if state is not None else func(*args, **kwargs)
@@ -618,12 +660,18 @@ class GatingSession:
         handles = [self._tap(module, tapped) for module in taps]
         if self.passes == 0:
             self._anchor = torch.zeros((), device=inputs[0].device, requires_grad=True)
+            self._branches = self._dead_branches(policy)
         try:
             with self._intercepted():
                 output = self.forward_func(*inputs, *additional_forward_args)
         finally:
             for handle in handles:
                 handle.remove()
+        if self.passes == 0 and self._branches is not None:
+            if self._replay.possible:  # stubs replace forwards, which only replayed passes do
+                self._branches.find(output)
+            else:
+                self._branches = None
         if self.passes > 0 and self._calls != len(self.sites):
             raise RuntimeError(
                 f"The model made {self._calls} gate-site calls on this pass but "
@@ -635,8 +683,40 @@ class GatingSession:
     def _intercepted(self) -> contextlib.AbstractContextManager:
         """The mode, or for a later pass whose calls all come from standard modules, their replay."""
         if self.passes > 0 and self._replay.possible:
-            return self._replay.installed()
-        return _SiteMode(self._on_site, self._on_frozen if self.linearize else None)
+            return self._replay.installed(self._skipped())
+        mode = _SiteMode(self._on_site, self._on_frozen if self.linearize else None,
+                         self._branches.escape if self._branches is not None and self.passes == 0 else None)
+        return mode if mode.on_escape is None else self._watched(mode)
+
+    @contextlib.contextmanager
+    def _watched(self, mode: _SiteMode) -> Iterator[None]:
+        """The first pass under ``mode``, the dead-branch candidates' calls recorded."""
+        with self._branches.watched(lambda: (self._calls, self._frozen_calls)), mode:
+            yield
+
+    # ------------------------------------------------------------------ dead branches
+    def _dead_branches(self, policy: GatePolicy) -> Optional[DeadBranches]:
+        """Where the first pass of a linearized session looks for branches that later passes
+        need not run (:mod:`~.dead_branches`): the candidates, if the policy may settle sites."""
+        if not (self.linearize and policy.settles):
+            return None
+        branches = DeadBranches(self._modules)
+        return branches if branches.candidates else None
+
+    def _skipped(self) -> Dict[nn.Module, Stub]:
+        """The stubs this later pass runs: all of them where the policy has settled every site
+        whose output later passes never read; none otherwise."""
+        branches = self._branches
+        if (branches is None or not self._replay.possible or not branches.skippable()
+                or not all(self._policy.settled(self.sites[i]) for i in branches.dead_sites)):
+            return {}
+        return branches.stubs
+
+    def _stubbed(self, stub: Stub) -> Tensor:
+        """A skipped module's call: its sites and frozen calls counted as made, its stand-in output."""
+        self._calls += stub.sites
+        self._frozen_calls += stub.frozen
+        return stub.output
 
     def _tap(self, module: nn.Module, tapped: Dict[nn.Module, Tensor]) -> Any:
         name = self.module_name(module)

@@ -33,6 +33,9 @@ class FrozenOp:
     """Runs the real operation: returns (output, frozen state)."""
     frozen: Callable[[Kwargs, Any], Tensor]
     """The operation with the frozen state, on this pass's arguments."""
+    constant: bool = False
+    """The frozen form is the first pass's output: it reads none of the call's tensors
+    (:mod:`~captum_feedback.core.dead_branches`)."""
 
     def bind(self, args: Args, kwargs: Kwargs) -> Kwargs:
         return bind_call(args, kwargs, self.names, dict(self.defaults))
@@ -134,10 +137,11 @@ def _attention_eval(p: Kwargs) -> Tuple[Tensor, Tensor]:
 
 
 _SOFTMAX = FrozenOp("softmax", ("input", "dim", "_stacklevel", "dtype"), (("dim", None), ("dtype", None)),
-                    _inside, *_constant(lambda p: F.softmax(p["input"], p["dim"], dtype=p["dtype"])))
-_SIGMOID = FrozenOp("sigmoid", ("input",), (), _inside, *_constant(lambda p: torch.sigmoid(p["input"])))
+                    _inside, *_constant(lambda p: F.softmax(p["input"], p["dim"], dtype=p["dtype"])), constant=True)
+_SIGMOID = FrozenOp("sigmoid", ("input",), (), _inside, *_constant(lambda p: torch.sigmoid(p["input"])),
+                    constant=True)
 _HARDSIGMOID = FrozenOp("hardsigmoid", ("input", "inplace"), (), _inside,
-                        *_constant(lambda p: F.hardsigmoid(p["input"])))
+                        *_constant(lambda p: F.hardsigmoid(p["input"])), constant=True)
 _LAYER_NORM = FrozenOp("layer_norm", ("input", "normalized_shape", "weight", "bias", "eps"),
                        (("weight", None), ("bias", None), ("eps", 1e-5)), lambda p: True, *_rescaled(_layer_norm(True)))
 _RMS_NORM = FrozenOp("rms_norm", ("input", "normalized_shape", "weight", "eps"), (("weight", None), ("eps", None)),

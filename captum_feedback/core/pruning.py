@@ -66,6 +66,7 @@ class _PruningPolicy(GatePolicy):
 
     reads_activations = False  # the engine decides a selecting gate in the gate's own pass
     passes_cws_through = True  # and the selector reuses the gate's bytes
+    settles = True
 
     def __init__(self, rule: SelectionRule, sites: Sequence[Site], batch_size: int, keep_cws: bool,
                  heap: HeapHold, mirror: Optional[_PruningPolicy] = None) -> None:
@@ -101,6 +102,13 @@ class _PruningPolicy(GatePolicy):
         if plan.final and plan.kept_sites is not None:
             return kept
         return kept or self._updates(site)
+
+    def settled(self, site: Site) -> bool:
+        """A site no CW reached in the last pass, whose gate stays (or stays open, no CW
+        wanted), in a pass that keeps no outputs."""
+        index = site.index
+        return (not self.observes and index not in self.selected
+                and (index in self.gated or not self.needs_cw(site)))
 
     def _updates(self, site: Site) -> bool:
         """Whether this pass's CW of the site chooses its next gates."""
