@@ -152,3 +152,16 @@ def test_the_candidates_are_the_stateless_leaf_modules_beside_a_sigmoid():
     block = SqueezeExcitation(8, 4, scale_activation=nn.Hardsigmoid)
     candidates = DeadBranches(list(Excited(block).named_modules())).candidates
     assert candidates == [block.avgpool, block.fc1, block.fc2, block.activation]
+
+
+def test_a_first_pass_that_fails_leaves_every_candidate_its_own_forward():
+    model = seeded(Excited(SqueezeExcitation(8, 4, scale_activation=nn.Hardsigmoid)))
+
+    def fail(module, inputs):
+        raise RuntimeError("the head refuses")
+
+    handle = model.head.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="the head refuses"):
+        FSP(model).attribute(torch.randn(2, 3, 12, 12), target=[0, 2], config="paper")
+    handle.remove()
+    assert all("forward" not in vars(module) for module in model.modules())
