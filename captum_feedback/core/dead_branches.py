@@ -20,8 +20,8 @@ What the first pass proves, and how:
 * Skipping it changes nothing else: it is a leaf module of a standard stateless type (no
   buffers it updates, no attributes it sets), called once a pass, with no hooks.
 
-Only the sites of such branches are left out of a pass, so a session leaves them out only where
-its policy says their call would change nothing (:meth:`~.engine.GatePolicy.settled`).
+Skipping a branch also leaves its gate sites out of the pass, so a session skips only where its
+policy says their calls would change nothing (:meth:`~.engine.GatePolicy.settled`).
 """
 
 from __future__ import annotations
