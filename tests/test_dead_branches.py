@@ -120,8 +120,12 @@ def test_a_branch_whose_output_is_read_beside_the_frozen_sigmoid_runs_every_pass
     torch.testing.assert_close(skipped, every, rtol=0, atol=0)
 
 
-def test_a_branch_read_only_for_its_shape_is_skipped(monkeypatch):
-    model = seeded(Excited(ReadExcitation(lambda s: s.shape[1] / 8 + s.dim() - 4)))
+@pytest.mark.parametrize("reader", [
+    lambda s: s.shape[1] / 8 + s.dim() - 4,  # its layout, which the stand-in shares
+    lambda s: torch.ones((), layout=torch.strided).contiguous(memory_format=torch.contiguous_format),  # none of it
+])
+def test_a_branch_whose_values_nothing_else_reads_is_skipped(reader, monkeypatch):
+    model = seeded(Excited(ReadExcitation(reader)))
     _, passes, calls = _attribution_and_calls(model, torch.randn(2, 3, 12, 12), monkeypatch)
     assert passes >= 4 and calls == 2
 

@@ -53,6 +53,10 @@ _LAYOUT_READS = frozenset({
 """Torch calls that read only a tensor's layout, which a stand-in shares with the output."""
 
 
+_PLAIN = (bool, int, float, complex, str, slice, torch.dtype, torch.device, torch.layout, torch.memory_format)
+"""Argument kinds that hold no tensor."""
+
+
 class Watched:
     """A candidate's ``forward`` in the first pass (an instance attribute, removed after): the
     module's own, its calls recorded with the session's site and frozen-call counts before and
@@ -100,7 +104,7 @@ def _tensors(value: Any) -> Optional[List[Tensor]]:
                 return None
             found += inner
         return found
-    if value is None or isinstance(value, (bool, int, float, complex, str, torch.dtype, torch.device, slice)):
+    if value is None or value is Ellipsis or isinstance(value, _PLAIN):
         return []
     return None
 
