@@ -705,9 +705,10 @@ class GatingSession:
 
     def _skipped(self) -> Dict[nn.Module, Stub]:
         """The stubs this later pass runs: all of them where the policy has settled every site
-        whose output later passes never read; none otherwise."""
+        whose output later passes never read; none otherwise. Only replayed passes ask: a session
+        whose first pass could not be replayed keeps no branches."""
         branches = self._branches
-        if (branches is None or not self._replay.possible or not branches.skippable()
+        if (branches is None or not branches.skippable()
                 or not all(self._policy.settled(self.sites[i]) for i in branches.dead_sites)):
             return {}
         return branches.stubs
