@@ -33,6 +33,9 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import Node
 
+from captum_feedback.core import autograd_graph
+from captum_feedback.core.autograd_graph import OutsideReads, global_hooks, has_hooks
+
 _GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
 """Modules whose call a linearized pass may freeze to a constant: their siblings are the
 candidates (a squeeze-excitation block's pooling, convolutions and activation)."""
@@ -46,15 +49,6 @@ _STATELESS = frozenset({
 """Leaf modules whose ``forward`` only computes its output, by exact type (a subclass may do
 more). Training modes that would update statistics or drop units are refused before any pass
 (:func:`~.guards.check_model`)."""
-_LAYOUT_READS = frozenset({
-    Tensor.size, Tensor.dim, Tensor.numel, Tensor.stride, Tensor.is_contiguous, Tensor.__len__,
-    Tensor.shape.__get__, Tensor.ndim.__get__, Tensor.dtype.__get__, Tensor.device.__get__,
-})
-"""Torch calls that read only a tensor's layout, which a stand-in shares with the output."""
-
-
-_PLAIN = (bool, int, float, complex, str, slice, torch.dtype, torch.device, torch.layout, torch.memory_format)
-"""Argument kinds that hold no tensor."""
 
 
 class Watched:
@@ -91,54 +85,9 @@ class Stub(NamedTuple):
     """Zeros of the first-pass output's shape, strides, dtype and device."""
 
 
-def _tensors(value: Any) -> Optional[List[Tensor]]:
-    """The tensors in ``value`` (nested lists, tuples and dicts); ``None`` where it holds an
-    object of another kind, which may hold tensors unseen."""
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (list, tuple, dict)):
-        found: List[Tensor] = []
-        for item in (value.values() if isinstance(value, dict) else value):
-            inner = _tensors(item)
-            if inner is None:
-                return None
-            found += inner
-        return found
-    if value is None or value is Ellipsis or isinstance(value, _PLAIN):
-        return []
-    return None
-
-
-def _live(roots: Iterable[Node], cuts: Dict[Node, None]) -> Dict[Node, None]:
-    """The nodes a backward pass from ``roots`` reaches without passing through ``cuts``."""
-    live = dict.fromkeys(roots)
-    stack = list(live)
-    while stack:
-        node = stack.pop()
-        if node in cuts:
-            continue
-        for child, _ in node.next_functions:
-            if child is not None and child not in live:
-                live[child] = None
-                stack.append(child)
-    return live
-
-
 def _dead(output: Tensor, live: Dict[Node, None]) -> bool:
     """Whether a first-pass tensor is computed in autograd's sight and nothing live reads it."""
     return output.grad_fn is not None and output.grad_fn not in live
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or getattr(module, "_backward_pre_hooks", None))
-
-
-def _global_hooks() -> bool:
-    """Whether hooks for every module are registered (``torch.nn.modules.module``), which a stub would skip."""
-    table = nn.modules.module
-    return any(getattr(table, name, None) for name in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
 class DeadBranches:
@@ -160,12 +109,8 @@ class DeadBranches:
         self.dead_sites: List[int] = []
         """Every site whose output later passes never read (skipped or not)."""
         self._watched: List[Watched] = []
-        self._roots: List[Node] = []
-        """Nodes of the tensors that torch calls read outside autograd's sight."""
         self._cuts: Dict[Node, None] = {}
         self._sites: Dict[int, Tensor] = {}
-        self._unseen = False
-        """A torch call outside autograd's sight took an argument whose tensors could not be listed."""
 
     # ------------------------------------------------------------------ the first pass
     @contextlib.contextmanager
@@ -182,17 +127,6 @@ class DeadBranches:
             for watched in self._watched:
                 vars(watched.module).pop("forward", None)
 
-    def escape(self, args: tuple, kwargs: dict, func: Callable) -> None:
-        """A torch call in the first pass whose result autograd does not tie to its arguments:
-        they may be read by what later passes compute."""
-        if func in _LAYOUT_READS:
-            return
-        tensors = _tensors((args, kwargs))
-        if tensors is None:
-            self._unseen = True
-        else:
-            self._roots += [t.grad_fn for t in tensors if t.grad_fn is not None]
-
     def cut(self, output: Tensor) -> None:
         """The first-pass output of an operation that later passes freeze to a constant."""
         if output.grad_fn is not None:
@@ -202,19 +136,19 @@ class DeadBranches:
         """A gate site's first-pass output."""
         self._sites[index] = output
 
-    def find(self, output: Any) -> None:
+    def find(self, output: Any, reads: OutsideReads) -> None:
         """Decides, after the first forward pass, which candidates later passes may skip."""
-        outputs = _tensors(output)
-        if outputs is not None and not self._unseen:
-            live = _live([t.grad_fn for t in outputs if t.grad_fn is not None] + self._roots, self._cuts)
+        roots = reads.roots(output)
+        if roots is not None:
+            live = autograd_graph.live(roots, self._cuts)
             self.dead_sites = [i for i, out in self._sites.items() if _dead(out, live)]
             self.stubs = {w.module: stub for w in self._watched for stub in [_stub(w.calls, live)] if stub is not None}
-        self._watched, self._roots, self._cuts, self._sites = [], [], {}, {}
+        self._watched, self._cuts, self._sites = [], {}, {}
 
     # ------------------------------------------------------------------ later passes
     def skippable(self) -> bool:
         """Whether no hook would miss a stub's call now."""
-        return bool(self.stubs) and not _global_hooks() and not any(_has_hooks(m) for m in self.stubs)
+        return bool(self.stubs) and not global_hooks() and not any(has_hooks(m) for m in self.stubs)
 
 
 def _stub(calls: List[Tuple[Tuple[int, int], Tuple[int, int], Any]], live: Dict[Node, None]) -> Optional[Stub]:

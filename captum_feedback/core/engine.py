@@ -34,7 +34,9 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.overrides import TorchFunctionMode
 
+from captum_feedback.core.autograd_graph import OutsideReads
 from captum_feedback.core.dead_branches import WATCHED_FRAME, DeadBranches, Stub, Watched
+from captum_feedback.core.folding import Folds
 from captum_feedback.core.frozen_ops import FROZEN_OPS, FrozenOp
 from captum_feedback.core.guards import check_depends_on_inputs, check_model, named_modules, preserved_state
 from captum_feedback.core.kernels import RELU, Transfer, gated_backward, gated_forward
@@ -454,7 +456,11 @@ class GatingSession:
         self._latest: Optional[Tensor] = None
         self._replay = _Replay(self._stubbed)
         self._branches: Optional[DeadBranches] = None
-        """What later passes may skip, where the first pass looked (:meth:`_dead_branches`)."""
+        """What later passes may skip, where the first pass looked (:meth:`_look_for_savings`)."""
+        self._folds: Optional[Folds] = None
+        """The convolutions and normalizations later passes fold, where the first pass looked."""
+        self._reads: Optional[OutsideReads] = None
+        """The first pass's reads outside autograd, where it looks for either."""
 
     # ------------------------------------------------------------------ site naming
     def _calling_module(self, args: tuple) -> Tuple[Optional[nn.Module], bool]:
@@ -660,18 +666,15 @@ class GatingSession:
         handles = [self._tap(module, tapped) for module in taps]
         if self.passes == 0:
             self._anchor = torch.zeros((), device=inputs[0].device, requires_grad=True)
-            self._branches = self._dead_branches(policy)
+            self._look_for_savings(policy)
         try:
             with self._intercepted():
                 output = self.forward_func(*inputs, *additional_forward_args)
         finally:
             for handle in handles:
                 handle.remove()
-        if self.passes == 0 and self._branches is not None:
-            if self._replay.possible:  # stubs replace forwards, which only replayed passes do
-                self._branches.find(output)
-            else:
-                self._branches = None
+        if self.passes == 0 and self._reads is not None:
+            self._find_savings(output)
         if self.passes > 0 and self._calls != len(self.sites):
             raise RuntimeError(
                 f"The model made {self._calls} gate-site calls on this pass but "
@@ -680,28 +683,48 @@ class GatingSession:
         self.passes += 1
         return output, tapped
 
-    def _intercepted(self) -> contextlib.AbstractContextManager:
-        """The mode, or for a later pass whose calls all come from standard modules, their replay."""
-        if self.passes > 0 and self._replay.possible:
-            return self._replay.installed(self._skipped())
-        mode = _SiteMode(self._on_site, self._on_frozen if self.linearize else None,
-                         self._branches.escape if self._branches is not None and self.passes == 0 else None)
-        return mode if mode.on_escape is None else self._watched(mode)
-
     @contextlib.contextmanager
-    def _watched(self, mode: _SiteMode) -> Iterator[None]:
-        """The first pass under ``mode``, the dead-branch candidates' calls recorded."""
-        with self._branches.watched(lambda: (self._calls, self._frozen_calls)), mode:
+    def _intercepted(self) -> Iterator[None]:
+        """The first pass under the mode, with what later passes may leave out recorded; a later
+        pass under the mode or, where its calls all come from standard modules, their replay,
+        with its folded convolutions."""
+        frozen = self._on_frozen if self.linearize else None
+        with contextlib.ExitStack() as stack:
+            if self.passes == 0:
+                if self._branches is not None:
+                    stack.enter_context(self._branches.watched(lambda: (self._calls, self._frozen_calls)))
+                if self._folds is not None:
+                    stack.enter_context(self._folds.watched(self._reads))
+                stack.enter_context(_SiteMode(self._on_site, frozen, self._reads.record if self._reads else None))
+            else:
+                if self._folds is not None:
+                    stack.enter_context(self._folds.installed())
+                stack.enter_context(self._replay.installed(self._skipped()) if self._replay.possible
+                                    else _SiteMode(self._on_site, frozen))
             yield
 
-    # ------------------------------------------------------------------ dead branches
-    def _dead_branches(self, policy: GatePolicy) -> Optional[DeadBranches]:
-        """Where the first pass of a linearized session looks for branches that later passes
-        need not run (:mod:`~.dead_branches`): the candidates, if the policy may settle sites."""
-        if not (self.linearize and policy.settles):
-            return None
-        branches = DeadBranches(self._modules)
-        return branches if branches.candidates else None
+    # ------------------------------------------------------------------ what later passes leave out
+    def _look_for_savings(self, policy: GatePolicy) -> None:
+        """Before the first pass: where it looks for branches that later passes need not run
+        (a linearized session, whose policy may settle sites: :mod:`~.dead_branches`), and for
+        convolutions they fold with a batch normalization (:mod:`~.folding`)."""
+        branches = DeadBranches(self._modules) if self.linearize and policy.settles else None
+        self._branches = branches if branches is not None and branches.candidates else None
+        folds = Folds(self._modules)
+        self._folds = folds if folds.candidates else None
+        self._reads = OutsideReads() if self._branches is not None or self._folds is not None else None
+
+    def _find_savings(self, output: Any) -> None:
+        """After the first pass: what later passes leave out. Stubs replace forwards, which only
+        replayed passes do."""
+        reads, self._reads = self._reads, None
+        if self._branches is not None and self._replay.possible:
+            self._branches.find(output, reads)
+        else:
+            self._branches = None
+        if self._folds is not None:
+            self._folds.find(output, reads)
+            self._folds = self._folds if self._folds.pairs else None
 
     def _skipped(self) -> Dict[nn.Module, Stub]:
         """The stubs this later pass runs: all of them where the policy has settled every site
