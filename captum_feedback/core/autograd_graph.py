@@ -54,13 +54,11 @@ class OutsideReads:
         """The nodes of the tensors those calls read."""
         self.unseen = False
         """Such a call took an argument whose tensors could not be listed: any tensor may be read."""
-        self.paused = False
-        """Set while the session's own first-pass recordings read a tensor's version or node."""
 
     def record(self, args: tuple, kwargs: dict, func: Callable) -> None:
         """A call of ``func`` whose result is not a tensor that requires a gradient
         (``_SiteMode``'s ``on_escape``); layout reads are not reads of values."""
-        if self.paused or func in _LAYOUT_READS:
+        if func in _LAYOUT_READS:
             return
         found = tensors((args, kwargs))
         if found is None:

@@ -694,7 +694,7 @@ class GatingSession:
                 if self._branches is not None:
                     stack.enter_context(self._branches.watched(lambda: (self._calls, self._frozen_calls)))
                 if self._folds is not None:
-                    stack.enter_context(self._folds.watched(self._reads))
+                    stack.enter_context(self._folds.watched())
                 stack.enter_context(_SiteMode(self._on_site, frozen, self._reads.record if self._reads else None))
             else:
                 if self._folds is not None:

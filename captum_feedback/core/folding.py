@@ -11,10 +11,10 @@ unfolded ones by rounding only.
 What the first pass proves, and how (:mod:`~.autograd_graph`):
 
 * The normalization reads the convolution's output as it was returned: its input is that
-  tensor (not a view of it), and its autograd node takes the convolution's (nothing changed
-  the tensor in place in between).
-* Nothing else reads it: the normalization's node is the only reader of the convolution's
-  node, and no torch call read it outside autograd's sight.
+  tensor (not a view of it), which nothing changed in place (its version is still 0 after the
+  pass, so its autograd node is still the convolution's).
+* Nothing else reads it: the convolution's node has one reader in all, where the normalization
+  is one (through autograd, or outside its sight: a call under ``no_grad`` counts as a read).
 * Each module is called once a pass: the convolution through ``_conv_forward`` with its own
   weight and bias (as ``nn.Conv2d.forward`` and subclasses that pad first call it), the
   normalization a standard ``nn.BatchNorm*d`` by exact type, in evaluation mode with running
@@ -37,7 +37,6 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import Node
 
 from captum_feedback.core.autograd_graph import OutsideReads, global_hooks, has_hooks, readers
 
@@ -93,11 +92,12 @@ class Folds:
         self._norms = [m for m in modules if _foldable_norm(m)]
         self.pairs: List[Pair] = []
         """The pairs later passes fold, found by :meth:`find`."""
-        self._conv_calls: Dict[nn.Module, List[Optional[Tuple[Tensor, Optional[Node]]]]] = {}
-        """Per convolution, its first-pass calls: the output and its node (``None``: other weights)."""
-        self._norm_calls: Dict[nn.Module, List[Optional[Tuple[Tensor, Optional[Node]]]]] = {}
-        """Per normalization, its first-pass calls: the input and the output's node."""
-        self._weights: Dict[Pair, Tuple[Tensor, Tensor]] = {}
+        self._conv_calls: Dict[nn.Module, List[Optional[Tensor]]] = {}
+        """Per convolution, its first-pass outputs (``None``: a call with other weights)."""
+        self._norm_calls: Dict[nn.Module, List[Optional[Tensor]]] = {}
+        """Per normalization, its first-pass inputs (``None``: a call with other arguments)."""
+        self._forwards: Dict[Pair, Tuple[Callable[..., Tensor], Callable[..., Any]]] = {}
+        """Per pair, the convolution's ``_conv_forward`` and the normalization's ``forward`` of later passes."""
         self._outputs: Dict[nn.Module, Tensor] = {}
         """Per normalization, the folded convolution's output it is about to read."""
         self._thread = 0
@@ -109,17 +109,16 @@ class Folds:
 
     # ------------------------------------------------------------------ the first pass
     @contextlib.contextmanager
-    def watched(self, reads: OutsideReads) -> Iterator[None]:
-        """Records the first pass's calls of the convolutions and normalizations (``reads``:
-        the pass's reads outside autograd, which the recordings' own reads pause); a module
-        whose method was replaced already is left alone, and never folded."""
+    def watched(self) -> Iterator[None]:
+        """Records the first pass's calls of the convolutions and normalizations; a module whose
+        method was replaced already is left alone, and never folded."""
         convs = [m for m in self._convs if "_conv_forward" not in m.__dict__]
         norms = [m for m in self._norms if "forward" not in m.__dict__]
         try:
             for conv in convs:
-                vars(conv)["_conv_forward"] = self._recording_conv(conv, reads)
+                vars(conv)["_conv_forward"] = self._recording_conv(conv)
             for norm in norms:
-                vars(norm)["forward"] = self._recording_norm(norm, reads)
+                vars(norm)["forward"] = self._recording_norm(norm)
             yield
         finally:
             for conv in convs:
@@ -127,63 +126,57 @@ class Folds:
             for norm in norms:
                 vars(norm).pop("forward", None)
 
-    def _recording_conv(self, conv: nn.Module, reads: OutsideReads) -> Callable[..., Tensor]:
+    def _recording_conv(self, conv: nn.Module) -> Callable[..., Tensor]:
         calls = self._conv_calls.setdefault(conv, [])
 
         def record(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
             out = type(conv)._conv_forward(conv, input, weight, bias)
-            reads.paused = True
-            calls.append((out, out.grad_fn) if weight is conv.weight and bias is conv.bias else None)
-            reads.paused = False
+            calls.append(out if weight is conv.weight and bias is conv.bias else None)
             return out
 
         return record
 
-    def _recording_norm(self, norm: nn.Module, reads: OutsideReads) -> Callable[..., Any]:
+    def _recording_norm(self, norm: nn.Module) -> Callable[..., Any]:
         calls = self._norm_calls.setdefault(norm, [])
 
         def record(*args: Any, **kwargs: Any) -> Any:
-            out = type(norm).forward(norm, *args, **kwargs)
-            x = args[0] if len(args) == 1 and not kwargs else None
-            reads.paused = True
-            calls.append((x, out.grad_fn) if isinstance(x, Tensor) and isinstance(out, Tensor) else None)
-            reads.paused = False
-            return out
+            calls.append(args[0] if len(args) == 1 and not kwargs else None)
+            return type(norm).forward(norm, *args, **kwargs)
 
         return record
 
     def find(self, output: Any, reads: OutsideReads) -> None:
-        """Decides, after the first forward pass, which pairs later passes fold."""
-        produced = {id(call[0]): (conv, call[1]) for conv, calls in self._conv_calls.items()  # outputs held
-                    if len(calls) == 1 for call in calls if call is not None}
+        """Decides, after the first forward pass, which pairs later passes fold. A convolution's
+        output that nothing changed in place (version 0) still has its own node; a normalization
+        reads it in or outside autograd's sight, so where it has one reader that is all."""
+        produced = {id(calls[0]): conv for conv, calls in self._conv_calls.items()  # the outputs are held
+                    if len(calls) == 1 and calls[0] is not None and calls[0]._version == 0}
         matches = []
         for norm, calls in self._norm_calls.items():
-            if len(calls) != 1 or calls[0] is None:
-                continue
-            x, norm_node = calls[0]
-            conv, conv_node = produced.get(id(x), (None, None))
-            if conv_node is None or norm_node is None:
-                continue
-            if conv.weight.numel() <= x.numel() // x.shape[0] and conv.weight.dtype == norm.running_var.dtype:
-                matches.append((Pair(conv, norm), conv_node, norm_node))
+            conv = produced.get(id(calls[0])) if len(calls) == 1 and calls[0] is not None else None
+            x = calls[0]
+            if conv is not None and x.grad_fn is not None and conv.weight.numel() <= x.numel() // x.shape[0] \
+                    and conv.weight.dtype == norm.running_var.dtype:
+                matches.append((Pair(conv, norm), x.grad_fn))
         roots = reads.roots(output)
         if roots is not None and matches:
-            counts = readers(roots, [conv_node for _, conv_node, _ in matches])
-            self.pairs = [pair for pair, conv_node, norm_node in matches if counts[conv_node] == 1
-                          and any(child is conv_node for child, _ in norm_node.next_functions)]
+            counts = readers(roots, [node for _, node in matches])
+            self.pairs = [pair for pair, node in matches if counts[node] == 1]
         self._conv_calls, self._norm_calls = {}, {}
 
     # ------------------------------------------------------------------ later passes
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         """This thread's pass runs the folded pairs that no hook would miss now."""
+        if not self._forwards:
+            weights = folded(self.pairs)
+            self._forwards = {pair: (self._folded_conv(pair, *weights[pair]), self._skipped_norm(pair.norm))
+                              for pair in self.pairs}
         pairs = [] if global_hooks() else [p for p in self.pairs if not (has_hooks(p.conv) or has_hooks(p.norm))]
         self._thread = threading.get_ident()
-        self._weights.update(folded(pair for pair in pairs if pair not in self._weights))
         try:
             for pair in pairs:
-                vars(pair.conv)["_conv_forward"] = self._folded_conv(pair)
-                vars(pair.norm)["forward"] = self._skipped_norm(pair.norm)
+                vars(pair.conv)["_conv_forward"], vars(pair.norm)["forward"] = self._forwards[pair]
             yield
         finally:
             for pair in pairs:
@@ -191,9 +184,8 @@ class Folds:
                 vars(pair.norm).pop("forward", None)
             self._outputs = {}
 
-    def _folded_conv(self, pair: Pair) -> Callable[..., Tensor]:
+    def _folded_conv(self, pair: Pair, weight: Tensor, bias: Tensor) -> Callable[..., Tensor]:
         conv, own = pair.conv, type(pair.conv)._conv_forward
-        weight, bias = self._weights[pair]
 
         def forward(input: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor]) -> Tensor:
             if threading.get_ident() != self._thread or conv_weight is not conv.weight or conv_bias is not conv.bias:
