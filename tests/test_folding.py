@@ -138,6 +138,26 @@ def test_pairs_that_folding_could_change_run_unfolded(model, monkeypatch):
     torch.testing.assert_close(attributions, unfolded, rtol=0, atol=0)
 
 
+class Recomputed(nn.Conv2d):
+    """A convolution that passes ``_conv_forward`` its own weight on its first call only (the
+    same values in another tensor after)."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self._conv_forward(x, self.weight if self.calls == 1 else self.weight * 1, self.bias)
+
+
+def test_a_later_call_with_other_weights_runs_the_convolution_and_its_normalization(monkeypatch):
+    model = _normed(Stack(conv=Recomputed(3, 8, 3, padding=1)))
+    x = torch.randn(2, 3, 12, 12)
+    attributions, passes, calls = _paper(model, x, monkeypatch)
+    unfolded, _, _ = _paper(model, x, monkeypatch, fold=False)
+    assert calls == passes >= 4
+    torch.testing.assert_close(attributions, unfolded, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("hooked", ["conv", "norm"])
 def test_a_pair_with_a_hook_runs_unfolded_and_leaves_no_trace(hooked, monkeypatch):
     model = _normed(Stack())
