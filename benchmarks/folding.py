@@ -7,21 +7,30 @@ largest relative L2 difference of each map over the targets, and on how many tar
 peak moved to another cell of the grid, and the pointing game's hits (the peak in the target's
 cell) folded and unfolded.
 
+With ``--speed MODEL ...``, what it saves instead: Saliency and FSP's default and paper preset,
+each folded and unfolded, interleaved in one process (``benchmarks/speed.py``'s models and
+inputs); printed per call, the median over rounds of its time over Saliency's in the same round.
+
 Usage::
 
     python benchmarks/folding.py --grids 3
+    python benchmarks/folding.py --speed mobilenet_v3_small resnet50 --batch 1 --rounds 20
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 from unittest import mock
 
+import torch
+from captum.attr import Saliency
 from torch import Tensor
 
 from captum_feedback import FSP, summation_energy_map
@@ -29,6 +38,12 @@ from captum_feedback.core.folding import Folds
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grid_pointing import BEDS, bed_layout  # noqa: E402
+from speed import _interleaved_times, _paired_ratio, model_and_inputs  # noqa: E402
+
+
+def _unfolded() -> contextlib.AbstractContextManager:
+    """Sessions that fold nothing: no model has a candidate pair."""
+    return mock.patch.object(Folds, "candidates", property(lambda self: False))
 
 
 def _maps(fsp: FSP, x: Tensor, target: int) -> Dict[str, Tensor]:
@@ -43,13 +58,8 @@ def _peak_cell(energy: Tensor, k: int = 2) -> int:
     return (index // width) * k // height * k + (index % width) * k // width
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grids", type=int, default=3)
-    parser.add_argument("--split", choices=("tune", "heldout"), default="heldout")
-    parser.add_argument("--beds", nargs="+", choices=BEDS, default=list(BEDS))
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
+def compare_maps(args: argparse.Namespace) -> None:
+    """Per test bed, how far folding moves each map (the module's docstring)."""
     for bed in args.beds:
         classifier, layout = bed_layout(bed, args.split, args.grids)
         fsp, start = FSP(classifier.model), time.time()
@@ -62,7 +72,7 @@ def main() -> None:
             x = classifier.normalize(classifier.squeeze(image.image[None], image.size[0]))
             for cell, instance in enumerate(image.instances):  # row-major, as the grid's cells
                 folded = _maps(fsp, x, instance.label)
-                with mock.patch.object(Folds, "candidates", property(lambda self: False)):
+                with _unfolded():
                     unfolded = _maps(fsp, x, instance.label)
                 for name, plain in unfolded.items():
                     change = float((folded[name] - plain).norm() / plain.norm().clamp_min(1e-30))
@@ -76,6 +86,49 @@ def main() -> None:
         for name in worst:
             print(f"  {name}: largest relative difference {worst[name]:.2g}; peak in another cell: {moved[name]}; "
                   f"pointing hits folded {hits[name][0]}, unfolded {hits[name][1]}")
+
+
+def _without_folding(call: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    def run() -> Tensor:
+        with _unfolded():
+            return call()
+
+    return run
+
+
+def compare_speed(args: argparse.Namespace) -> None:
+    """Per model, each call's time over Saliency's, folded and unfolded (the module's docstring)."""
+    for name in args.speed:
+        model, x, target = model_and_inputs(name, args.batch, torch.device("cpu"))
+        fsp, saliency = FSP(model), Saliency(model)
+        default = lambda: fsp.attribute(x, target=target)  # noqa: E731
+        paper = lambda: fsp.attribute(x, target=target, config="paper")  # noqa: E731
+        calls = {"Saliency": lambda: saliency.attribute(x, target=target, abs=False),
+                 "default": default, "default unfolded": _without_folding(default),
+                 "paper": paper, "paper unfolded": _without_folding(paper)}
+        for call in calls.values():
+            call()
+        times = _interleaved_times(calls, dict.fromkeys(calls, args.rounds), torch.device("cpu"))
+        base = times["Saliency"]
+        ratios = {label: f"{_paired_ratio(times[label], base):.2f}" for label in calls if label != "Saliency"}
+        print(f"{name} b={args.batch} ({args.rounds} rounds, Saliency {statistics.median(base) * 1e3:.1f} ms): "
+              f"x Saliency {ratios}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grids", type=int, default=3)
+    parser.add_argument("--split", choices=("tune", "heldout"), default="heldout")
+    parser.add_argument("--beds", nargs="+", choices=BEDS, default=list(BEDS))
+    parser.add_argument("--speed", nargs="+", metavar="MODEL", help="time these models instead (speed.py's names)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.speed:
+        compare_speed(args)
+    else:
+        compare_maps(args)
 
 
 if __name__ == "__main__":

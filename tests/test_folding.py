@@ -138,6 +138,13 @@ def test_pairs_that_folding_could_change_run_unfolded(model, monkeypatch):
     torch.testing.assert_close(attributions, unfolded, rtol=0, atol=0)
 
 
+def test_modules_the_forward_pass_never_calls_fold_nothing(monkeypatch):
+    model = Stack()
+    model.spare = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8))  # an auxiliary head left out in eval
+    _, passes, calls = _paper(_normed(model), torch.randn(2, 3, 12, 12), monkeypatch)
+    assert passes >= 4 and calls == 1
+
+
 class Recomputed(nn.Conv2d):
     """A convolution that passes ``_conv_forward`` its own weight on its first call only (the
     same values in another tensor after)."""

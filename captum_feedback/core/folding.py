@@ -153,9 +153,10 @@ class Folds:
                     if len(calls) == 1 and calls[0] is not None and calls[0]._version == 0}
         matches = []
         for norm, calls in self._norm_calls.items():
-            conv = produced.get(id(calls[0])) if len(calls) == 1 and calls[0] is not None else None
-            x = calls[0]
-            if conv is not None and x.grad_fn is not None and conv.weight.numel() <= x.numel() // x.shape[0] \
+            if len(calls) != 1 or id(calls[0]) not in produced:
+                continue
+            x, conv = calls[0], produced[id(calls[0])]
+            if x.grad_fn is not None and conv.weight.numel() <= x.numel() // x.shape[0] \
                     and conv.weight.dtype == norm.running_var.dtype:
                 matches.append((Pair(conv, norm), x.grad_fn))
         roots = reads.roots(output)
