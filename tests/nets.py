@@ -64,3 +64,16 @@ def seeded(module: nn.Module, seed: int = 0) -> nn.Module:
     for p in module.parameters():
         nn.init.normal_(p, std=0.3)
     return module.eval()
+
+
+def calls_of(module: nn.Module, monkeypatch) -> list:
+    """A list that grows by one at each call of ``module``'s class ``forward`` on it."""
+    calls, own = [], type(module).forward
+
+    def counted(self, *args, **kwargs):
+        if self is module:
+            calls.append(1)
+        return own(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(module), "forward", counted)
+    return calls

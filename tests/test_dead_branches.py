@@ -11,7 +11,7 @@ from captum_feedback import PRESETS
 from captum_feedback import FeedbackSelectivePruning as FSP
 from captum_feedback.core import engine
 from captum_feedback.core.dead_branches import DeadBranches
-from tests.nets import seeded
+from tests.nets import calls_of, seeded
 
 
 class Excited(nn.Module):
@@ -40,19 +40,6 @@ class ReadExcitation(nn.Module):
         return x * self.gate(s) * self.reader(s)
 
 
-def _calls_of(module: nn.Module, monkeypatch) -> list:
-    """A list that grows by one at each call of ``module``'s class ``forward`` on it."""
-    calls, own = [], type(module).forward
-
-    def counted(self, *args, **kwargs):
-        if self is module:
-            calls.append(1)
-        return own(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(module), "forward", counted)
-    return calls
-
-
 def _every_module_run(monkeypatch) -> None:
     monkeypatch.setattr(engine.GatingSession, "_skipped", lambda self: {})
 
@@ -63,7 +50,7 @@ def _attribution_and_calls(model, x, monkeypatch, skip: bool = True):
     with monkeypatch.context() as patch:
         if not skip:
             _every_module_run(patch)
-        passes, calls = _calls_of(model.head, patch), _calls_of(model.se.fc1, patch)
+        passes, calls = calls_of(model.head, patch), calls_of(model.se.fc1, patch)
         attributions = FSP(model).attribute(x, target=[0, 2], config="paper")
     return attributions, len(passes), len(calls)
 
@@ -91,7 +78,7 @@ def test_mobilenet_v3_gives_the_same_maps_and_gates_with_its_excitation_branches
     def run():
         return fsp.attribute(x, target=[1, 4], config="paper"), fsp.select(x, [1, 4], config="paper", keep_cws=False)
 
-    calls = _calls_of(model.features[4].block[2].fc1, monkeypatch)
+    calls = calls_of(model.features[4].block[2].fc1, monkeypatch)
     skipped, state = run()
     skipping_calls = len(calls)
     with monkeypatch.context() as patch:
@@ -144,7 +131,7 @@ def test_a_module_with_hooks_keeps_its_branch_running(monkeypatch):
 def test_passes_that_keep_site_outputs_or_are_not_linearized_run_every_module(monkeypatch):
     model = seeded(Excited(SqueezeExcitation(8, 4, scale_activation=nn.Hardsigmoid)))
     x = torch.randn(2, 3, 12, 12)
-    calls = _calls_of(model.se.fc1, monkeypatch)
+    calls = calls_of(model.se.fc1, monkeypatch)
     FSP(model).select(x, [0, 2], config="paper")  # every pass may be the last: its outputs are kept
     assert len(calls) == 6
     calls.clear()

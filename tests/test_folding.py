@@ -11,7 +11,7 @@ from torch import nn
 from captum_feedback import FeedbackSelectivePruning as FSP
 from captum_feedback.core.folding import Folds, Pair, folded
 from captum_feedback.models.efficientnet_lite import SamePadConv2d
-from tests.nets import seeded
+from tests.nets import calls_of, seeded
 
 
 def _normed(module: nn.Module) -> nn.Module:
@@ -48,28 +48,24 @@ class Stack(nn.Module):
         return self.head(self.body(torch.relu(y)).mean((2, 3)))
 
 
-def _calls_of(module: nn.Module, monkeypatch) -> list:
-    """A list that grows by one at each call of ``module``'s class ``forward`` on it."""
-    calls, own = [], type(module).forward
-
-    def counted(self, *args, **kwargs):
-        if self is module:
-            calls.append(1)
-        return own(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(module), "forward", counted)
-    return calls
-
-
 def _paper(model: nn.Module, x: torch.Tensor, monkeypatch, fold: bool = True):
     """The paper preset's attributions, its passes (the head's calls) and the first
     normalization's calls."""
     with monkeypatch.context() as patch:
         if not fold:
             patch.setattr(Folds, "candidates", property(lambda self: False))
-        passes, calls = _calls_of(model.head, patch), _calls_of(model.norm, patch)
+        passes, calls = calls_of(model.head, patch), calls_of(model.norm, patch)
         attributions = FSP(model).attribute(x, target=[0, 2][:len(x)], config="paper")
     return attributions, len(passes), len(calls)
+
+
+def _assert_runs_unfolded(model: nn.Module, monkeypatch) -> None:
+    """The first normalization runs in every pass, and the maps are those of a run that folds nothing."""
+    x = torch.randn(2, 3, 12, 12)
+    attributions, passes, calls = _paper(model, x, monkeypatch)
+    unfolded, _, _ = _paper(model, x, monkeypatch, fold=False)
+    assert calls == passes >= 4
+    torch.testing.assert_close(attributions, unfolded, rtol=0, atol=0)
 
 
 def _untouched(model: nn.Module) -> bool:
@@ -106,11 +102,7 @@ def test_later_passes_skip_the_normalization_and_give_the_unfolded_maps(conv, mo
 ])
 def test_a_convolution_whose_output_is_also_read_elsewhere_runs_unfolded(reader, monkeypatch):
     model = _normed(Stack(reader=reader))
-    x = torch.randn(2, 3, 12, 12)
-    attributions, passes, calls = _paper(model, x, monkeypatch)
-    unfolded, _, _ = _paper(model, x, monkeypatch, fold=False)
-    assert calls == passes >= 4
-    torch.testing.assert_close(attributions, unfolded, rtol=0, atol=0)
+    _assert_runs_unfolded(model, monkeypatch)
 
 
 @pytest.mark.parametrize("between", [
@@ -131,11 +123,7 @@ def test_a_normalization_that_does_not_read_the_returned_output_runs_every_pass(
 ], ids=["subclassed norm", "own conv forward", "large weights"])
 def test_pairs_that_folding_could_change_run_unfolded(model, monkeypatch):
     model = _normed(model)
-    x = torch.randn(2, 3, 12, 12)
-    attributions, passes, calls = _paper(model, x, monkeypatch)
-    unfolded, _, _ = _paper(model, x, monkeypatch, fold=False)
-    assert calls == passes >= 4
-    torch.testing.assert_close(attributions, unfolded, rtol=0, atol=0)
+    _assert_runs_unfolded(model, monkeypatch)
 
 
 def test_modules_the_forward_pass_never_calls_fold_nothing(monkeypatch):
@@ -158,11 +146,7 @@ class Recomputed(nn.Conv2d):
 
 def test_a_later_call_with_other_weights_runs_the_convolution_and_its_normalization(monkeypatch):
     model = _normed(Stack(conv=Recomputed(3, 8, 3, padding=1)))
-    x = torch.randn(2, 3, 12, 12)
-    attributions, passes, calls = _paper(model, x, monkeypatch)
-    unfolded, _, _ = _paper(model, x, monkeypatch, fold=False)
-    assert calls == passes >= 4
-    torch.testing.assert_close(attributions, unfolded, rtol=0, atol=0)
+    _assert_runs_unfolded(model, monkeypatch)
 
 
 @pytest.mark.parametrize("hooked", ["conv", "norm"])
