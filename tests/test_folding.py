@@ -188,6 +188,22 @@ def test_a_failing_later_pass_leaves_every_module_its_own_methods():
     assert model.calls == 2 and _untouched(model)
 
 
+def test_a_normalization_whose_forward_was_replaced_after_the_first_pass_runs_it(monkeypatch):
+    # As another session's would be, on another thread: folding leaves that pair alone.
+    model = _normed(Stack())
+    find = Folds.find
+
+    def found_then_replaced(self, *args):
+        find(self, *args)
+        vars(model.norm)["forward"] = lambda y: type(model.norm).forward(model.norm, y)
+
+    monkeypatch.setattr(Folds, "find", found_then_replaced)
+    try:
+        _assert_runs_unfolded(model, monkeypatch)
+    finally:
+        vars(model.norm).pop("forward", None)
+
+
 def test_another_thread_runs_the_model_unfolded_during_a_pass(monkeypatch):
     model = _normed(Stack())
     x = torch.randn(2, 3, 12, 12)

@@ -168,12 +168,14 @@ class Folds:
     # ------------------------------------------------------------------ later passes
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """This thread's pass runs the folded pairs that no hook would miss now."""
+        """This thread's pass runs the folded pairs that no hook would miss now, and whose methods
+        nothing else (another session, on another thread) has replaced meanwhile."""
         if not self._forwards:
             weights = folded(self.pairs)
             self._forwards = {pair: (self._folded_conv(pair, *weights[pair]), self._skipped_norm(pair.norm))
                               for pair in self.pairs}
-        pairs = [] if global_hooks() else [p for p in self.pairs if not (has_hooks(p.conv) or has_hooks(p.norm))]
+        pairs = [] if global_hooks() else [p for p in self.pairs if not (has_hooks(p.conv) or has_hooks(p.norm))
+                                           and "_conv_forward" not in vars(p.conv) and "forward" not in vars(p.norm)]
         self._thread = threading.get_ident()
         try:
             for pair in pairs:
