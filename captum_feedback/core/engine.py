@@ -15,6 +15,8 @@ Linearization (Sec. 3.3): with ``linearize=True`` the first forward pass freezes
 network, in which ``S = sum(alpha * z * x)`` holds exactly at every site.
 Where a frozen sigmoid leaves a branch unread (squeeze-excitation blocks), later replayed passes
 skip its modules once the policy has settled its sites (:mod:`~captum_feedback.core.dead_branches`).
+Every pass after the first folds each evaluation-mode batch normalization into the convolution
+whose output only it reads (:mod:`~captum_feedback.core.folding`).
 
 Everything a session installs (the mode, replayed forwards, layer taps) is removed on every
 exit path, and the model's training flags, ``requires_grad`` and ``.grad`` are restored.
@@ -695,7 +697,8 @@ class GatingSession:
                     stack.enter_context(self._branches.watched(lambda: (self._calls, self._frozen_calls)))
                 if self._folds is not None:
                     stack.enter_context(self._folds.watched())
-                stack.enter_context(_SiteMode(self._on_site, frozen, self._reads.record if self._reads else None))
+                reads = self._reads.record if self._reads is not None else None
+                stack.enter_context(_SiteMode(self._on_site, frozen, reads))
             else:
                 if self._folds is not None:
                     stack.enter_context(self._folds.installed())
