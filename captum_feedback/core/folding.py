@@ -25,8 +25,9 @@ What the first pass proves, and how (:mod:`~.autograd_graph`):
 
 A later pass replaces, for the session's thread, the convolution's ``_conv_forward`` and the
 normalization's ``forward`` (instance attributes, removed after the pass). A pair with hooks
-on either module at that time, or every pair while hooks for all modules are registered, runs
-unfolded.
+on either module at that time, or whose methods something else replaced after the first pass
+(another session, on another thread), or every pair while hooks for all modules are registered,
+runs unfolded.
 """
 
 from __future__ import annotations
