@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captum_feedback import FSP
+from captum_feedback.core import kernels
 
 
 class Block(nn.Module):
@@ -78,3 +79,38 @@ def test_a_site_that_is_not_per_sample_is_left_ungated():
     model = TableBias().eval()
     state = FSP(model).select(torch.rand(3, 3, 8, 8), target=0, keep_cws=False)
     assert list(state.gates) == ["relu"]  # the per-sample call; the table's relu is not a site
+
+
+class ConvNeXtish(nn.Module):
+    """ConvNeXt's block: a LayerNorm over the channels of a (B, C, H, W) map seen channels-last
+    (torchvision's ``LayerNorm2d`` permutes, normalizes and permutes back), a depthwise
+    convolution and a channels-last MLP behind ``nn.LayerNorm``."""
+
+    def __init__(self, dim: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.stem, self.stem_norm = nn.Conv2d(3, dim, 4, stride=4), nn.LayerNorm(dim)
+        self.depthwise, self.norm = nn.Conv2d(dim, dim, 7, padding=3, groups=dim), nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.stem_norm.weight, self.stem_norm.bias)
+        x = x.permute(0, 3, 1, 2)
+        x = x + self.mlp(self.norm(self.depthwise(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_layer_norms_over_channels_last_maps_are_linearized_the_same_with_and_without_the_kernels():
+    torch.manual_seed(0)
+    model, x = ConvNeXtish().eval(), torch.rand(3, 3, 48, 48)
+    runs = []
+    for numba in (True, False):
+        with kernels.use_numba(numba):
+            state = FSP(model).select(x, target=[0, 1, 2], config="paper", keep_cws=False)
+            runs.append(FSP(model).attribute(x, target=[0, 1, 2], config="paper"))
+        with torch.no_grad():
+            assert torch.allclose(state.outputs[0], model(x), atol=1e-5)
+        scores = state.target_scores
+        assert (scores[1:] >= scores[:-1] - 1e-5 * scores.abs().amax(0)).all(), scores
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-6 * float(runs[1].abs().max()))

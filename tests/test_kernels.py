@@ -208,3 +208,47 @@ def test_a_relu6_first_pass_gives_hardtanh_and_its_gradient_with_its_codes():
         assert torch.equal(y[:, :5], expected[:, :5]) and y[0, 5].isnan()
         assert codes[0, :5].tolist() == [0, 0, 1, 2, 2] and torch.equal(codes, runs[0][1])
         assert torch.equal(grad, hardtanh_grad)
+
+
+def _frozen_layer_norm_gradient(grad, weight, scale, dims):
+    """The gradient of ``(x - mean(x)) * scale * weight`` over the last ``dims`` dimensions, by autograd."""
+    x = torch.zeros(grad.shape, dtype=grad.dtype, requires_grad=True)
+    trailing = tuple(range(grad.dim() - dims, grad.dim()))
+    y = (x - x.mean(trailing, keepdim=True)) * scale * (weight if weight is not None else 1)
+    return torch.autograd.grad(y, x, grad)[0]
+
+
+LAYOUTS = {
+    "contiguous": (lambda g: g, True),
+    "channels-first memory seen channels-last": (
+        lambda g: g.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1), True),
+    "other strides": (lambda g: g[:, ::2], False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("weighted", [True, False])
+def test_the_centred_backward_kernel_gives_the_frozen_layer_norms_gradient_in_the_gradients_layout(
+        dtype, layout, weighted):
+    arrange, kernel_reads_it = LAYOUTS[layout]
+    torch.manual_seed(0)
+    grad = arrange(torch.randn(2, 23, 25, 24, dtype=dtype))  # 575 positions: two blocks of the channels kernel
+    scale = torch.rand(grad.shape[:-1] + (1,), dtype=dtype) + 0.5
+    weight = torch.randn(24, dtype=dtype) if weighted else None
+    expected = _frozen_layer_norm_gradient(grad, weight, scale, 1)
+    assert (kernels._centred_shape(grad, weight, scale, 24, 1) is not None) == kernel_reads_it
+    for numba in (True, False):  # the kernel sums in another order than torch: close, not bit for bit
+        with kernels.use_numba(numba):
+            out = kernels.centred_backward(grad, weight, scale, 1)
+        if kernel_reads_it:
+            assert out.stride() == grad.stride()
+        torch.testing.assert_close(out, expected)
+
+
+def test_the_centred_backward_kernel_centres_over_several_trailing_dimensions():
+    torch.manual_seed(1)
+    grad, scale, weight = torch.randn(3, 4, 5, 6), torch.rand(3, 4, 1, 1) + 0.5, torch.randn(5, 6)
+    with kernels.use_numba(True):
+        out = kernels.centred_backward(grad, weight, scale, 2)
+    torch.testing.assert_close(out, _frozen_layer_norm_gradient(grad, weight, scale, 2))

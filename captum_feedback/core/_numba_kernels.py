@@ -10,7 +10,8 @@ calls (issue #22). An argument the call does not read (the codes of a transfer w
 say) is given another tensor's address; the wrapper checks shapes, dtypes and layouts.
 
 ``kind`` is a :class:`~captum_feedback.core.kernels.Transfer`'s: the map ``y = f(x)`` of the
-site before its gate.
+site before its gate. :func:`centred_backward` reads its tensors as blocks of rows or of
+channels, each tensor's memory one block.
 """
 
 from __future__ import annotations
@@ -196,3 +197,60 @@ def signs(rows, n, at, step, like, has_within):  # noqa: ANN001, ANN201
 def clamp_codes(n, at, low, high, like):  # noqa: ANN001, ANN201
     """:func:`_clamp_codes` of one row; ``at``: of ``x``, ``out`` (of ``like``'s dtype) and the codes."""
     _clamp_codes(_units(at[0], 0, 0, n, like), low, high, _units(at[1], 0, 0, n, like), _units(at[2], 0, 0, n, _BYTE))
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _centred_rows(grad, weight, scale, out):  # noqa: ANN001, ANN201
+    """``out = scale * (g w - mean(g w))`` along each row of ``grad`` (rows, n), ``scale`` one a
+    row. ``reassoc`` lets the sum be vectorized (four times faster), in another order than torch's."""
+    n = grad.shape[1]
+    for r in prange(grad.shape[0]):
+        g, o = grad[r], out[r]
+        total = g[0] * 0
+        for c in range(n):
+            total += g[c] * weight[c]
+        mean, k = total / n, scale[r]
+        for c in range(n):
+            o[c] = (g[c] * weight[c] - mean) * k
+
+
+_BLOCK = 512
+"""Positions a job of :func:`_centred_channels` takes: its slice of a sample stays in cache."""
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _centred_channels(grad, weight, scale, out):  # noqa: ANN001, ANN201
+    """:func:`_centred_rows` of a channels-first ``grad`` (N, C, S) centred over its C channels at
+    each of its S positions; ``scale`` (N, S). A job takes a block of positions, channel by
+    channel, so that the loops run along memory."""
+    samples, channels, positions = grad.shape
+    blocks = (positions + _BLOCK - 1) // _BLOCK
+    for job in prange(samples * blocks):
+        b, start = job // blocks, (job % blocks) * _BLOCK
+        size = min(positions - start, _BLOCK)
+        g, o, k = grad[b, :, start : start + size], out[b, :, start : start + size], scale[b, start : start + size]
+        mean = np.zeros(size, grad.dtype)
+        for c in range(channels):
+            w, gc = weight[c], g[c]
+            for i in range(size):
+                mean[i] += gc[i] * w
+        for i in range(size):
+            mean[i] /= channels
+        for c in range(channels):
+            w, gc, oc = weight[c], g[c], o[c]
+            for i in range(size):
+                oc[i] = (gc[i] * w - mean[i]) * k[i]
+
+
+@njit(cache=True)
+def centred_backward(samples, channels, positions, at, like):  # noqa: ANN001, ANN201
+    """:func:`_centred_rows` (``positions`` 0: ``samples`` rows of ``channels`` units) or
+    :func:`_centred_channels`; ``at``: of ``grad``, the weight, the scale and ``out``, all of
+    ``like``'s dtype."""
+    if positions == 0:
+        _centred_rows(carray(_pointer(at[0], like), (samples, channels)), _units(at[1], 0, 0, channels, like),
+                      _units(at[2], 0, 0, samples, like), carray(_pointer(at[3], like), (samples, channels)))
+    else:
+        shape = (samples, channels, positions)
+        _centred_channels(carray(_pointer(at[0], like), shape), _units(at[1], 0, 0, channels, like),
+                          carray(_pointer(at[2], like), (samples, positions)), carray(_pointer(at[3], like), shape))

@@ -7,7 +7,9 @@ seven kernels a direction, each reading or writing the whole activation, and dty
 between byte gates and float masks: on EfficientNet-Lite0 more time than the model's own
 convolutions. Here each direction is one pass: numba kernels (:mod:`._numba_kernels`) for
 float CPU tensors when numba is installed, else the same arithmetic in torch operations (every
-GPU, and the reference the tests compare the kernels with, bit for bit).
+GPU, and the reference the tests compare the kernels with, bit for bit). The one kernel that
+sums, the backward pass of a frozen LayerNorm (:func:`centred_backward`), sums in another order
+than torch: close to it, not bit for bit.
 
 ``CAPTUM_FEEDBACK_KERNELS=torch`` in the environment, or :func:`use_numba`, turns the numba
 kernels off.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -254,6 +257,44 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
     into.copy_(torch.sign(cw))
     if within_bytes is not None:
         into.mul_(within_bytes)
+
+
+def centred_backward(grad: Tensor, weight: Optional[Tensor], scale: Tensor, dims: int) -> Tensor:
+    """The gradient of a frozen LayerNorm ``(x - mean(x)) * scale * weight + bias`` over the last
+    ``dims`` dimensions: ``scale * (g w - mean(g w))``. ``scale`` has ``grad``'s shape with 1 in
+    those dimensions, ``weight`` their shape (or is ``None``). One pass over memory where autograd
+    runs three activation-sized operations, a reduction and seven nodes; numba reads ``grad`` as
+    rows of units where it is contiguous, as channels over positions where it is a channels-first
+    tensor seen channels-last (ConvNeXt's ``LayerNorm2d``)."""
+    n = math.prod(grad.shape[grad.dim() - dims :])
+    shape = _centred_shape(grad, weight, scale, n, dims)
+    kernels = _numba() if shape is not None else None
+    if kernels is not None:
+        _match_threads(torch.get_num_threads())
+        weight = weight.reshape(-1).contiguous() if weight is not None else grad.new_ones(n)
+        out = torch.empty_like(grad)  # grad's layout: the kernel writes out as it reads grad
+        kernels.centred_backward(*shape, (grad.data_ptr(), weight.data_ptr(), scale.data_ptr(), out.data_ptr()),
+                                 _like(grad.dtype))
+        return out
+    scaled = grad * weight if weight is not None else grad.clone()
+    return scaled.sub_(scaled.mean(tuple(range(grad.dim() - dims, grad.dim())), keepdim=True)).mul_(scale)
+
+
+def _centred_shape(grad: Tensor, weight: Optional[Tensor], scale: Tensor, n: int, dims: int
+                   ) -> Optional[Tuple[int, int, int]]:
+    """How :func:`centred_backward`'s kernel reads ``grad``: (rows, units, 0) where it is
+    contiguous, (samples, channels, positions) where it is channels-first memory normalized
+    over its last dimension; ``None`` where the kernel cannot take the tensors."""
+    if (not _enabled or not grad.is_cpu or grad.dtype not in _FLOATS or not grad.numel()
+            or scale.dtype != grad.dtype or not scale.is_cpu or not scale.is_contiguous()
+            or scale.numel() * n != grad.numel()
+            or (weight is not None and (weight.dtype != grad.dtype or not weight.is_cpu or weight.numel() != n))):
+        return None
+    if grad.is_contiguous():
+        return grad.numel() // n, n, 0
+    if dims == 1 and grad.dim() >= 3 and grad.movedim(-1, 1).is_contiguous():
+        return grad.shape[0], n, grad[0].numel() // n
+    return None
 
 
 def pack_bits(gate: Tensor) -> Tensor:
