@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from captum_feedback.core.kernels import centred_backward
 from captum_feedback.core.sites import Args, Kwargs, bind_call
@@ -90,6 +91,7 @@ class _FrozenLayerNorm(torch.autograd.Function):
         return _affine(_centred(x, tuple(range(x.dim() - dims, x.dim())), scale), weight, bias, x.shape[-dims:])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None, None, None]:  # noqa: D102
         return centred_backward(grad, ctx.weight, ctx.scale, ctx.dims), None, None, None, None
 
