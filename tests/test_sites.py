@@ -170,6 +170,99 @@ def test_later_passes_that_replay_standard_modules_give_what_the_mode_gives(conf
                                FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt normalization: it permutes, normalizes the channels, permutes back."""
+
+    def forward(self, x):
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+class ChannelsNorm(nn.Module):
+    """A convolution, a LayerNorm2d, a GELU MLP over channels-last maps and a head."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        self.embed, self.norm = nn.Conv2d(3, 8, 2, stride=2), LayerNorm2d(8)
+        self.up, self.gelu, self.down, self.head = nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        if self.functional:
+            x = F.layer_norm(x.permute(0, 2, 3, 1), (8,), self.norm.weight, self.norm.bias).permute(0, 3, 1, 2)
+        else:
+            x = self.norm(x)
+        hidden = self.up(x.permute(0, 2, 3, 1))
+        return self.head(self.down(F.gelu(hidden) if self.functional else self.gelu(hidden)).mean((1, 2)))
+
+
+def _later_calls(model, x, config):
+    """The torch calls the sessions' TorchFunctionMode saw after their first pass, and the passes."""
+    from captum_feedback.core import engine
+
+    seen, original = [], engine._SiteMode.__torch_function__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        if self.on_site.__self__.passes > 0:
+            seen.append(func)
+        return original(self, func, types, args, kwargs)
+
+    engine._SiteMode.__torch_function__ = counting
+    try:
+        state = FSP(model).select(x, target=[0, 2], config=config, keep_cws=False)
+    finally:
+        engine._SiteMode.__torch_function__ = original
+    return seen, len(state.target_scores)
+
+
+@pytest.mark.parametrize("config, frozen", [("paper", True), ("default", False)])
+def test_a_leaf_module_that_normalizes_a_permuted_input_runs_under_the_mode_alone_in_later_passes(config, frozen):
+    # A linearized session freezes the layer norm, which LayerNorm2d calls on a permuted input:
+    # later passes run that module's forward under the mode and nothing else; a session that
+    # re-evaluates it runs no mode at all. A functional twin of the model runs every pass under it.
+    x = torch.randn(2, 3, 16, 16)
+    modules = seeded(ChannelsNorm())
+    functional = ChannelsNorm(functional=True).eval()
+    functional.load_state_dict(modules.state_dict())
+    torch.testing.assert_close(FSP(modules).attribute(x, target=[0, 2], config=config),
+                               FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
+    seen, passes = _later_calls(modules, x, config)
+    norm = [torch.Tensor.permute, F.layer_norm, torch.Tensor.permute]
+    assert passes > 1 and seen == (norm * max(len(seen) // 3, 1) if frozen else [])
+    seen, _ = _later_calls(functional, x, config)
+    assert F.gelu in seen and torch.Tensor.mean in seen
+
+
+class Mixed(nn.Module):
+    """A ReLU module and a functional ReLU in the model's own forward."""
+
+    def __init__(self, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        self.conv1, self.relu, self.conv2 = nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 6, 3)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        h = F.relu(self.conv2(F.relu(h) if self.functional else self.relu(h)))
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:FSP's gates changed nothing")  # the default's head gates, on this small net
+@pytest.mark.parametrize("config", ["paper", "default"])
+def test_a_site_called_by_a_module_with_children_makes_every_later_pass_run_under_the_mode(config):
+    # Running such a module's forward under the mode would intercept its replayed children's own
+    # operations too; every pass runs under the mode, as a functional twin's does.
+    x = torch.randn(2, 3, 12, 12)
+    model = seeded(Mixed())
+    functional = Mixed(functional=True).eval()
+    functional.load_state_dict(model.state_dict())
+    torch.testing.assert_close(FSP(model).attribute(x, target=[0, 2], config=config),
+                               FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
+    seen, _ = _later_calls(model, x, config)
+    assert F.relu in seen and torch.Tensor.mean in seen
+
+
 def test_replayed_modules_keep_their_own_forward_after_every_call_and_every_error():
     model = seeded(ResNetish())
     x = torch.randn(2, 3, 16, 16)

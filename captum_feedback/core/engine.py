@@ -29,7 +29,7 @@ import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -173,6 +173,11 @@ _REPLAYABLE = frozenset({
 """``torch.nn``'s leaf modules whose ``forward`` is one call of a torch function on its input,
 the module's settings being the call's other arguments: a later pass may make that call itself
 (:class:`_Replay`)."""
+
+_DIRECT, _INSIDE = "direct", "inside"
+"""How a first-pass call came from its module (:meth:`GatingSession._calling_module`): as the
+one call of a :data:`_REPLAYABLE` module's ``forward`` on its input, or from inside the
+``forward`` of another leaf module."""
 
 
 @dataclass
@@ -320,9 +325,12 @@ class _Call(NamedTuple):
 class _Replay:
     """Later passes without the ``TorchFunctionMode``, where the first pass showed that every
     gate-site and frozen call came from a standard leaf module (:data:`_REPLAYABLE`) applied to
-    its input: for the pass, each such module's ``forward`` (an instance attribute, removed
-    after) hands the engine the call the mode saw. On MobileNetV3 the mode's Python call for
-    each of ~190 torch calls was 1.1 ms of a 10 ms pass.
+    its input, or from inside the ``forward`` of some other leaf module: for the pass, each such
+    standard module's ``forward`` (an instance attribute, removed after) hands the engine the
+    call the mode saw, and each other module runs its own ``forward`` under the mode (ConvNeXt's
+    ``LayerNorm2d`` permutes, normalizes and permutes back). On MobileNetV3 the mode's Python
+    call for each of ~190 torch calls was 1.1 ms of a 10 ms pass; on ConvNeXt-T, whose four
+    ``LayerNorm2d`` made it run the mode, about 0.8 ms of a 100 ms pass.
 
     Only the session's thread is redirected: the model called from another thread meanwhile
     runs its modules' own ``forward``. A later pass that calls a gate-site operation from
@@ -330,22 +338,31 @@ class _Replay:
     compute the same thing anyway.
     """
 
-    def __init__(self, on_stub: Callable[[Stub], Tensor]) -> None:
+    def __init__(self, on_stub: Callable[[Stub], Tensor], mode: Callable[[], TorchFunctionMode]) -> None:
         self.calls: Dict[nn.Module, _Call] = {}
+        self.scoped: Set[nn.Module] = set()
+        """Leaf modules whose own ``forward`` made a call other than on its input: they run it under the mode."""
         self.possible = True
         """No first-pass call came from anywhere else."""
         self._on_stub = on_stub
         """The session's stand-in for a skipped module's call (:mod:`~.dead_branches`)."""
+        self._mode = mode
+        """The session's mode for a later pass."""
         self._forwards: Dict[nn.Module, Callable[..., Any]] = {}
         self._skipping: Dict[nn.Module, Callable[..., Any]] = {}
         self._thread = 0
 
-    def note(self, module: Optional[nn.Module], direct: bool, call: _Call) -> None:
-        """Records a first-pass call made by ``module`` (``direct``: by its own ``forward`` on its input)."""
-        if not (direct and self.possible):
-            self.possible, self.calls = False, {}
-        else:
+    def note(self, module: Optional[nn.Module], how: str, call: _Call) -> None:
+        """Records a first-pass call made by ``module``, ``how`` :meth:`GatingSession._calling_module` says."""
+        if not self.possible:
+            return
+        if how == _DIRECT and module not in self.scoped:
             self.calls.setdefault(module, call)
+        elif how == _INSIDE:
+            self.scoped.add(module)
+            self.calls.pop(module, None)
+        else:
+            self.possible, self.calls, self.scoped = False, {}, set()
 
     @contextlib.contextmanager
     def installed(self, stubs: Dict[nn.Module, Stub]) -> Iterator[None]:
@@ -354,6 +371,7 @@ class _Replay:
         self._thread = threading.get_ident()
         if not self._forwards:
             self._forwards = {module: self._forward(module, call) for module, call in self.calls.items()}
+            self._forwards.update({module: self._under_mode(module) for module in self.scoped})
         if stubs and not self._skipping:
             self._skipping = {**self._forwards, **{module: self._stub(module, stub) for module, stub in stubs.items()}}
         forwards = self._skipping if stubs else self._forwards
@@ -373,6 +391,15 @@ class _Replay:
                     "pass than on the first. Feedback runs the model several times and needs the same "
                     "computation every time (no randomness or data-dependent branches).")
             return call.handler(call.func, call.op, {**call.params, "input": args[0]}, (*args, *call.args), call.kwargs)
+
+        return self._for_thread(module, forward)
+
+    def _under_mode(self, module: nn.Module) -> Callable[..., Any]:
+        own = type(module).forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with self._mode():
+                return own(module, *args, **kwargs)
 
         return self._for_thread(module, forward)
 
@@ -456,7 +483,7 @@ class GatingSession:
         the latest site output of at least :data:`_BALLAST_BYTES`, held until the next session
         ends, and the buffers a policy leaves (FSP's gate store)."""
         self._latest: Optional[Tensor] = None
-        self._replay = _Replay(self._stubbed)
+        self._replay = _Replay(self._stubbed, self._later_mode)
         self._branches: Optional[DeadBranches] = None
         """What later passes may skip, where the first pass looked (:meth:`_look_for_savings`)."""
         self._folds: Optional[Folds] = None
@@ -465,29 +492,38 @@ class GatingSession:
         """The first pass's reads outside autograd, where it looks for either."""
 
     # ------------------------------------------------------------------ site naming
-    def _calling_module(self, args: tuple) -> Tuple[Optional[nn.Module], bool]:
+    def _calling_module(self, args: tuple) -> Tuple[Optional[nn.Module], str]:
         """The innermost of the model's modules whose call is running, to name a first-pass site
-        after, and whether the call is its ``forward``'s one call on its input, which
-        :class:`_Replay` may make in later passes: read from the Python stack, the ``self`` of the
-        nearest ``nn.Module`` call frame that is one of the model's modules (its forward, or its
-        hooks). Per site call this costs a few microseconds; hooks that tracked every module call
-        cost about 1 ms a pass on MobileNetV3, 15% of a forward pass."""
+        after, and how the call came from it (:data:`_DIRECT`, :data:`_INSIDE` or neither, ""),
+        which says what :class:`_Replay` may do in later passes: read from the Python stack, the
+        ``self`` of the nearest ``nn.Module`` call frame that is one of the model's modules (its
+        forward, or its hooks). Per site call this costs a few microseconds; hooks that tracked
+        every module call cost about 1 ms a pass on MobileNetV3, 15% of a forward pass."""
         frame, below = sys._getframe(2), None  # above this method and _on_site
         while frame is not None:
             if frame.f_code is _MODULE_CALL:
                 module = frame.f_locals.get("self")
                 if module in self._module_names:
-                    cls, called = type(module), frame.f_locals.get("args", ())
-                    direct = (cls in _REPLAYABLE and isinstance(module.__dict__.get("forward"), (type(None), Watched))
-                              and below is not None
-                              and below.f_code is cls.forward.__code__ and not frame.f_locals.get("kwargs")
-                              and len(called) == 1 and len(args) > 0 and args[0] is called[0])
-                    return module, direct
+                    return module, self._how(module, below, frame.f_locals, args)
                 below = None
             elif frame.f_code is not WATCHED_FRAME:  # a first-pass recording of the call, transparent
                 below = frame
             frame = frame.f_back
-        return None, False
+        return None, ""
+
+    @staticmethod
+    def _how(module: nn.Module, below: Any, call: Dict[str, Any], args: tuple) -> str:
+        """How a call came from ``module``: ``below`` is the frame its call ran (its ``forward``,
+        or a hook), ``call`` the locals of that call."""
+        cls = type(module)
+        if (below is None or below.f_code is not getattr(cls.forward, "__code__", None)
+                or not isinstance(module.__dict__.get("forward"), (type(None), Watched))):
+            return ""
+        called = call.get("args", ())
+        if (cls in _REPLAYABLE and not call.get("kwargs") and len(called) == 1 and len(args) > 0
+                and args[0] is called[0]):
+            return _DIRECT
+        return _INSIDE if next(module.children(), None) is None else ""
 
     def _site_name(self, module: Optional[nn.Module], op: SiteOp, seen: Counter) -> str:
         base = self._module_names.get(module, "") if module is not None else ""
@@ -703,8 +739,12 @@ class GatingSession:
                 if self._folds is not None:
                     stack.enter_context(self._folds.installed())
                 stack.enter_context(self._replay.installed(self._skipped()) if self._replay.possible
-                                    else _SiteMode(self._on_site, frozen))
+                                    else self._later_mode())
             yield
+
+    def _later_mode(self) -> _SiteMode:
+        """The mode of a later pass: every torch call seen, gate-site and frozen calls handled."""
+        return _SiteMode(self._on_site, self._on_frozen if self.linearize else None)
 
     # ------------------------------------------------------------------ what later passes leave out
     def _look_for_savings(self, policy: GatePolicy) -> None:
