@@ -233,6 +233,23 @@ def test_a_leaf_module_that_normalizes_a_permuted_input_runs_under_the_mode_alon
     assert F.gelu in seen and torch.Tensor.mean in seen
 
 
+@pytest.mark.parametrize("keyword_first", [True, False])
+def test_a_standard_module_called_once_with_a_keyword_runs_its_own_forward_under_the_mode(keyword_first):
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gelu, self.head = nn.Conv2d(3, 4, 3), nn.GELU(), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.conv(x)
+            h = self.gelu(input=h) if keyword_first else self.gelu(h)
+            h = self.gelu(h) if keyword_first else self.gelu(input=h)
+            return self.head(h.mean((2, 3)))
+
+    seen, passes = _later_calls(seeded(Twice()), torch.randn(2, 3, 8, 8), "paper")
+    assert passes > 1 and len(seen) >= 2 and seen == [F.gelu] * len(seen)  # its calls, and nothing else
+
+
 class Mixed(nn.Module):
     """A ReLU module and a functional ReLU in the model's own forward."""
 

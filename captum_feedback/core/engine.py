@@ -356,8 +356,9 @@ class _Replay:
         """Records a first-pass call made by ``module``, ``how`` :meth:`GatingSession._calling_module` says."""
         if not self.possible:
             return
-        if how == _DIRECT and module not in self.scoped:
-            self.calls.setdefault(module, call)
+        if how == _DIRECT:
+            if module not in self.scoped:
+                self.calls.setdefault(module, call)
         elif how == _INSIDE:
             self.scoped.add(module)
             self.calls.pop(module, None)
