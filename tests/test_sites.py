@@ -163,11 +163,7 @@ def test_later_passes_that_replay_standard_modules_give_what_the_mode_gives(conf
     vgg = seeded(VGGish())
     torch.testing.assert_close(FSP(vgg).attribute(x, target=[1, 3], config=config),
                                FSP(FunctionalVGGish(vgg)).attribute(x, target=[1, 3], config=config), rtol=0, atol=0)
-    modules = seeded(TokenMixer())
-    functional = TokenMixer(functional=True).eval()
-    functional.load_state_dict(modules.state_dict())
-    torch.testing.assert_close(FSP(modules).attribute(x, target=[0, 2], config=config),
-                               FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
+    _same_as_functional_twin(TokenMixer, x, config)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -196,6 +192,16 @@ class ChannelsNorm(nn.Module):
         return self.head(self.down(F.gelu(hidden) if self.functional else self.gelu(hidden)).mean((1, 2)))
 
 
+def _same_as_functional_twin(net, x, config):
+    """``net()`` and ``net(functional=True)`` with its weights give the same attributions, bit for bit."""
+    model = seeded(net())
+    functional = net(functional=True).eval()
+    functional.load_state_dict(model.state_dict())
+    torch.testing.assert_close(FSP(model).attribute(x, target=[0, 2], config=config),
+                               FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
+    return model, functional
+
+
 def _later_calls(model, x, config):
     """The torch calls the sessions' TorchFunctionMode saw after their first pass, and the passes."""
     from captum_feedback.core import engine
@@ -221,11 +227,7 @@ def test_a_leaf_module_that_normalizes_a_permuted_input_runs_under_the_mode_alon
     # later passes run that module's forward under the mode and nothing else; a session that
     # re-evaluates it runs no mode at all. A functional twin of the model runs every pass under it.
     x = torch.randn(2, 3, 16, 16)
-    modules = seeded(ChannelsNorm())
-    functional = ChannelsNorm(functional=True).eval()
-    functional.load_state_dict(modules.state_dict())
-    torch.testing.assert_close(FSP(modules).attribute(x, target=[0, 2], config=config),
-                               FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
+    modules, functional = _same_as_functional_twin(ChannelsNorm, x, config)
     seen, passes = _later_calls(modules, x, config)
     norm = [torch.Tensor.permute, F.layer_norm, torch.Tensor.permute]
     assert passes > 1 and seen == (norm * max(len(seen) // 3, 1) if frozen else [])
@@ -271,11 +273,7 @@ def test_a_site_called_by_a_module_with_children_makes_every_later_pass_run_unde
     # Running such a module's forward under the mode would intercept its replayed children's own
     # operations too; every pass runs under the mode, as a functional twin's does.
     x = torch.randn(2, 3, 12, 12)
-    model = seeded(Mixed())
-    functional = Mixed(functional=True).eval()
-    functional.load_state_dict(model.state_dict())
-    torch.testing.assert_close(FSP(model).attribute(x, target=[0, 2], config=config),
-                               FSP(functional).attribute(x, target=[0, 2], config=config), rtol=0, atol=0)
+    model, _ = _same_as_functional_twin(Mixed, x, config)
     seen, _ = _later_calls(model, x, config)
     assert F.relu in seen and torch.Tensor.mean in seen
 
