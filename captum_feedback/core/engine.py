@@ -484,7 +484,7 @@ class GatingSession:
         the latest site output of at least :data:`_BALLAST_BYTES`, held until the next session
         ends, and the buffers a policy leaves (FSP's gate store)."""
         self._latest: Optional[Tensor] = None
-        self._replay = _Replay(self._stubbed, self._later_mode)
+        self._replay = _Replay(self._stubbed, self._mode)
         self._branches: Optional[DeadBranches] = None
         """What later passes may skip, where the first pass looked (:meth:`_look_for_savings`)."""
         self._folds: Optional[Folds] = None
@@ -727,25 +727,25 @@ class GatingSession:
         """The first pass under the mode, with what later passes may leave out recorded; a later
         pass under the mode or, where its calls all come from standard modules, their replay,
         with its folded convolutions."""
-        frozen = self._on_frozen if self.linearize else None
         with contextlib.ExitStack() as stack:
             if self.passes == 0:
                 if self._branches is not None:
                     stack.enter_context(self._branches.watched(lambda: (self._calls, self._frozen_calls)))
                 if self._folds is not None:
                     stack.enter_context(self._folds.watched())
-                reads = self._reads.record if self._reads is not None else None
-                stack.enter_context(_SiteMode(self._on_site, frozen, reads))
+                stack.enter_context(self._mode(self._reads.record if self._reads is not None else None))
             else:
                 if self._folds is not None:
                     stack.enter_context(self._folds.installed())
                 stack.enter_context(self._replay.installed(self._skipped()) if self._replay.possible
-                                    else self._later_mode())
+                                    else self._mode())
             yield
 
-    def _later_mode(self) -> _SiteMode:
-        """The mode of a later pass: every torch call seen, gate-site and frozen calls handled."""
-        return _SiteMode(self._on_site, self._on_frozen if self.linearize else None)
+    def _mode(self, on_escape: Optional[Callable[[tuple, dict, Callable], None]] = None) -> _SiteMode:
+        """The session's mode: every torch call seen, gate-site and frozen calls handled, and
+        ``on_escape`` (the first pass's :class:`OutsideReads`) told of the others that autograd
+        does not tie to their arguments."""
+        return _SiteMode(self._on_site, self._on_frozen if self.linearize else None, on_escape)
 
     # ------------------------------------------------------------------ what later passes leave out
     def _look_for_savings(self, policy: GatePolicy) -> None:

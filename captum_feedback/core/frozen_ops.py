@@ -98,11 +98,11 @@ class _FrozenLayerNorm(torch.autograd.Function):
 
 def _affine(y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], shape: Tuple[int, ...]) -> Tensor:
     """``y * weight + bias`` in place on ``y``, a temporary of the caller: each activation-sized
-    tensor not made saves its page faults (issue #22). The parameters enter detached, as
-    constants (feedback asks no gradient of them); a parameter that asked for one would make
-    autograd keep a copy of ``y`` for it."""
-    y = y.mul_(weight.detach().reshape(shape)) if weight is not None else y
-    return y.add_(bias.detach().reshape(shape)) if bias is not None else y
+    tensor not made saves its page faults (issue #22). The caller detaches the parameters
+    (:func:`_detached`): they enter as constants (feedback asks no gradient of them); a parameter
+    that asked for one would make autograd keep a copy of ``y`` for it."""
+    y = y.mul_(weight.reshape(shape)) if weight is not None else y
+    return y.add_(bias.reshape(shape)) if bias is not None else y
 
 
 def _detached(parameter: Optional[Tensor]) -> Optional[Tensor]:
@@ -137,7 +137,8 @@ def _group_norm(p: Kwargs, scale: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     groups = x.reshape(x.shape[0], p["num_groups"], -1)
     scale = _scale(groups, (2,), p["eps"], True) if scale is None else scale
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    return _affine(_centred(groups, (2,), scale).view_as(x), p.get("weight"), p.get("bias"), shape), scale
+    weight, bias = _detached(p.get("weight")), _detached(p.get("bias"))
+    return _affine(_centred(groups, (2,), scale).view_as(x), weight, bias, shape), scale
 
 
 def _normalize(p: Kwargs, norm: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
