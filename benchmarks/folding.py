@@ -3,9 +3,9 @@ changes in the maps: on the held-out grids of ``grid_pointing.py`` of each test 
 attribution and Summation map and the paper preset's attribution, with later passes folded (as
 the library runs them) and unfolded. Folding changes activations by rounding only; where a unit's
 selection is a near tie, FSP may choose its gate the other way. Printed per test bed: the
-largest relative L2 difference of each map over the targets, and on how many targets the map's
-peak moved to another cell of the grid, and the pointing game's hits (the peak in the target's
-cell) folded and unfolded.
+largest relative L2 difference of each map over the targets, on how many targets the energy map's
+peak moved to another cell of the grid, and the pointing game's hits (``wsol.metrics.pointing_game``
+against the target's cell box, as the grid pointing game scores it) folded and unfolded.
 
 With ``--speed MODEL ...``, what it saves instead: Saliency and FSP's default and paper preset,
 each folded and unfolded, interleaved in one process (``benchmarks/speed.py``'s models and
@@ -26,15 +26,18 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 from unittest import mock
 
+import numpy as np
 import torch
 from captum.attr import Saliency
 from torch import Tensor
 
-from captum_feedback import FSP, summation_energy_map
+from captum_feedback import FSP, energy_map, summation_energy_map
 from captum_feedback.core.folding import Folds
+from captum_feedback.data.annotations import box_mask
+from captum_feedback.wsol.metrics import pointing_game
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grid_pointing import BEDS, bed_layout  # noqa: E402
@@ -46,16 +49,17 @@ def _unfolded() -> contextlib.AbstractContextManager:
     return mock.patch.object(Folds, "candidates", property(lambda self: False))
 
 
-def _maps(fsp: FSP, x: Tensor, target: int) -> Dict[str, Tensor]:
-    return {"default": fsp.attribute(x, target=target)[0],
-            "default Summation": summation_energy_map(fsp.select(x, target))[0],
-            "paper": fsp.attribute(x, target=target, config="paper")[0]}
+def _maps(fsp: FSP, x: Tensor, target: int) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """Each call's map and its energy map (a Summation map is its own)."""
+    default, paper = fsp.attribute(x, target=target), fsp.attribute(x, target=target, config="paper")
+    summation = summation_energy_map(fsp.select(x, target))
+    return {"default": (default, energy_map(default)), "default Summation": (summation, summation),
+            "paper": (paper, energy_map(paper))}
 
 
-def _peak_cell(energy: Tensor, k: int = 2) -> int:
-    energy = energy.abs().sum(0) if energy.dim() == 3 else energy
-    index, (height, width) = int(energy.flatten().argmax()), energy.shape
-    return (index // width) * k // height * k + (index % width) * k // width
+def _pointed(energy: Tensor, cells: Tensor) -> Tensor:
+    """Per cell, whether the map's peak falls in its box (the pointing game against each)."""
+    return pointing_game(energy.expand(len(cells), -1, -1, -1), cells)
 
 
 def compare_maps(args: argparse.Namespace) -> None:
@@ -70,17 +74,18 @@ def compare_maps(args: argparse.Namespace) -> None:
         for index in range(len(layout)):
             image = layout[index]
             x = classifier.normalize(classifier.squeeze(image.image[None], image.size[0]))
-            for cell, instance in enumerate(image.instances):  # row-major, as the grid's cells
+            cells = torch.from_numpy(np.stack([box_mask(i.box, image.size) for i in image.instances]))
+            for cell, instance in enumerate(image.instances):
                 folded = _maps(fsp, x, instance.label)
                 with _unfolded():
                     unfolded = _maps(fsp, x, instance.label)
-                for name, plain in unfolded.items():
-                    change = float((folded[name] - plain).norm() / plain.norm().clamp_min(1e-30))
+                for name, (plain, plain_energy) in unfolded.items():
+                    change = float((folded[name][0] - plain).norm() / plain.norm().clamp_min(1e-30))
                     worst[name] = max(worst.get(name, 0.0), change)
-                    peaks = _peak_cell(folded[name]), _peak_cell(plain)
-                    moved[name] = moved.get(name, 0) + int(peaks[0] != peaks[1])
+                    pointed = _pointed(folded[name][1], cells), _pointed(plain_energy, cells)
+                    moved[name] = moved.get(name, 0) + int(not torch.equal(*pointed))
                     hits.setdefault(name, [0, 0])
-                    hits[name] = [hit + int(peak == cell) for hit, peak in zip(hits[name], peaks)]
+                    hits[name] = [hit + int(p[cell]) for hit, p in zip(hits[name], pointed)]
                 targets += 1
         print(f"{bed}: {targets} targets on {len(layout)} {args.split} grids ({time.time() - start:.0f} s)")
         for name in worst:
