@@ -147,6 +147,11 @@ def _kernels_for(values: Tensor, *others: Optional[Tensor], dtypes: Tuple[torch.
         if t is not None and (t.shape != shape or not t.is_cpu or (t.dtype != dtype and t.dtype != torch.int8)
                               or not (t.is_contiguous() or t.stride()[1:] == values.stride()[1:])):
             return None
+    return _threaded()
+
+
+def _threaded() -> Any:
+    """:func:`_numba`'s module, its threads as many as torch's; ``None`` without numba."""
     kernels = _numba()
     if kernels is not None:
         _match_threads(torch.get_num_threads())
@@ -268,9 +273,8 @@ def centred_backward(grad: Tensor, weight: Optional[Tensor], scale: Tensor, dims
     tensor seen channels-last (ConvNeXt's ``LayerNorm2d``)."""
     n = math.prod(grad.shape[grad.dim() - dims :])
     shape = _centred_shape(grad, weight, scale, n, dims)
-    kernels = _numba() if shape is not None else None
+    kernels = _threaded() if shape is not None else None
     if kernels is not None:
-        _match_threads(torch.get_num_threads())
         weight = weight.reshape(-1).contiguous() if weight is not None else grad.new_ones(n)
         out = torch.empty_like(grad)  # grad's layout: the kernel writes out as it reads grad
         kernels.centred_backward(*shape, (grad.data_ptr(), weight.data_ptr(), scale.data_ptr(), out.data_ptr()),
