@@ -114,3 +114,28 @@ def test_layer_norms_over_channels_last_maps_are_linearized_the_same_with_and_wi
         scores = state.target_scores
         assert (scores[1:] >= scores[:-1] - 1e-5 * scores.abs().amax(0)).all(), scores
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-4, atol=1e-6 * float(runs[1].abs().max()))
+
+
+class PermutedNorm(nn.Module):
+    """A LayerNorm over the channels of a channels-first map seen channels-last, then a Linear."""
+
+    def __init__(self, dim: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, dim, 3, padding=1), nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, classes))
+
+    def forward(self, x):
+        maps = self.conv(x).contiguous()  # channels-first memory, whatever the convolution chose
+        return self.mlp(self.norm(maps.permute(0, 2, 3, 1))).mean((1, 2))
+
+
+def test_a_frozen_layer_norm_of_a_permuted_map_returns_the_contiguous_layout_the_real_one_does():
+    # The Linear layer after it would otherwise multiply through a copy (issue #22).
+    torch.manual_seed(0)
+    model, x = PermutedNorm().eval(), torch.rand(2, 3, 12, 12)
+    layouts = []
+    model.norm.register_forward_hook(lambda module, inputs, output: layouts.append(
+        (inputs[0].is_contiguous(), output.is_contiguous())))
+    FSP(model).select(x, target=[0, 1], config="paper", keep_cws=False)
+    assert len(layouts) > 1  # the first pass's real LayerNorm, then frozen ones
+    assert layouts == [(False, True)] * len(layouts)

@@ -69,11 +69,11 @@ def _scale(x: Tensor, dims: Tuple[int, ...], eps: float, centred: bool) -> Tenso
         return torch.rsqrt(centre.pow(2).mean(dims, keepdim=True) + eps)
 
 
-def _centred(x: Tensor, dims: Tuple[int, ...], scale: Tensor) -> Tensor:
+def _centred(x: Tensor, dims: Tuple[int, ...], scale: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """``(x - mean(x)) * scale`` over ``dims``, as ``x * scale - sum(x) * scale / n``: one
-    activation-sized operation and a reduction (issue #22)."""
+    activation-sized operation and a reduction (issue #22); into ``out`` if given."""
     n = math.prod(x.shape[d] for d in dims)
-    return torch.addcmul(x.sum(dims, keepdim=True).mul(scale).mul_(-1 / n), x, scale)
+    return torch.addcmul(x.sum(dims, keepdim=True).mul(scale).mul_(-1 / n), x, scale, out=out)
 
 
 class _FrozenLayerNorm(torch.autograd.Function):
@@ -81,14 +81,20 @@ class _FrozenLayerNorm(torch.autograd.Function):
     ``dims`` dimensions: linear in ``x``. Its forward is torch operations that autograd does not
     record; its backward is one node, the kernel of
     :func:`~captum_feedback.core.kernels.centred_backward` (ConvNeXt-T's 23 LayerNorms took 2.7
-    ms more than ``native_layer_norm`` a pass as recorded operations, issue #22)."""
+    ms more than ``native_layer_norm`` a pass as recorded operations, issue #22).
+
+    Its output is contiguous, as ``native_layer_norm``'s is, whatever ``x``'s layout: ConvNeXt
+    normalizes a permuted view, and the Linear layer after it ran its product through a copy
+    and ``mm`` on a permuted output (a paper call 1.6% slower, issue #22)."""
 
     @staticmethod
     def forward(  # noqa: D102
         ctx: Any, x: Tensor, scale: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], dims: int
     ) -> Tensor:
         ctx.scale, ctx.weight, ctx.dims = scale, weight, dims
-        return _affine(_centred(x, tuple(range(x.dim() - dims, x.dim())), scale), weight, bias, x.shape[-dims:])
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        out = _centred(x, tuple(range(x.dim() - dims, x.dim())), scale, out)
+        return _affine(out, weight, bias, x.shape[-dims:])
 
     @staticmethod
     @once_differentiable
