@@ -14,6 +14,11 @@ call; on the CPU, the peak of memory allocated by the call as seen by a
 ``torch.profiler`` memory trace (allocations of tensors, freed ones subtracted), so the
 numbers compare methods with each other rather than with the process size.
 
+Page faults: the median over rounds of the minor page faults a call took (``getrusage``; 0
+where the platform does not count them). A call that needs more memory than the C allocator
+kept from the call before faults fresh pages in, one to five microseconds each here: the main
+source of the spread between runs of FSP's paper preset, which ``--keep-freed-memory`` removes.
+
 FSP runs in the default configuration (``--config``; its number of updates ``k`` is the
 configuration's unless ``--updates`` sets them, over all stages) and, as a second row, as the
 paper's Algorithm 2 with 5 updates; a third row draws the configuration's Summation Energy Map
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -145,16 +151,28 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _interleaved_times(calls: Dict[str, Callable[[], object]], repeats: Dict[str, int],
-                       device: torch.device) -> Dict[str, List[float]]:
-    """Seconds of each call per round; every round runs each method once, so drift in the
-    machine's speed affects all methods of a round alike."""
+def _minor_faults() -> int:
+    """The process's minor page faults so far (0 where the platform does not count them)."""
+    if sys.platform == "win32":
+        return 0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _interleaved_times(calls: Dict[str, Callable[[], object]], repeats: Dict[str, int], device: torch.device
+                       ) -> Tuple[Dict[str, List[float]], Dict[str, List[int]]]:
+    """Seconds and minor page faults of each call per round; every round runs each method
+    once, so drift in the machine's speed affects all methods of a round alike."""
     times: Dict[str, List[float]] = {label: [] for label in calls}
+    faults: Dict[str, List[int]] = {label: [] for label in calls}
     for round_ in range(max(repeats.values())):
         for label, call in calls.items():
             if round_ < repeats[label]:
+                before = _minor_faults()
                 times[label].append(_seconds(call, device))
-    return times
+                faults[label].append(_minor_faults() - before)
+    return times, faults
 
 
 def _paired_ratio(times: List[float], base: List[float]) -> float:
@@ -177,7 +195,7 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, configs: Dict[s
                 if not label.startswith("Integrated"):  # IG runs 50 passes: warm enough
                     call()
             reps = {label: ig_repeats if label.startswith("Integrated") else repeats for label in calls}
-            times = _interleaved_times(calls, reps, device)
+            times, faults = _interleaved_times(calls, reps, device)
             seconds = {label: statistics.median(t) for label, t in times.items()}
             memory = {label: _peak_memory(call, device) / 2**20 for label, call in calls.items()}
             for label in calls:
@@ -191,7 +209,8 @@ def run(models: List[str], batch_sizes: List[int], repeats: int, configs: Dict[s
             for label in calls:
                 t, m = seconds[label], memory[label]
                 paired = _paired_ratio(times[label], times["Saliency"])
-                rows.append((name, batch, label, t / batch, t / seconds["Saliency"], paired, m, m / base_m))
+                rows.append((name, batch, label, t / batch, t / seconds["Saliency"], paired, m, m / base_m,
+                             statistics.median(faults[label])))
     return rows
 
 
@@ -224,10 +243,11 @@ def main() -> None:
         print(f"\nTarget for {fsp_label(config, label, summation)}: time ratio <= {budget:.2f} (1.15 x passes), "
               "memory ratio <= 1.5")
     print()
-    print("| model | batch | method | s / image | x Saliency | x Saliency (paired) | peak MiB | x Saliency |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
-    for name, batch, label, t, tr, paired, m, mr in rows:
-        print(f"| {name} | {batch} | {label} | {t:.4f} | {tr:.2f} | {paired:.2f} | {m:.0f} | {mr:.2f} |")
+    print("| model | batch | method | s / image | x Saliency | x Saliency (paired) | peak MiB | x Saliency "
+          "| page faults |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for name, batch, label, t, tr, paired, m, mr, pf in rows:
+        print(f"| {name} | {batch} | {label} | {t:.4f} | {tr:.2f} | {paired:.2f} | {m:.0f} | {mr:.2f} | {pf:.0f} |")
 
 
 if __name__ == "__main__":

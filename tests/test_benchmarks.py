@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -32,9 +33,9 @@ def test_quality_benchmark_scores_every_method_and_randomizes_layer_by_layer(tmp
 def test_speed_benchmark_times_every_method_each_round_and_pairs_rounds_with_saliency():
     order = []
     calls = {label: (lambda label=label: order.append(label)) for label in ("Saliency", "FSP", "IG")}
-    times = speed._interleaved_times(calls, {"Saliency": 3, "FSP": 3, "IG": 1}, speed.torch.device("cpu"))
+    times, faults = speed._interleaved_times(calls, {"Saliency": 3, "FSP": 3, "IG": 1}, speed.torch.device("cpu"))
     assert order == ["Saliency", "FSP", "IG", "Saliency", "FSP", "Saliency", "FSP"]
-    assert [len(times[label]) for label in calls] == [3, 3, 1]
+    assert [len(times[label]) for label in calls] == [3, 3, 1] == [len(faults[label]) for label in calls]
     # A slow middle round moves the ratio of medians but not the paired ratio.
     assert speed._paired_ratio([2.0, 20.0, 2.2], [1.0, 10.0, 1.0]) == 2.0
 
@@ -92,3 +93,17 @@ def test_the_claims_script_measures_every_claim_in_its_quick_form(tmp_path, monk
         assert row in text
     assert all(any(v in row for v in ("reproduced", "partly", "not measurable")) for row in claims_rows)
     assert all(row.count("/") >= 1 and ("above" in row or "tie" in row or "below" in row) for row in grid_rows)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="getrusage counts page faults on POSIX systems")
+def test_speed_counts_the_page_faults_of_a_call_that_touches_fresh_memory():
+    import mmap
+
+    def touch():
+        pages = mmap.mmap(-1, 64 * mmap.PAGESIZE)  # anonymous memory: each page faults in on first write
+        for page in range(64):
+            pages[page * mmap.PAGESIZE] = 1
+        pages.close()
+
+    _, faults = speed._interleaved_times({"touch": touch}, {"touch": 2}, speed.torch.device("cpu"))
+    assert all(count >= 64 for count in faults["touch"])
