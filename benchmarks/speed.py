@@ -16,8 +16,9 @@ numbers compare methods with each other rather than with the process size.
 
 Page faults: the median over rounds of the minor page faults a call took (``getrusage``; 0
 where the platform does not count them). A call that needs more memory than the C allocator
-kept from the call before faults fresh pages in, one to five microseconds each here: the main
-source of the spread between runs of FSP's paper preset, which ``--keep-freed-memory`` removes.
+kept from the call before faults fresh pages in, one to five microseconds each here
+(``--keep-freed-memory`` removes them; on ConvNeXt-T's paper call at batch 1 they are 1-2% of
+the call, less than the machine's drift between runs).
 
 FSP runs in the default configuration (``--config``; its number of updates ``k`` is the
 configuration's unless ``--updates`` sets them, over all stages) and, as a second row, as the
