@@ -129,6 +129,23 @@ def test_the_backward_kernel_and_the_sign_kernel_give_the_torch_operations_numbe
         assert torch.equal(a, b) and torch.equal(a.float(), torch.sign(grad) * (1 if within is None else within))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_frs_kernel_keeps_the_cws_whose_sign_agrees_with_the_activation_bit_for_bit(dtype):
+    torch.manual_seed(0)
+    cw, x = torch.randn(3, 4, 5, 6, dtype=dtype), torch.randn(3, 4, 5, 6, dtype=dtype)
+    special = [float("nan"), float("inf"), -0.0, 0.0, -float("inf"), 1e-30, 2.0, -2.0, 1.0]
+    cw.view(-1)[:9] = torch.tensor(special, dtype=dtype)
+    x.view(-1)[:9] = torch.tensor([1.0, 2.0, -1.0, 1.0, -3.0, 1e-30, float("nan"), -float("inf"), -0.0], dtype=dtype)
+    expected = cw * (torch.sign(cw) * x > 0)  # Algorithm 1's gated CW, zero threshold
+    for got, _ in both(lambda: kernels.agreeing(cw, x)):
+        assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+        assert torch.equal(torch.signbit(got), torch.signbit(expected))  # a closed negative CW is -0, as cw * 0
+    rows = torch.zeros(3, 125, dtype=dtype)[:, 5:].view(x.shape).copy_(x)  # samples apart in memory
+    (a, _), (b, _) = both(lambda: kernels.agreeing(cw, rows))
+    for got in (a, b):
+        assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+
+
 @pytest.mark.parametrize("strided", [False, True])
 def test_the_backward_kernel_writes_the_signs_into_the_gates_it_reads_as_two_separate_calls_would(strided):
     x, grad = activations_and_cws(2)

@@ -171,6 +171,14 @@ def _signs(cw, within, has_within, out):  # noqa: ANN001, ANN201
 
 
 @njit(parallel=True, cache=True)
+def _agreeing(cw, x, out):  # noqa: ANN001, ANN201
+    """``out = cw`` where ``sign(cw) * x > 0``, else ``cw * 0``."""
+    for j in prange(cw.shape[0]):
+        g = cw[j]
+        out[j] = g if _sign(g) * x[j] > 0 else g * 0
+
+
+@njit(parallel=True, cache=True)
 def repack(words, packed, bounds, changed):  # noqa: ANN001, ANN201
     """Packs 0/1 gate bytes, read eight at a time as the little-endian ``uint64`` ``words``,
     into ``packed`` (unit ``8j + i`` is bit ``i`` of byte ``j``: the multiplication gathers the
@@ -233,6 +241,15 @@ def signs(rows, n, at, step, like, has_within):  # noqa: ANN001, ANN201
     for b in range(rows):
         _signs(_units(at[0], b, step[0], n, like), _units(at[1], b, step[1], n, _BYTE), has_within,
                _units(at[2], b, step[2], n, _BYTE))
+
+
+@njit(cache=True)
+def agreeing(rows, n, at, step, like):  # noqa: ANN001, ANN201
+    """:func:`_agreeing` of each row; ``at`` and ``step``: of the CW, ``x`` and ``out``, all of
+    ``like``'s dtype."""
+    for b in range(rows):
+        _agreeing(_units(at[0], b, step[0], n, like), _units(at[1], b, step[1], n, like),
+                  _units(at[2], b, step[2], n, like))
 
 
 @njit(cache=True)

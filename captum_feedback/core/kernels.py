@@ -264,6 +264,19 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
         into.mul_(within_bytes)
 
 
+def agreeing(cw: Tensor, x: Tensor) -> Tensor:
+    """``cw`` where its sign agrees with the activation ``x`` (``sign(cw) * x > 0``), else 0:
+    a site's CW under FR's gates with the zero threshold (Algorithm 1), in one pass over memory
+    where the torch operations make four and two new tensors."""
+    kernels = _kernels_for(cw, x) if x.dtype == cw.dtype else None
+    if kernels is not None:
+        out = torch.empty_like(cw)
+        rows, n, at, step = _layout(cw, x, out)
+        kernels.agreeing(rows, n, at, step, _like(cw.dtype))
+        return out
+    return torch.sign(cw).to(x.dtype).mul_(x).gt_(0).mul_(cw)
+
+
 def centred_backward(grad: Tensor, weight: Optional[Tensor], scale: Tensor, dims: int) -> Tensor:
     """The gradient of a frozen LayerNorm ``(x - mean(x)) * scale * weight + bias`` over the last
     ``dims`` dimensions: ``scale * (g w - mean(g w))``. ``scale`` has ``grad``'s shape with 1 in

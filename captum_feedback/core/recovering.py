@@ -10,6 +10,7 @@ from torch import Tensor
 from captum_feedback.core._compat import TargetType, TensorOrTuple
 from captum_feedback.core.attribution import FeedbackAttribution
 from captum_feedback.core.engine import GatePolicy, Site
+from captum_feedback.core.kernels import agreeing
 from captum_feedback.core.selection import SelectionRule, Threshold, as_rule, keep_mask
 
 
@@ -27,7 +28,10 @@ class RecoveringPolicy(GatePolicy):
     def backward(self, site: Site, cw: Tensor, signs_written: bool = False) -> Tensor:
         if site.kind == "layer":
             return cw
-        return cw * keep_mask(self.rule.selector(cw), self.activations.pop(site.index))
+        x = self.activations.pop(site.index)
+        if self.rule.writes_signs:  # the zero threshold: one pass over memory
+            return agreeing(cw, x)
+        return cw * keep_mask(self.rule.selector(cw), x)
 
 
 class FeedbackRecovering(FeedbackAttribution):
