@@ -47,3 +47,19 @@ def test_fr_batch_equals_per_sample_and_keeps_input_form():
     single = torch.cat([FR(model).attribute(x[i:i + 1], target=t) for i, t in enumerate([1, 0, 2])])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
     assert isinstance(FR(model).attribute((x,), target=0), tuple)
+
+
+def test_fr_keeps_a_units_cw_where_its_sign_agrees_with_a_signed_activation():
+    """Algorithm 1's ``z = 1[sign(CW) * x > 0]`` at a Hardswish, whose outputs can be negative:
+    a unit with a negative activation and a negative CW stays open, as one with both positive;
+    the gated CW then goes on through the Hardswish's own derivative."""
+    torch.manual_seed(0)
+    first, act, last = torch.nn.Linear(6, 40), torch.nn.Hardswish(), torch.nn.Linear(40, 3)
+    model = torch.nn.Sequential(first, act, last).eval()
+    x = torch.randn(4, 6) * 3
+    z = first(x).detach().requires_grad_()
+    h = act(z)
+    cw = last.weight[2].detach().expand_as(h)
+    assert ((h < 0) & (cw < 0)).any() and ((h > 0) & (cw < 0)).any()
+    (expected_z,) = torch.autograd.grad(h, z, cw * (torch.sign(cw) * h.detach() > 0))
+    torch.testing.assert_close(FR(model).attribute(x, target=2), expected_z @ first.weight.detach())
