@@ -137,13 +137,13 @@ def test_frs_kernel_keeps_the_cws_whose_sign_agrees_with_the_activation_bit_for_
     cw.view(-1)[:9] = torch.tensor(special, dtype=dtype)
     x.view(-1)[:9] = torch.tensor([1.0, 2.0, -1.0, 1.0, -3.0, 1e-30, float("nan"), -float("inf"), -0.0], dtype=dtype)
     expected = cw * (torch.sign(cw) * x > 0)  # Algorithm 1's gated CW, zero threshold
-    signs = torch.empty(x.shape, dtype=torch.int8)
-    kernels.write_signs(x, signs)
-    rows = torch.zeros(3, 125, dtype=torch.int8)[:, 5:].view(x.shape).copy_(signs)  # samples apart in memory
-    for held in (signs, rows):
-        for got, _ in both(lambda: kernels.agreeing(cw, held)):
-            assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
-            assert torch.equal(torch.signbit(got), torch.signbit(expected))  # a closed negative CW is -0, as cw * 0
+    for got, _ in both(lambda: kernels.agreeing(cw, x)):
+        assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+        assert torch.equal(torch.signbit(got), torch.signbit(expected))  # a closed negative CW is -0, as cw * 0
+    rows = torch.zeros(3, 125, dtype=dtype)[:, 5:].view(x.shape).copy_(x)  # samples apart in memory
+    (a, _), (b, _) = both(lambda: kernels.agreeing(cw, rows))
+    for got in (a, b):
+        assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
 
 
 @pytest.mark.parametrize("strided", [False, True])

@@ -171,11 +171,11 @@ def _signs(cw, within, has_within, out):  # noqa: ANN001, ANN201
 
 
 @njit(parallel=True, cache=True)
-def _agreeing(cw, signs, out):  # noqa: ANN001, ANN201
-    """``out = cw`` where ``sign(cw) * signs > 0`` (``signs``: bytes), else ``cw * 0``."""
+def _agreeing(cw, x, out):  # noqa: ANN001, ANN201
+    """``out = cw`` where ``sign(cw) * x > 0``, else ``cw * 0``."""
     for j in prange(cw.shape[0]):
         g = cw[j]
-        out[j] = g if _sign(g) * signs[j] > 0 else g * 0
+        out[j] = g if _sign(g) * x[j] > 0 else g * 0
 
 
 @njit(parallel=True, cache=True)
@@ -245,10 +245,10 @@ def signs(rows, n, at, step, like, has_within):  # noqa: ANN001, ANN201
 
 @njit(cache=True)
 def agreeing(rows, n, at, step, like):  # noqa: ANN001, ANN201
-    """:func:`_agreeing` of each row; ``at`` and ``step``: of the CW and ``out`` (of ``like``'s
-    dtype) and the signs."""
+    """:func:`_agreeing` of each row; ``at`` and ``step``: of the CW, ``x`` and ``out``, all of
+    ``like``'s dtype."""
     for b in range(rows):
-        _agreeing(_units(at[0], b, step[0], n, like), _units(at[1], b, step[1], n, _BYTE),
+        _agreeing(_units(at[0], b, step[0], n, like), _units(at[1], b, step[1], n, like),
                   _units(at[2], b, step[2], n, like))
 
 

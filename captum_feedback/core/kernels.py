@@ -264,18 +264,17 @@ def write_signs(cw: Tensor, into: Tensor, within: Optional[Tensor] = None) -> No
         into.mul_(within_bytes)
 
 
-def agreeing(cw: Tensor, signs: Tensor) -> Tensor:
-    """``cw`` where its sign agrees with ``signs``, the activation's signs as bytes
-    (:func:`write_signs`), else 0: a site's CW under FR's gates with the zero threshold
-    (Algorithm 1's ``1[sign(cw) * x > 0]``), in one pass over memory where the torch
-    operations make four and two new tensors."""
-    kernels = _kernels_for(cw, signs) if signs.dtype == torch.int8 else None
+def agreeing(cw: Tensor, x: Tensor) -> Tensor:
+    """``cw`` where its sign agrees with the activation ``x`` (``sign(cw) * x > 0``), else 0:
+    a site's CW under FR's gates with the zero threshold (Algorithm 1), in one pass over memory
+    where the torch operations make four and two new tensors."""
+    kernels = _kernels_for(cw, x) if x.dtype == cw.dtype else None
     if kernels is not None:
         out = torch.empty_like(cw)
-        rows, n, at, step = _layout(cw, signs, out)
+        rows, n, at, step = _layout(cw, x, out)
         kernels.agreeing(rows, n, at, step, _like(cw.dtype))
         return out
-    return torch.sign(cw).mul_(signs).gt_(0).mul_(cw)
+    return torch.sign(cw).to(x.dtype).mul_(x).gt_(0).mul_(cw)
 
 
 def centred_backward(grad: Tensor, weight: Optional[Tensor], scale: Tensor, dims: int) -> Tensor:

@@ -4,42 +4,34 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import torch
 from captum.log import log_usage
 from torch import Tensor
 
 from captum_feedback.core._compat import TargetType, TensorOrTuple
 from captum_feedback.core.attribution import FeedbackAttribution
 from captum_feedback.core.engine import GatePolicy, Site
-from captum_feedback.core.kernels import agreeing, write_signs
+from captum_feedback.core.kernels import agreeing
 from captum_feedback.core.selection import SelectionRule, Threshold, as_rule, keep_mask
 
 
 class RecoveringPolicy(GatePolicy):
-    """Gates set top-down inside the backward pass from the *modified* CWs (Algorithm 1).
-
-    The gates need only the activations' signs: each site keeps them as bytes until its CW
-    arrives, a quarter of the float activation (EfficientNet-Lite0's ReLU6 outputs, which
-    nothing else keeps, made an FR call's peak 1.29 x Saliency's, issue #22).
-    """
+    """Gates set top-down inside the backward pass from the *modified* CWs (Algorithm 1)."""
 
     def __init__(self, rule: SelectionRule) -> None:
         self.rule = rule
-        self.signs: Dict[int, Tensor] = {}
+        self.activations: Dict[int, Tensor] = {}
 
     def gate(self, site: Site, x: Tensor) -> Optional[Tensor]:
-        signs = torch.empty(x.shape, dtype=torch.int8, device=x.device)
-        write_signs(x, signs)
-        self.signs[site.index] = signs
+        self.activations[site.index] = x
         return None
 
     def backward(self, site: Site, cw: Tensor, signs_written: bool = False) -> Tensor:
         if site.kind == "layer":
             return cw
-        signs = self.signs.pop(site.index)
+        x = self.activations.pop(site.index)
         if self.rule.writes_signs:  # the zero threshold: one pass over memory
-            return agreeing(cw, signs)
-        return cw * keep_mask(self.rule.selector(cw), signs)
+            return agreeing(cw, x)
+        return cw * keep_mask(self.rule.selector(cw), x)
 
 
 class FeedbackRecovering(FeedbackAttribution):
