@@ -240,3 +240,15 @@ def test_mobilenet_v3_folds_its_convolutions_and_gives_the_unfolded_maps(monkeyp
     unfolded = FSP(model).attribute(x, target=[1, 4], config="paper")
     assert found and found[0] >= 8  # of 34 pairs; the others hold more weights than a 64 px sample
     torch.testing.assert_close(attributions, unfolded, rtol=1e-3, atol=1e-3 * unfolded.abs().max().item())
+
+
+def test_a_single_pass_method_watches_nothing_for_later_passes():
+    # FR runs one pass: nothing to fold, so its first pass does not record the pairs (issue #22).
+    from captum_feedback import FR
+
+    model, watched = _normed(Stack()).eval(), []
+    model.conv.register_forward_pre_hook(lambda module, _: watched.append("_conv_forward" in vars(module)))
+    FR(model).attribute(torch.randn(2, 3, 12, 12), target=[0, 2])
+    FSP(model).attribute(torch.randn(2, 3, 12, 12), target=[0, 2], config="paper")
+    assert watched[0] is False and watched[1] is True  # FR's pass; FSP's first pass watches the pair
+    assert _untouched(model)

@@ -149,8 +149,8 @@ class FeedbackAttribution(GradientAttribution):
             per_sample_targets(target, batch_size),
         )
 
-    def _session(self, batch: Batch, linearize: bool) -> GatingSession:
-        return GatingSession(self.forward_func, linearize, batch.size, self._heap)
+    def _session(self, batch: Batch, linearize: bool, single_pass: bool = False) -> GatingSession:
+        return GatingSession(self.forward_func, linearize, batch.size, self._heap, single_pass)
 
     def _forward(
         self, session: GatingSession, batch: Batch, policy: GatePolicy, taps: Sequence[nn.Module] = ()
@@ -179,7 +179,7 @@ class FeedbackAttribution(GradientAttribution):
     ) -> Tuple[Tensor, ...]:
         """One forward pass with ``policy``'s gates and one backward pass from ``score(output,
         tapped layers' outputs)`` (one value per sample) to the inputs: FR, and any custom rule."""
-        session = self._session(batch, linearize)
+        session = self._session(batch, linearize, single_pass=True)
         with session.installed():
             output, tapped = self._forward(session, batch, policy, taps)
             return input_gradients(score(output, tapped), batch.inputs)

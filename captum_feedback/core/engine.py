@@ -454,9 +454,12 @@ class GatingSession:
     """
 
     def __init__(self, forward_func: Callable, linearize: bool, batch_size: int,
-                 heap: Optional[HeapHold] = None) -> None:
+                 heap: Optional[HeapHold] = None, single_pass: bool = False) -> None:
         self.forward_func = forward_func
         self.linearize = linearize
+        self.single_pass = single_pass
+        """No pass follows the first (FR, a custom rule's one pass): it looks for nothing later
+        passes could leave out (:meth:`_look_for_savings`)."""
         self.batch_size = batch_size
         self.sites: List[Site] = []
         self.passes = 0
@@ -705,7 +708,8 @@ class GatingSession:
         handles = [self._tap(module, tapped) for module in taps]
         if self.passes == 0:
             self._anchor = torch.zeros((), device=inputs[0].device, requires_grad=True)
-            self._look_for_savings(policy)
+            if not self.single_pass:
+                self._look_for_savings(policy)
         try:
             with self._intercepted():
                 output = self.forward_func(*inputs, *additional_forward_args)
